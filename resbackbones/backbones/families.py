@@ -1,0 +1,2 @@
+"""Imports every backbone family so that its builders register themselves."""
+# Each helper adds its family module here.

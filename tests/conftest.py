@@ -1,0 +1,35 @@
+"""Shared test fixtures. Data in ../shared is optional on a laptop but required under CI (CI=true)."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RESBACKBONES_SHARED", REPO.parent / "shared"))
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def require_shared(relative: str) -> Path:
+    """Path to ../shared/<relative>; skip when absent, but fail under CI where it must exist."""
+    path = SHARED / relative
+    if not path.exists():
+        message = f"shared data {path} is absent"
+        if ON_CI:
+            pytest.fail(message + " (CI=true: required)")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def shared_path():
+    return require_shared
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
