@@ -1,2 +1,3 @@
 """Imports every backbone family so that its builders register themselves."""
 # Each helper adds its family module here.
+from . import vgg  # noqa: F401,E402

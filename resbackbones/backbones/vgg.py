@@ -1,0 +1,150 @@
+"""VGG-11/13/16/19 (Simonyan & Zisserman 2015), with or without BN, as backbones with stage outputs.
+
+Stages follow the paper's conv blocks: "conv1".."conv5", where stage k (k > 1) starts with the 2x2 max-pool that
+ends block k-1 in torchvision's `features`. So conv5 is conv5_3 at stride 16 with 512 channels, the feature map
+Faster R-CNN uses; pool5 lives in the classification head. Parameter names use caffe's layer names
+(`stages.conv3.conv3_1.weight`, `...conv3_1.norm.running_mean` for _bn), each conv carrying its norm and ReLU so
+BN folding finds them.
+"""
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from torch import nn
+
+from ..layers import Conv2d, ShapeSpec, get_norm
+from .base import Backbone
+from .registry import register_backbone
+
+STAGE_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
+STAGE_WIDTHS = (64, 128, 256, 512, 512)
+# Convs per stage for each depth: torchvision's cfgs "A", "B", "D", "E".
+DEPTH_TO_CONVS: Dict[int, Tuple[int, ...]] = {
+    11: (1, 1, 2, 2, 2),
+    13: (2, 2, 2, 2, 2),
+    16: (2, 2, 3, 3, 3),
+    19: (2, 2, 4, 4, 4),
+}
+
+
+class VGG(Backbone):
+    """VGG feature extractor: images [N, 3, H, W] -> {"conv1": [N, 64, H, W], ..., "conv5": [N, 512, H/16, W/16]}.
+
+    depth: 11, 13, 16 or 19. norm: "none" (plain VGG) or any get_norm name ("BN" gives torchvision's vgg*_bn).
+    out_features: subset of conv1..conv5 (default conv5). freeze_at: 0 = nothing, k = conv1..conv_k.
+    Convs keep their bias even with BN, as torchvision's do, so converted weights load one to one.
+    """
+
+    def __init__(
+        self,
+        *,
+        depth: int = 16,
+        norm: Optional[str] = "none",
+        in_channels: int = 3,
+        out_features: Optional[Sequence[str]] = None,
+        freeze_at: int = 0,
+        norm_eval: bool = False,
+        checkpoint_stages: Sequence[str] = (),
+    ):
+        super().__init__()
+        if depth not in DEPTH_TO_CONVS:
+            raise ValueError(f"VGG: unsupported depth {depth!r}; available: {', '.join(map(str, DEPTH_TO_CONVS))}")
+        self.depth = depth
+        stages: "OrderedDict[str, nn.Module]" = OrderedDict()
+        shapes: Dict[str, ShapeSpec] = {}
+        channels = in_channels
+        for index, (name, width, num_convs) in enumerate(zip(STAGE_NAMES, STAGE_WIDTHS, DEPTH_TO_CONVS[depth])):
+            layers: List[Tuple[str, nn.Module]] = []
+            if index > 0:
+                layers.append((f"pool{index}", nn.MaxPool2d(kernel_size=2, stride=2)))
+            for conv_index in range(1, num_convs + 1):
+                conv = Conv2d(
+                    channels, width, kernel_size=3, padding=1, bias=True,
+                    norm=get_norm(norm, width), activation=nn.ReLU(inplace=True),
+                )
+                layers.append((f"{name}_{conv_index}", conv))
+                channels = width
+            stages[name] = nn.Sequential(OrderedDict(layers))
+            shapes[name] = ShapeSpec(channels=width, stride=2 ** index)
+        self._init_weights(stages)
+        self._init_stages(
+            stages, shapes, out_features=out_features, freeze_at=freeze_at, norm_eval=norm_eval,
+            checkpoint_stages=checkpoint_stages,
+        )
+
+    @staticmethod
+    def _init_weights(stages: "OrderedDict[str, nn.Module]") -> None:
+        # torchvision's VGG init, so randomly initialised models train like theirs.
+        for stage in stages.values():
+            for module in stage.modules():
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+                elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+                    nn.init.ones_(module.weight)
+                    nn.init.zeros_(module.bias)
+
+    @property
+    def size_divisibility(self) -> int:
+        # Max-pools floor odd sizes; multiples of the last stride keep every stage exactly H / stride.
+        return self._stage_shapes[self.stage_names[-1]].stride
+
+    def build_classifier_head(self, num_classes: int, *, dropout: float = 0.5) -> nn.Module:
+        """pool5 + AdaptiveAvgPool(7, 7) + torchvision's classifier: conv5 [N, 512, h, w] -> logits [N, num_classes].
+
+        Needs the full backbone (conv5). Layer names fc6/fc7/fc8 are caffe's; weights map from torchvision's
+        classifier.0/3/6 (see weights/convert_vgg.py).
+        """
+        if self.stage_names[-1] != "conv5":
+            raise ValueError(f"VGG classifier head needs stage conv5, but the backbone stops at {self.stage_names[-1]}")
+        return VGGHead(num_classes=num_classes, dropout=dropout)
+
+
+class VGGHead(nn.Sequential):
+    """conv5 [N, 512, h, w] -> pool5 -> [N, 512, 7, 7] (adaptive avg) -> fc6 4096 -> fc7 4096 -> fc8 num_classes."""
+
+    def __init__(self, *, num_classes: int, dropout: float = 0.5, in_channels: int = 512):
+        super().__init__(OrderedDict([
+            ("pool5", nn.MaxPool2d(kernel_size=2, stride=2)),
+            ("avgpool", nn.AdaptiveAvgPool2d((7, 7))),
+            ("flatten", nn.Flatten(1)),
+            ("fc6", nn.Linear(in_channels * 7 * 7, 4096)),
+            ("relu6", nn.ReLU(inplace=True)),
+            ("drop6", nn.Dropout(p=dropout)),
+            ("fc7", nn.Linear(4096, 4096)),
+            ("relu7", nn.ReLU(inplace=True)),
+            ("drop7", nn.Dropout(p=dropout)),
+            ("fc8", nn.Linear(4096, num_classes)),
+        ]))
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0, 0.01)
+                nn.init.zeros_(module.bias)
+
+
+def _register(depth: int, batch_norm: bool) -> None:
+    name = f"vgg{depth}_bn" if batch_norm else f"vgg{depth}"
+    default_norm = "BN" if batch_norm else "none"
+
+    def builder(
+        *,
+        norm: Optional[str] = default_norm,
+        in_channels: int = 3,
+        out_features: Optional[Sequence[str]] = None,
+        freeze_at: int = 0,
+        norm_eval: bool = False,
+        checkpoint_stages: Sequence[str] = (),
+    ) -> VGG:
+        return VGG(
+            depth=depth, norm=norm, in_channels=in_channels, out_features=out_features, freeze_at=freeze_at,
+            norm_eval=norm_eval, checkpoint_stages=checkpoint_stages,
+        )
+
+    builder.__name__ = name
+    builder.__doc__ = f"VGG-{depth}{' with BN' if batch_norm else ''}: stages conv1..conv5, strides 1..16, conv5 = 512 ch."
+    register_backbone(name, family="vgg")(builder)
+
+
+for _depth in DEPTH_TO_CONVS:
+    _register(_depth, batch_norm=False)
+    _register(_depth, batch_norm=True)
