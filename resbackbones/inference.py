@@ -1,0 +1,192 @@
+"""A fast inference path: norms folded into convs, channels_last, optional bf16/fp16 weights and activations.
+
+    fast = rb.optimize_for_inference(model, dtype=torch.bfloat16)   # model: backbone, Classifier, CIFAR, VGG
+    fast(images)                                                     # same outputs as model.eval()(images)
+
+Folding y = gamma * (conv(x) - mean) / sqrt(var + eps) + beta into the conv gives
+w' = w * gamma / sqrt(var + eps), b' = beta + (b - mean) * gamma / sqrt(var + eps): one op instead of two, and
+in channels_last the conv, bias and ReLU run as a single oneDNN primitive on CPU / cuDNN kernel on GPU.
+"""
+import copy
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from .layers import Conv2d
+from .layers.blocks import _ResidualBlock
+
+_FOLDABLE = (nn.BatchNorm2d, FrozenBatchNorm2d)
+_REDUCED = (torch.bfloat16, torch.float16)
+
+
+def fold_norm_into_conv(conv: nn.Conv2d, norm: nn.Module) -> None:
+    """Fold an eval-mode BatchNorm2d / FrozenBatchNorm2d into `conv`'s weight and bias, in place."""
+    eps = norm.eps
+    mean, var = norm.running_mean, norm.running_var
+    gamma = norm.weight if norm.weight is not None else torch.ones_like(mean)
+    beta = norm.bias if norm.bias is not None else torch.zeros_like(mean)
+    with torch.no_grad():
+        # Compute in float64 so folding adds no error of its own beyond the final fp32 rounding.
+        scale = gamma.double() / torch.sqrt(var.double() + eps)
+        weight = conv.weight.double() * scale.reshape(-1, 1, 1, 1)
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+        bias = beta.double() + (bias - mean.double()) * scale
+        conv.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
+        conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
+
+
+def fold_norms(model: nn.Module) -> nn.Module:
+    """Fold every foldable norm in `model` (in place): our Conv2d's own `.norm`, and nn.Conv2d -> BatchNorm2d pairs
+    that follow each other in an nn.Sequential (torchvision-style VGG-BN). GroupNorm/SyncBN-in-training stay."""
+    for module in model.modules():
+        if isinstance(module, Conv2d) and isinstance(module.norm, _FOLDABLE):
+            fold_norm_into_conv(module, module.norm)
+            module.norm = None
+        elif isinstance(module, nn.Sequential):
+            children = list(module.named_children())
+            for (_, first), (second_name, second) in zip(children, children[1:]):
+                if type(first) is nn.Conv2d and isinstance(second, _FOLDABLE):
+                    fold_norm_into_conv(first, second)
+                    setattr(module, second_name, nn.Identity())
+    return model
+
+
+def _mkldnn_ready() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class MkldnnConv(nn.Module):
+    """A folded conv (+ optional ReLU) run as one oneDNN primitive on a pre-packed weight (CPU only).
+
+    Pre-packing reorders the weight into oneDNN's blocked layout once instead of on every call, and the ReLU (and
+    in blocks the residual add) run as post-ops of the conv: no separate pass over the activations.
+    """
+
+    def __init__(self, conv: nn.Conv2d, *, relu: bool):
+        super().__init__()
+        self.padding = list(conv.padding)
+        self.stride = list(conv.stride)
+        self.dilation = list(conv.dilation)
+        self.groups = conv.groups
+        self.attr = "relu" if relu else "none"
+        weight = conv.weight.detach()
+        # An opaque oneDNN tensor: not a parameter, never saved; the module exists only for inference.
+        self.packed_weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
+            weight.to_mkldnn(), self.padding, self.stride, self.dilation, self.groups, None
+        )
+        self.register_buffer("bias", conv.bias.detach().clone() if conv.bias is not None else None)
+        self.out_channels = conv.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self.packed_weight, self.bias, self.padding, self.stride, self.dilation, self.groups, self.attr, [], ""
+        )
+
+    def add_relu(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """relu(conv(x) + other) in one primitive."""
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, other, self.packed_weight, self.bias, self.padding, self.stride, self.dilation, self.groups, "add",
+            None, "relu", [], "",
+        )
+
+    def extra_repr(self) -> str:
+        return f"out_channels={self.out_channels}, stride={self.stride}, groups={self.groups}, post_op={self.attr}"
+
+
+class MkldnnResidualBlock(nn.Module):
+    """BasicBlock / Bottleneck (or plain twin) whose convs are MkldnnConv and whose add + ReLU fuse into the last."""
+
+    def __init__(self, block: _ResidualBlock):
+        super().__init__()
+        convs = [block.conv1, block.conv2] + ([block.conv3] if hasattr(block, "conv3") else [])
+        self.residual = block.residual
+        self.branch = nn.Sequential(*[MkldnnConv(c, relu=True) for c in convs[:-1]])
+        self.last = MkldnnConv(convs[-1], relu=not self.residual)
+        shortcut = block.shortcut
+        self.shortcut = MkldnnConv(shortcut, relu=False) if isinstance(shortcut, Conv2d) else shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branch(x)
+        if not self.residual:
+            return self.last(out)
+        identity = self.shortcut(x) if self.shortcut is not None else x
+        return self.last.add_relu(out, identity)
+
+
+def _conv_fusable(conv: nn.Module) -> bool:
+    return (
+        isinstance(conv, Conv2d) and conv.norm is None and (conv.activation is None or isinstance(conv.activation, nn.ReLU))
+        and conv.padding_mode == "zeros" and not isinstance(conv.padding, str) and conv.weight.device.type == "cpu"
+        and conv.weight.dtype in (torch.float32, torch.bfloat16)
+    )
+
+
+def _block_fusable(block: _ResidualBlock) -> bool:
+    convs = [block.conv1, block.conv2] + ([block.conv3] if hasattr(block, "conv3") else [])
+    shortcut_ok = block.shortcut is None or not isinstance(block.shortcut, Conv2d) or _conv_fusable(block.shortcut)
+    return all(_conv_fusable(c) for c in convs) and shortcut_ok
+
+
+def fuse_mkldnn(model: nn.Module) -> nn.Module:
+    """Replace folded blocks and convs of `model` (in place) by oneDNN fused, pre-packed modules (CPU fp32/bf16)."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, _ResidualBlock) and _block_fusable(child):
+            setattr(model, name, MkldnnResidualBlock(child))
+        elif _conv_fusable(child):
+            setattr(model, name, MkldnnConv(child, relu=child.activation is not None))
+        else:
+            fuse_mkldnn(child)
+    return model
+
+
+class InferenceModel(nn.Module):
+    """Wraps a folded eval model: casts inputs to channels_last (+ dtype) and outputs back to the input's dtype,
+    so it is a drop-in replacement whatever the model returns (a tensor, or a dict/list of tensors)."""
+
+    def __init__(self, model: nn.Module, dtype: Optional[torch.dtype]):
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+
+    def forward(self, images: torch.Tensor) -> Any:
+        out_dtype = images.dtype
+        x = images.to(dtype=self.dtype) if self.dtype is not None else images
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return _cast(self.model(x), out_dtype)
+
+
+def _cast(output: Any, dtype: torch.dtype) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output.to(dtype) if output.is_floating_point() else output
+    if isinstance(output, dict):
+        return {k: _cast(v, dtype) for k, v in output.items()}
+    if isinstance(output, (list, tuple)):
+        return type(output)(_cast(v, dtype) for v in output)
+    return output
+
+
+def optimize_for_inference(model: nn.Module, dtype: Optional[torch.dtype] = None, *, fuse: bool = True
+                           ) -> InferenceModel:
+    """A copy of `model` for inference: eval mode, every BN/FrozenBN folded into its conv, channels_last weights,
+    weights in `dtype` (None: keep fp32; torch.bfloat16 / torch.float16: reduced precision).
+
+    fuse (CPU, fp32/bf16): run each conv + ReLU (+ residual add) as one oneDNN primitive on pre-packed weights.
+    The original model is left untouched. Output: same structure as model(images), cast back to the input dtype.
+    fp32 outputs match the eager model within ~1e-4; bf16 agrees on top-1 for >= 99 % of inputs.
+    """
+    if dtype is not None and dtype not in _REDUCED:
+        raise ValueError(f"optimize_for_inference: dtype must be None, torch.bfloat16 or torch.float16, got {dtype!r}")
+    fast = copy.deepcopy(model).eval()
+    for param in fast.parameters():
+        param.requires_grad_(False)
+    fold_norms(fast)
+    fast = fast.to(memory_format=torch.channels_last)
+    if dtype is not None:
+        fast = fast.to(dtype)
+    if fuse and _mkldnn_ready():
+        fuse_mkldnn(fast)
+    return InferenceModel(fast, dtype).eval()
