@@ -8,6 +8,8 @@
 from . import weights
 from .backbones import Backbone, build_backbone, build_classifier, list_backbones
 from .layers import ShapeSpec
+from .inference import optimize_for_inference  # noqa: F401  (BN folded, channels_last, bf16/fp16)
+from .detection import build_detector  # noqa: F401  (Faster / Mask R-CNN over backbone + FPN)
 
 __version__ = "0.1.0"
 
