@@ -11,8 +11,9 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, sou
     """Raise WeightsError listing each missing key, unexpected key and layer whose shape differs (both shapes)."""
     expected = model.state_dict()
     problems: List[str] = []
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    # BatchNorm fills a missing num_batches_tracked and FrozenBN drops it, so it is optional both ways.
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected and not k.endswith("num_batches_tracked")]
     mismatched = [
         f"  {k}: model {tuple(expected[k].shape)} vs {source} {tuple(state[k].shape)}"
         for k in expected

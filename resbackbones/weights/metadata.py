@@ -1,0 +1,134 @@
+"""What a weights file carries besides tensors: architecture, source, preprocessing, stride placement.
+
+Stored as str -> str in the safetensors header (or the torch file's "metadata" dict) via
+rb.weights.save(model, path, metadata=meta.to_dict()). `load_into` reads it back and refuses weights whose
+stride_in_1x1 or input format conflicts with the model or pipeline: a torchvision (stride in 3x3, RGB 0-1)
+checkpoint in a caffe-style model (stride in 1x1, BGR 0-255) runs without error but silently loses accuracy.
+"""
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Dict, Mapping, Optional, Tuple
+
+from torch import nn
+
+from .errors import WeightsError
+
+INPUT_FORMATS = ("RGB", "BGR")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class WeightsMetadata:
+    """arch: registered backbone name (e.g. "resnet50"); source: "torchvision" | "detectron2" | "cifar" | ...
+    input_format: channel order the weights expect; pixel_mean/std: per channel in that order, in units of
+    pixel_scale (1.0: images in 0-1; 255.0: images in 0-255); stride_in_1x1: where Bottleneck blocks put their
+    stride (None: no Bottleneck / unknown); num_classes: classifier outputs (None: backbone only)."""
+
+    arch: str = "unknown"
+    source: str = "unknown"
+    input_format: str = "RGB"
+    pixel_mean: Tuple[float, ...] = IMAGENET_MEAN
+    pixel_std: Tuple[float, ...] = IMAGENET_STD
+    pixel_scale: float = 1.0
+    stride_in_1x1: Optional[bool] = None
+    num_classes: Optional[int] = None
+    notes: str = ""
+    extra: Dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.input_format not in INPUT_FORMATS:
+            raise WeightsError(f"input_format must be one of {', '.join(INPUT_FORMATS)}, got {self.input_format!r}")
+        if self.pixel_scale not in (1.0, 255.0):
+            raise WeightsError(f"pixel_scale must be 1.0 (0-1 images) or 255.0 (0-255 images), got {self.pixel_scale}")
+        self.pixel_mean = tuple(float(v) for v in self.pixel_mean)
+        self.pixel_std = tuple(float(v) for v in self.pixel_std)
+
+    def to_dict(self) -> Dict[str, str]:
+        """str -> str (JSON-encoded values) for safetensors metadata."""
+        out = {f"rb.{k}": json.dumps(v) for k, v in asdict(self).items() if k != "extra"}
+        out.update({str(k): str(v) for k, v in self.extra.items()})
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, str]) -> Optional["WeightsMetadata"]:
+        """Parse what to_dict wrote; None if the file carries no resbackbones metadata."""
+        names = {f.name for f in fields(cls)} - {"extra"}
+        values = {}
+        for key, text in raw.items():
+            if key.startswith("rb.") and key[3:] in names:
+                try:
+                    values[key[3:]] = json.loads(text)
+                except json.JSONDecodeError as error:
+                    raise WeightsError(f"weights metadata {key}={text!r} is not valid JSON: {error}") from None
+        if not values:
+            return None
+        extra = {k: v for k, v in raw.items() if not k.startswith("rb.")}
+        return cls(**values, extra=extra)
+
+    # -- the known sources ----------------------------------------------------------------------------------
+    @classmethod
+    def torchvision(cls, arch: str, num_classes: Optional[int] = 1000) -> "WeightsMetadata":
+        return cls(arch=arch, source="torchvision", input_format="RGB", pixel_mean=IMAGENET_MEAN,
+                   pixel_std=IMAGENET_STD, pixel_scale=1.0, stride_in_1x1=False if _has_bottleneck(arch) else None,
+                   num_classes=num_classes, notes="torchvision layout: stride in the 3x3 conv; RGB in 0-1")
+
+    @classmethod
+    def detectron2_msra(cls, arch: str, num_classes: Optional[int] = None) -> "WeightsMetadata":
+        # detectron2's defaults for the MSRA caffe2 ImageNet weights (MODEL.PIXEL_MEAN/STD, INPUT.FORMAT).
+        return cls(arch=arch, source="detectron2", input_format="BGR", pixel_mean=(103.530, 116.280, 123.675),
+                   pixel_std=(1.0, 1.0, 1.0), pixel_scale=255.0,
+                   stride_in_1x1=True if _has_bottleneck(arch) else None, num_classes=num_classes,
+                   notes="MSRA caffe2 weights: stride in the 1x1 conv; BGR in 0-255; use norm='FrozenBN'")
+
+
+def _has_bottleneck(arch: str) -> bool:
+    return any(arch.startswith(p) for p in ("resnet50", "resnet101", "resnet152", "resnext", "wide_resnet",
+                                            "plain50", "plain101", "plain152"))
+
+
+def check_compatible(meta: Optional[WeightsMetadata], model: nn.Module, *, input_format: Optional[str] = None,
+                     source: str = "weights") -> None:
+    """Raise WeightsError if `meta` conflicts with `model` (stride_in_1x1) or the pipeline's `input_format`.
+
+    The model's stride placement is read from any submodule's `stride_in_1x1` attribute (ResNet backbones).
+    Missing metadata, or metadata that leaves a field unknown, is not an error.
+    """
+    if meta is None:
+        return
+    model_stride = next((m.stride_in_1x1 for m in model.modules() if isinstance(getattr(m, "stride_in_1x1", None), bool)),
+                        None)
+    problems = []
+    if meta.stride_in_1x1 is not None and model_stride is not None and meta.stride_in_1x1 != model_stride:
+        where = {True: "the 1x1 conv (caffe/detectron2 style)", False: "the 3x3 conv (torchvision style)"}
+        problems.append(
+            f"the weights were trained with the stride in {where[meta.stride_in_1x1]} but the model puts it in "
+            f"{where[model_stride]}; build the model with stride_in_1x1={meta.stride_in_1x1}"
+        )
+    if input_format is not None and input_format != meta.input_format:
+        problems.append(
+            f"the weights expect {meta.input_format} input (mean {list(meta.pixel_mean)}, std "
+            f"{list(meta.pixel_std)} on a 0-{int(meta.pixel_scale) if meta.pixel_scale > 1 else 1} scale) but the "
+            f"pipeline feeds {input_format}"
+        )
+    if problems:
+        raise WeightsError(f"{source} ({meta.source} {meta.arch}) do not fit this model: " + "; ".join(problems))
+
+
+def load_into(model: nn.Module, path, *, input_format: Optional[str] = None, strict: bool = True,
+              prefix: str = "") -> Optional[WeightsMetadata]:
+    """Read weights + metadata from `path`, refuse conflicts (check_compatible), then load strictly.
+
+    prefix: keep only keys starting with it and strip it (e.g. "backbone." to load a Classifier file into a
+    backbone). Returns the file's metadata (None if it has none).
+    """
+    from .io import load_with_metadata
+    from .matching import load_state_dict
+
+    state, raw = load_with_metadata(path)
+    meta = WeightsMetadata.from_dict(raw)
+    check_compatible(meta, model, input_format=input_format, source=str(path))
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    load_state_dict(model, state, strict=strict, source=str(path))
+    return meta
