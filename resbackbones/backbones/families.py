@@ -2,3 +2,4 @@
 # Each helper adds its family module here.
 from . import resnet  # noqa: F401,E402
 from . import vgg  # noqa: F401,E402
+from . import cifar  # noqa: F401,E402
