@@ -136,7 +136,7 @@ def from_detectron2(checkpoint: Union[str, Path, Mapping[str, Any]]) -> Dict[str
             converted[f"backbone.stages.{match.group(1)}"] = tensor
         elif head:
             converted[f"head.fc.{head.group(1)}"] = tensor
-    if not converted:
+    if not any(k.startswith("backbone.") for k in converted):
         raise WeightsError(
             f"{source}: no ResNet backbone keys found (expected stem.conv1.weight / res2.0.conv1.weight, caffe2 "
             f"conv1_w / res2_0_branch2a_w, or backbone.bottom_up.res2...); first keys: {', '.join(list(weights)[:5])}"

@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Convert a torchvision / detectron2 / CIFAR checkpoint to resbackbones weights (safetensors + metadata).
+
+    python tools/convert_weights.py --source torchvision resnet50.pth resnet50.safetensors
+    python tools/convert_weights.py --source detectron2 R-50.pkl r50_msra.safetensors --verify
+    python tools/convert_weights.py --source cifar resnet20-12fca82f.th cifar_resnet20.safetensors
+
+--verify builds the architecture (from --arch or the metadata) and loads the result strictly.
+Exit status 2 with a one-line reason on bad input (missing file, wrong format, pickled code, mismatch).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import resbackbones as rb  # noqa: E402
+from resbackbones.weights import CONVERTERS, WeightsError, convert  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="checkpoint to convert (.pth/.pt/.th torch file, or detectron2 .pkl)")
+    parser.add_argument("output", help="where to write (.safetensors; any other suffix: torch file)")
+    parser.add_argument("--source", required=True, choices=sorted(CONVERTERS), help="who wrote the checkpoint")
+    parser.add_argument("--arch", default=None, help="registered backbone name to record (default: inferred)")
+    parser.add_argument("--verify", action="store_true", help="build the arch and load the result strictly")
+    args = parser.parse_args(argv)
+    try:
+        state, meta = convert(args.source, args.input, arch=args.arch)
+        if args.verify:
+            _verify(state, meta)
+        rb.weights.save(state, args.output, metadata=meta.to_dict())
+    except (WeightsError, ValueError) as error:
+        print(f"convert_weights: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: {len(state)} tensors, arch={meta.arch}, source={meta.source}, "
+          f"input={meta.input_format} 0-{int(meta.pixel_scale)}, stride_in_1x1={meta.stride_in_1x1}")
+    return 0
+
+
+def _verify(state, meta) -> None:
+    if meta.arch == "unknown":
+        raise WeightsError("--verify needs the architecture: pass --arch (it could not be inferred)")
+    options = {"stride_in_1x1": meta.stride_in_1x1} if meta.stride_in_1x1 is not None else {}
+    model = rb.build_classifier(meta.arch, num_classes=meta.num_classes or 1000, **options)
+    if meta.num_classes is None:  # backbone-only file
+        model = model.backbone
+        state = rb.weights.backbone_state_dict(state)
+    rb.weights.load_state_dict(model, state, source="converted weights")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
