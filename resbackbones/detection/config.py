@@ -1,0 +1,189 @@
+"""Typed schema of a detection MODEL (the `model:` section of a training config), read by build_detector.
+
+Defaults are torchvision's fasterrcnn_resnet50_fpn / Detectron's R50-FPN 1x settings. Units: pixels of the
+resized network input; image_mean/std in [0, 1] units of RGB (or BGR, see `input.format`) images in [0, 1].
+
+    from resbackbones.config import load_config
+    cfg = load_config(DetectorConfig, "model.yaml", overrides=["roi_heads.batch_size_per_image=128"])
+    det = rb.build_detector(cfg)
+"""
+from dataclasses import dataclass, field
+from typing import Dict, Any, List, Literal, Optional, Tuple
+
+LAYOUTS = ("fpn", "c4", "single")
+
+
+@dataclass
+class BackboneConfig:
+    """Which registered backbone, how it is built, and which weights it starts from.
+
+    weights: "" (random init), a .safetensors from `tools/train_cls.py --export` (keys = backbone state dict),
+      a classifier state dict (backbone.* + head.*), or a torchvision ResNet/VGG checkpoint (converted on load).
+    options: extra keyword options for the backbone builder (e.g. {stride_in_1x1: true, res5_dilation: 2}).
+    """
+
+    name: str = "resnet50"
+    norm: str = "FrozenBN"
+    freeze_at: int = 2
+    out_features: Tuple[str, ...] = ("res2", "res3", "res4", "res5")
+    weights: str = ""
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FPNConfig:
+    """FPN over backbone.out_features (layout "fpn" only). top_block: maxpool (P6 for the RPN) | p6p7 | p6p7_c5 | none."""
+
+    out_channels: int = 256
+    top_block: Literal["maxpool", "p6p7", "p6p7_c5", "none"] = "maxpool"
+    norm: str = ""
+
+
+@dataclass
+class AnchorConfig:
+    """sizes: one tuple per feature level the RPN sees (FPN: P2..P6 -> 5 levels; c4/single: 1 level).
+
+    aspect_ratios (h / w) are shared by every level. The VGG-16 paper setting is sizes [[128, 256, 512]].
+    """
+
+    sizes: Tuple[Tuple[int, ...], ...] = ((32,), (64,), (128,), (256,), (512,))
+    aspect_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
+
+
+@dataclass
+class RPNConfig:
+    """Region proposal network: top-n are per feature level before NMS, per image after it."""
+
+    pre_nms_top_n_train: int = 2000
+    pre_nms_top_n_test: int = 1000
+    post_nms_top_n_train: int = 2000
+    post_nms_top_n_test: int = 1000
+    nms_thresh: float = 0.7
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    score_thresh: float = 0.0
+
+
+@dataclass
+class RoIHeadsConfig:
+    """Proposal sampling for the box head, RoI pooling and test-time post-processing."""
+
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5
+    pooler_type: Literal["RoIAlign", "RoIPool"] = "RoIAlign"
+    pooler_resolution: int = 7  # c4 layout: 14 (res5 then halves it to 7)
+    sampling_ratio: int = 2
+    bbox_reg_weights: Optional[Tuple[float, float, float, float]] = None  # None: (10, 10, 5, 5)
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+
+
+@dataclass
+class BoxHeadConfig:
+    """type: mlp (two fc layers of fc_dim: FPN's 2fc, VGG's fc6/fc7) | conv_fc (num_conv convs of conv_dim, then
+    one fc of fc_dim; torchvision's v2 head) | res5 (c4 layout: the backbone's res5 stage + average pool)."""
+
+    type: Literal["mlp", "conv_fc", "res5"] = "mlp"
+    fc_dim: int = 1024
+    num_conv: int = 4
+    conv_dim: int = 256
+    norm: str = ""
+
+
+@dataclass
+class MaskHeadConfig:
+    """Mask branch (Mask R-CNN) when enabled: num_conv 3x3 convs of conv_dim on a pooled RoI, deconv, 1x1 per class."""
+
+    enabled: bool = False
+    num_conv: int = 4
+    conv_dim: int = 256
+    pooler_resolution: int = 14
+    sampling_ratio: int = 2
+    norm: str = ""
+
+
+@dataclass
+class InputConfig:
+    """Resizing and normalisation done inside the model (torchvision's GeneralizedRCNNTransform).
+
+    min_size: one size, or several to draw from per batch during training (multi-scale). Images given to the model
+    are float [3, H, W] in [0, 1] and in `format` channel order; image_mean/std must be the convention the backbone
+    weights were trained with (torchvision ImageNet: RGB mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225);
+    detectron2/caffe2 MSRA weights: BGR, mean (103.53, 116.28, 123.675) / 255, std (1 / 255,) * 3).
+    """
+
+    min_size: Tuple[int, ...] = (800,)
+    max_size: int = 1333
+    image_mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+    image_std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+    format: Literal["RGB", "BGR"] = "RGB"
+    size_divisibility: int = 32
+
+
+@dataclass
+class DetectorConfig:
+    """A whole detector. num_classes counts object classes only: labels are 1..num_classes, 0 is background
+    (torchvision's convention; COCO = 80). layout: fpn (backbone + FPN, multi-level RoIAlign) | c4 (RPN + RoI
+    pooling on res4, res5 as box head; He et al. 2016) | single (one feature map, e.g. VGG-16 conv5_3)."""
+
+    layout: Literal["fpn", "c4", "single"] = "fpn"
+    num_classes: int = 80
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
+    mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+
+    def validate(self) -> None:
+        """Cross-field checks; raises ValueError naming the keys (load_config turns it into a ConfigError)."""
+        if self.num_classes < 1:
+            raise ValueError(f"model.num_classes must be >= 1 (object classes, background excluded), got {self.num_classes}")
+        if self.layout == "c4" and self.box_head.type != "res5":
+            raise ValueError(f"model.layout 'c4' needs model.box_head.type 'res5', got {self.box_head.type!r}")
+        if self.layout != "c4" and self.box_head.type == "res5":
+            raise ValueError(f"model.box_head.type 'res5' needs model.layout 'c4', got {self.layout!r}")
+        if self.layout != "fpn" and len(self.anchors.sizes) != 1:
+            raise ValueError(
+                f"model.anchors.sizes must hold one level for layout {self.layout!r} (one feature map), got "
+                f"{len(self.anchors.sizes)}: {[list(s) for s in self.anchors.sizes]}"
+            )
+        if not self.input.min_size:
+            raise ValueError("model.input.min_size must name at least one size")
+        for name in ("positive_fraction",):
+            for section in ("rpn", "roi_heads"):
+                value = getattr(getattr(self, section), name)
+                if not 0.0 < value <= 1.0:
+                    raise ValueError(f"model.{section}.{name} must be in (0, 1], got {value}")
+
+
+def c4_defaults(name: str = "resnet50") -> DetectorConfig:
+    """The paper's C4 layout (He et al. 2016 / Detectron C4): RPN and 14x14 RoIAlign on res4, res5 box head."""
+    return DetectorConfig(
+        layout="c4",
+        backbone=BackboneConfig(name=name, out_features=("res4",)),
+        anchors=AnchorConfig(sizes=((32, 64, 128, 256, 512),)),
+        rpn=RPNConfig(pre_nms_top_n_train=12000, pre_nms_top_n_test=6000, post_nms_top_n_test=1000),
+        roi_heads=RoIHeadsConfig(pooler_resolution=14, sampling_ratio=0),
+        box_head=BoxHeadConfig(type="res5"),
+    )
+
+
+def vgg16_defaults() -> DetectorConfig:
+    """Ren et al. 2015's VGG-16 Faster R-CNN: conv5_3 (stride 16), anchors 3 scales x 3 ratios, RoIPool 7x7, fc6/fc7."""
+    return DetectorConfig(
+        layout="single",
+        backbone=BackboneConfig(name="vgg16", norm="none", freeze_at=2, out_features=("conv5",)),
+        anchors=AnchorConfig(sizes=((128, 256, 512),)),
+        rpn=RPNConfig(pre_nms_top_n_train=12000, pre_nms_top_n_test=6000, post_nms_top_n_test=300),
+        roi_heads=RoIHeadsConfig(pooler_type="RoIPool", pooler_resolution=7, batch_size_per_image=128),
+        box_head=BoxHeadConfig(type="mlp", fc_dim=4096),
+        input=InputConfig(min_size=(600,), max_size=1000),
+    )
