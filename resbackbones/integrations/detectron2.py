@@ -1,0 +1,405 @@
+"""Our backbones inside detectron2: BACKBONE_REGISTRY builders, config keys, LazyConfig nodes, weight checks.
+
+The only module of resbackbones that imports detectron2. Importing it registers, in detectron2's BACKBONE_REGISTRY:
+
+    build_resbackbones_backbone            any of rb.list_backbones() (ResNet, plain, ResNeXt, VGG, CIFAR) alone,
+                                           e.g. res4 for C4 heads or conv5 for a VGG-16 Faster R-CNN
+    build_resbackbones_fpn_backbone        the same under detectron2's FPN + LastLevelMaxPool (p2..p6, Mask R-CNN)
+    build_resbackbones_retinanet_fpn_backbone   FPN + LastLevelP6P7 from the last bottom-up feature (RetinaNet)
+
+Use from a yaml config (see configs/detectron2/):
+
+    from detectron2.config import get_cfg
+    from resbackbones.integrations.detectron2 import add_resbackbones_config
+    cfg = get_cfg(); add_resbackbones_config(cfg)
+    cfg.merge_from_file("configs/detectron2/mask_rcnn_R_50_FPN_1x.yaml")   # MODEL.BACKBONE.NAME: build_resbackbones_fpn_backbone
+    model = detectron2.modeling.build_model(cfg)
+
+or from a LazyConfig (configs/detectron2/mask_rcnn_R_50_FPN_lazy.py): `lazy_fpn_backbone(name="resnet50", ...)` gives
+L(FPN)(bottom_up=L(build_adapter)(name=..., ...), ...).
+
+The adapter's parameters carry detectron2's own names (`res2.0.conv1.weight`, `stem.conv1.norm.*`), so detectron2
+checkpoints of ResNets (model zoo .pkl, DetectionCheckpointer .pth) load into models using our backbone unchanged.
+Our weight files (MODEL.RESBACKBONES.WEIGHTS) carry their preprocessing; a config that disagrees is refused at
+build time with the config lines to change (see `apply_weights_conventions` to adopt them instead).
+"""
+import inspect
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode as CN
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec as D2ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling import Backbone as D2Backbone
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
+
+from ..backbones import Backbone, build_backbone
+from ..backbones.registry import builder_options, get_entry
+from ..weights import WeightsError, load_state_dict, load_with_metadata, save
+from ..weights.metadata import WeightsMetadata
+from .detectron2_weights import (
+    Conventions,
+    conventions_from_metadata,
+    conventions_to_metadata,
+    from_detectron2_names,
+    to_detectron2_names,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ResBackbone", "ResBackbonesCheckpointer", "add_resbackbones_config", "build_adapter", "apply_weights_conventions", "build_resbackbones_backbone",
+    "build_resbackbones_fpn_backbone", "build_resbackbones_retinanet_fpn_backbone", "cfg_conventions",
+    "export_backbone_weights", "lazy_fpn_backbone", "model_conventions", "save_for_detectron2",
+]
+
+_RESNET_FAMILIES = ("resnet", "plain", "resnext")
+
+
+# -- the adapter --------------------------------------------------------------------------------------------------
+class ResBackbone(D2Backbone):
+    """A detectron2 Backbone around one of ours: images [N, C, H, W] -> {name: [N, C_k, H / s_k, W / s_k]}.
+
+    The stages of `backbone` are registered directly on this module, so parameter names are detectron2's
+    (`stem.conv1.weight`, `res2.0.conv1.norm.running_mean`, VGG: `conv1.conv1_1.weight`); the wrapped module
+    still runs the forward (out_features, activation checkpointing, norm_eval).
+    output_shape() is in detectron2's ShapeSpec(channels=, stride=).
+    """
+
+    def __init__(self, backbone: Backbone, *, arch: Optional[str] = None):
+        super().__init__()
+        self.arch = arch  # registered name, recorded in exported weights
+        if not isinstance(backbone, Backbone):
+            raise TypeError(f"ResBackbone wraps a resbackbones Backbone, got {type(backbone).__name__}")
+        # Kept out of _modules: the stages below are the registered children (detectron2's names);
+        # registering the wrapper too would duplicate every parameter under `stages.`.
+        self.__dict__["body"] = backbone
+        for name, stage in backbone.stages.items():
+            self.add_module(name, stage)
+        self._out_features = backbone.out_features
+        self._out_feature_strides = {k: s.stride for k, s in backbone.output_shape().items()}
+        self._out_feature_channels = {k: s.channels for k, s in backbone.output_shape().items()}
+
+    @classmethod
+    def build(cls, *, name: str, **options) -> "ResBackbone":
+        """rb.build_backbone(name, **options) wrapped for detectron2 (the callable LazyConfigs use)."""
+        return cls(build_backbone(name, **options), arch=name)
+
+    @property
+    def stride_in_1x1(self) -> Optional[bool]:
+        return getattr(self.body, "stride_in_1x1", None)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if x.dim() != 4:
+            raise ValueError(f"ResBackbone takes [N, C, H, W] images, got shape {tuple(x.shape)}")
+        return self.body(x)
+
+    def train(self, mode: bool = True) -> "ResBackbone":
+        super().train(mode)
+        self.body.train(mode)  # the wrapped module's own train() re-applies norm_eval
+        return self
+
+    def output_shape(self) -> Dict[str, D2ShapeSpec]:
+        return {k: D2ShapeSpec(channels=s.channels, stride=s.stride) for k, s in self.body.output_shape().items()}
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.body.size_divisibility
+
+
+# -- config ---------------------------------------------------------------------------------------------------
+def add_resbackbones_config(cfg: CN) -> CN:
+    """Add MODEL.RESBACKBONES (our options) to a detectron2 config; returns cfg. Unset values defer as noted."""
+    node = CN()
+    node.ARCH = "resnet50"  # any name of rb.list_backbones()
+    node.OUT_FEATURES = []  # [] -> FPN builders: MODEL.FPN.IN_FEATURES; C4-style: MODEL.RESNETS.OUT_FEATURES
+    #                         for the ResNet families, else the last stage (e.g. conv5 of VGG)
+    node.NORM = ""  # "" -> FrozenBN where the arch normalises with BN by default; BN / SyncBN / GN / FrozenBN / none
+    node.FREEZE_AT = -1  # -1 -> MODEL.BACKBONE.FREEZE_AT (same meaning: 1 = stem, 2 = stem + res2 / conv1 + conv2)
+    node.SHORTCUT = ""  # "" -> the arch's default ("B"); "A" | "B" | "C" (ResNet / plain / CIFAR)
+    node.STRIDE_IN_1X1 = None  # None -> the weights' metadata, else False (torchvision layout); True: MSRA/caffe2
+    node.RES5_DILATION = 1  # 1 or 2 (DC5), ResNet families
+    node.NORM_EVAL = False  # BN layers use running statistics while training (mmdetection's norm_eval)
+    node.WEIGHTS = ""  # our backbone/classifier weights (.safetensors / .pth), loaded at build time, checked
+    cfg.MODEL.RESBACKBONES = node
+    return cfg
+
+
+def _weights_metadata(cfg: CN) -> Optional[Dict[str, str]]:
+    path = cfg.MODEL.RESBACKBONES.WEIGHTS
+    return load_with_metadata(path)[1] if path else None
+
+
+def _stride_in_1x1(cfg: CN) -> Optional[bool]:
+    value = cfg.MODEL.RESBACKBONES.STRIDE_IN_1X1
+    if value is None and cfg.MODEL.RESBACKBONES.WEIGHTS:
+        value = conventions_from_metadata(_weights_metadata(cfg), source=cfg.MODEL.RESBACKBONES.WEIGHTS).stride_in_1x1
+    return value
+
+
+def cfg_conventions(cfg: CN) -> Conventions:
+    """What the config feeds the backbone: INPUT.FORMAT, MODEL.PIXEL_MEAN/STD, the backbone's stride_in_1x1."""
+    arch_is_resnet = get_entry(cfg.MODEL.RESBACKBONES.ARCH).family in _RESNET_FAMILIES
+    stride = _stride_in_1x1(cfg)
+    return Conventions(
+        input_format=cfg.INPUT.FORMAT, pixel_mean=tuple(cfg.MODEL.PIXEL_MEAN), pixel_std=tuple(cfg.MODEL.PIXEL_STD),
+        stride_in_1x1=(bool(stride) if stride is not None else False) if arch_is_resnet else None,
+    )
+
+
+def model_conventions(model: torch.nn.Module) -> Conventions:
+    """Conventions of a built detectron2 meta-architecture (GeneralizedRCNN, RetinaNet) using our backbone."""
+    adapters = [m for m in model.modules() if isinstance(m, ResBackbone)]
+    return Conventions(
+        input_format=getattr(model, "input_format", None),
+        pixel_mean=tuple(model.pixel_mean.flatten().tolist()) if hasattr(model, "pixel_mean") else None,
+        pixel_std=tuple(model.pixel_std.flatten().tolist()) if hasattr(model, "pixel_std") else None,
+        stride_in_1x1=adapters[0].stride_in_1x1 if adapters else None,
+    )
+
+
+_CFG_KEYS = {
+    "input_format": "INPUT.FORMAT", "pixel_mean": "MODEL.PIXEL_MEAN", "pixel_std": "MODEL.PIXEL_STD",
+    "stride_in_1x1": "MODEL.RESBACKBONES.STRIDE_IN_1X1",
+}
+
+
+def _refuse_mismatch(recorded: Conventions, configured: Conventions, *, source: str) -> None:
+    problems = recorded.mismatches(configured)
+    if problems:
+        lines = "\n".join(f"  {_CFG_KEYS[f]}: weights need {want!r}, config has {have!r}" for f, want, have in problems)
+        fixes = " ".join(f"{_CFG_KEYS[f]} \"{want}\"" for f, want, _ in problems)
+        raise WeightsError(
+            f"{source} was trained with other preprocessing than this config gives it (loading it anyway would "
+            f"silently cost accuracy):\n{lines}\nSet them in the config (e.g. {fixes}), or call "
+            f"apply_weights_conventions(cfg) / tools/train_d2.py, which does that for you."
+        )
+
+
+def apply_weights_conventions(cfg: CN) -> List[str]:
+    """Adopt the preprocessing recorded in MODEL.RESBACKBONES.WEIGHTS: sets INPUT.FORMAT, MODEL.PIXEL_MEAN/STD and
+    MODEL.RESBACKBONES.STRIDE_IN_1X1 (cfg must not be frozen). Returns one line per changed key (logged too)."""
+    if not cfg.MODEL.RESBACKBONES.WEIGHTS:
+        return []
+    path = cfg.MODEL.RESBACKBONES.WEIGHTS
+    recorded = conventions_from_metadata(_weights_metadata(cfg), source=path)
+    changes = []
+    for field, key in _CFG_KEYS.items():
+        value = getattr(recorded, field)
+        if value is None:
+            continue
+        node, leaf = cfg, key.split(".")
+        for part in leaf[:-1]:
+            node = node[part]
+        old = node[leaf[-1]]
+        new = list(value) if isinstance(value, tuple) else value
+        if old != new:
+            node[leaf[-1]] = new
+            changes.append(f"{key}: {old!r} -> {new!r} (from {path})")
+    for line in changes:
+        logger.info("resbackbones: %s", line)
+    return changes
+
+
+# -- builders -------------------------------------------------------------------------------------------------
+def _default(arch: str, option: str):
+    param = inspect.signature(get_entry(arch).builder).parameters.get(option)
+    return None if param is None else param.default
+
+
+def backbone_options(cfg: CN, *, out_features: Sequence[str], in_channels: int) -> Dict[str, object]:
+    """MODEL.RESBACKBONES (+ MODEL.BACKBONE.FREEZE_AT) -> keyword options of rb.build_backbone(ARCH, ...).
+
+    A key set to a value the arch has no option for raises ValueError naming the key and the arch's options.
+    """
+    rbc = cfg.MODEL.RESBACKBONES
+    arch = rbc.ARCH
+    valid = builder_options(arch)  # raises on an unknown arch, listing the available ones
+    options: Dict[str, object] = {"out_features": list(out_features), "in_channels": in_channels,
+                                  "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT if rbc.FREEZE_AT < 0 else rbc.FREEZE_AT}
+    norm = rbc.NORM or ("FrozenBN" if _default(arch, "norm") == "BN" else None)
+    stride = _stride_in_1x1(cfg)
+    wanted = {  # cfg key -> (option, value, is_set)
+        "NORM": ("norm", norm, norm is not None),
+        "SHORTCUT": ("shortcut", rbc.SHORTCUT, rbc.SHORTCUT != ""),
+        "STRIDE_IN_1X1": ("stride_in_1x1", stride, stride is not None),
+        "RES5_DILATION": ("res5_dilation", rbc.RES5_DILATION, rbc.RES5_DILATION != 1),
+        "NORM_EVAL": ("norm_eval", rbc.NORM_EVAL, bool(rbc.NORM_EVAL)),
+    }
+    for key, (option, value, is_set) in wanted.items():
+        if not is_set:
+            continue
+        if option not in valid:
+            raise ValueError(f"MODEL.RESBACKBONES.{key}={value!r} does not apply to backbone {arch!r}; "
+                             f"its options are: {', '.join(valid)}")
+        options[option] = value
+    return options
+
+
+def _out_features(cfg: CN, *, fpn: bool) -> List[str]:
+    rbc = cfg.MODEL.RESBACKBONES
+    if rbc.OUT_FEATURES:
+        return list(rbc.OUT_FEATURES)
+    if fpn:
+        return list(cfg.MODEL.FPN.IN_FEATURES)
+    if get_entry(rbc.ARCH).family in _RESNET_FAMILIES:
+        return list(cfg.MODEL.RESNETS.OUT_FEATURES)
+    return [build_backbone(rbc.ARCH).stage_names[-1]]  # a cheap build: its last stage only
+
+
+def _load_weights(cfg: CN, adapter: ResBackbone) -> None:
+    path = cfg.MODEL.RESBACKBONES.WEIGHTS
+    if not path:
+        return
+    state, metadata = load_with_metadata(path)
+    _refuse_mismatch(conventions_from_metadata(metadata, source=path), cfg_conventions(cfg), source=path)
+    recorded = WeightsMetadata.from_dict(metadata)
+    recorded_arch = recorded.arch if recorded is not None and recorded.arch != "unknown" else None
+    if recorded_arch and recorded_arch != cfg.MODEL.RESBACKBONES.ARCH:
+        raise WeightsError(f"{path} holds {recorded_arch!r} weights but MODEL.RESBACKBONES.ARCH is "
+                           f"{cfg.MODEL.RESBACKBONES.ARCH!r}")
+    names = to_detectron2_names(state, source=path)
+    built = set(adapter.body.stage_names)
+    # Stages the model does not build (res5 of a C4 backbone) are left out; everything else must match exactly.
+    names = {k: v for k, v in names.items() if k.split(".", 1)[0] in built}
+    load_state_dict(adapter, names, source=path)
+    logger.info("resbackbones: loaded %d tensors from %s into %s", len(names), path, cfg.MODEL.RESBACKBONES.ARCH)
+
+
+def _build_adapter(cfg: CN, input_shape: D2ShapeSpec, *, fpn: bool) -> ResBackbone:
+    options = backbone_options(cfg, out_features=_out_features(cfg, fpn=fpn), in_channels=input_shape.channels)
+    adapter = ResBackbone(build_backbone(cfg.MODEL.RESBACKBONES.ARCH, **options), arch=cfg.MODEL.RESBACKBONES.ARCH)
+    _load_weights(cfg, adapter)
+    return adapter
+
+
+def _require_config(cfg: CN) -> None:
+    if "RESBACKBONES" not in cfg.MODEL:
+        raise KeyError("MODEL.RESBACKBONES is missing from the config: call "
+                       "resbackbones.integrations.detectron2.add_resbackbones_config(cfg) before merge_from_file")
+
+
+@BACKBONE_REGISTRY.register()
+def build_resbackbones_backbone(cfg: CN, input_shape: D2ShapeSpec) -> ResBackbone:
+    """MODEL.RESBACKBONES.ARCH alone, returning OUT_FEATURES (C4 heads: res4; VGG-16 Faster R-CNN: conv5)."""
+    _require_config(cfg)
+    return _build_adapter(cfg, input_shape, fpn=False)
+
+
+def _fpn(cfg: CN, bottom_up: ResBackbone, top_block: torch.nn.Module) -> FPN:
+    return FPN(bottom_up=bottom_up, in_features=list(cfg.MODEL.FPN.IN_FEATURES), out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+               norm=cfg.MODEL.FPN.NORM, top_block=top_block, fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
+
+
+@BACKBONE_REGISTRY.register()
+def build_resbackbones_fpn_backbone(cfg: CN, input_shape: D2ShapeSpec) -> FPN:
+    """detectron2's FPN over ours + LastLevelMaxPool: p<log2 stride> levels, p2..p6 for a ResNet (Mask R-CNN)."""
+    _require_config(cfg)
+    bottom_up = _build_adapter(cfg, input_shape, fpn=True)
+    return _fpn(cfg, bottom_up, LastLevelMaxPool())
+
+
+@BACKBONE_REGISTRY.register()
+def build_resbackbones_retinanet_fpn_backbone(cfg: CN, input_shape: D2ShapeSpec) -> FPN:
+    """detectron2's FPN + LastLevelP6P7 fed by the last bottom-up feature (res5 for a ResNet): p3..p7 (RetinaNet)."""
+    _require_config(cfg)
+    bottom_up = _build_adapter(cfg, input_shape, fpn=True)
+    last = list(cfg.MODEL.FPN.IN_FEATURES)[-1]
+    channels = bottom_up.output_shape()[last].channels
+    return _fpn(cfg, bottom_up, LastLevelP6P7(channels, cfg.MODEL.FPN.OUT_CHANNELS, in_feature=last))
+
+
+def build_adapter(*, name: str, **options) -> ResBackbone:
+    """ResBackbone(rb.build_backbone(name, **options)): the target LazyConfigs call (module-level, so configs that
+    go through LazyConfig.save name it as resbackbones.integrations.detectron2.build_adapter)."""
+    return ResBackbone.build(name=name, **options)
+
+
+def lazy_fpn_backbone(*, name: str, out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
+                      out_channels: int = 256, norm: str = "", top_block: str = "maxpool", **options):
+    """LazyConfig node: L(FPN)(bottom_up=L(ResBackbone.build)(name=..., ...), ..., top_block=L(LastLevelMaxPool)()).
+
+    top_block "maxpool" (Mask/Faster R-CNN, adds p6) or "p6p7" (RetinaNet, from the last bottom-up feature; its
+    in_channels must be given as p6p7_in_channels=...). Extra options go to rb.build_backbone (norm via
+    backbone_norm=..., freeze_at, stride_in_1x1, ...).
+    """
+    backbone_norm = options.pop("backbone_norm", None)
+    p6p7_in_channels = options.pop("p6p7_in_channels", None)
+    if backbone_norm is not None:
+        options["norm"] = backbone_norm
+    if top_block == "maxpool":
+        top = L(LastLevelMaxPool)()
+    elif top_block == "p6p7":
+        if p6p7_in_channels is None:
+            raise ValueError("lazy_fpn_backbone(top_block='p6p7') needs p6p7_in_channels (channels of the last feature)")
+        top = L(LastLevelP6P7)(in_channels=p6p7_in_channels, out_channels=out_channels, in_feature=out_features[-1])
+    else:
+        raise ValueError(f"unknown top_block {top_block!r}; available: maxpool, p6p7")
+    return L(FPN)(
+        bottom_up=L(build_adapter)(name=name, out_features=list(out_features), **options),
+        in_features=list(out_features), out_channels=out_channels, norm=norm, top_block=top,
+    )
+
+
+# -- weights --------------------------------------------------------------------------------------------------
+def _our_adapter(model: torch.nn.Module) -> ResBackbone:
+    adapters = [m for m in model.modules() if isinstance(m, ResBackbone)]
+    if len(adapters) != 1:
+        raise ValueError(f"expected one resbackbones backbone in the model, found {len(adapters)}")
+    return adapters[0]
+
+
+def export_backbone_weights(model: torch.nn.Module, path: str, *, arch: Optional[str] = None) -> str:
+    """Save the backbone of a detectron2 model using ours as our weight file (names `stages.*`), with metadata
+    recording the model's input_format, pixel mean/std and stride_in_1x1 so it cannot be mixed up later."""
+    adapter = _our_adapter(model)
+    state = from_detectron2_names(adapter.state_dict(), stage_names=adapter.body.stage_names)
+    arch = arch or getattr(adapter, "arch", None) or "unknown"
+    metadata = conventions_to_metadata(model_conventions(model), arch=arch, source="detectron2")
+    save(state, path, metadata=metadata)
+    return str(path)
+
+
+def save_for_detectron2(weights_path: str, out_path: str) -> str:
+    """Rewrite our weight file as a detectron2 checkpoint (.pth) any DetectionCheckpointer loads as MODEL.WEIGHTS:
+    {"model": {res2.0.conv1.weight: ...}, "matching_heuristics": True, "resbackbones_metadata": {...}}.
+
+    matching_heuristics lets detectron2 place the names under backbone.bottom_up. (FPN), backbone. (C4) and
+    roi_heads.res5 (C4 heads), as it does for its own ImageNet .pkl files. Plain DetectionCheckpointer does not
+    check conventions: ResBackbonesCheckpointer does.
+    """
+    state, metadata = load_with_metadata(weights_path)
+    names = {k: v.contiguous() for k, v in to_detectron2_names(state, source=weights_path).items()}
+    torch.save({"model": names, "__author__": "resbackbones", "matching_heuristics": True,
+                "resbackbones_metadata": dict(metadata)}, out_path)
+    return str(out_path)
+
+
+class ResBackbonesCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer that also reads our files (.safetensors, or our .pth with metadata) and refuses any
+    checkpoint whose recorded conventions (input_format, pixel mean/std, stride_in_1x1) differ from the model's."""
+
+    def _load_file(self, filename: str):
+        if filename.endswith(".safetensors"):
+            state, metadata = load_with_metadata(filename)
+            return self._ours(state, metadata, filename)
+        loaded = super()._load_file(filename)
+        if isinstance(loaded.get("model"), dict) and "state_dict" in loaded["model"] and "metadata" in loaded["model"]:
+            return self._ours(loaded["model"]["state_dict"], loaded["model"]["metadata"], filename)
+        return loaded
+
+    @staticmethod
+    def _ours(state, metadata, filename):
+        if any(k.startswith(("stages.", "backbone.stages.")) for k in state):
+            state = to_detectron2_names(state, source=filename)
+        return {"model": dict(state), "__author__": "resbackbones", "matching_heuristics": True,
+                "resbackbones_metadata": dict(metadata)}
+
+    def _load_model(self, checkpoint):
+        metadata = checkpoint.pop("resbackbones_metadata", None)
+        if metadata:
+            _refuse_mismatch(conventions_from_metadata(metadata), model_conventions(self.model), source="checkpoint")
+        return super()._load_model(checkpoint)
