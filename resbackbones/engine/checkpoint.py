@@ -1,0 +1,146 @@
+"""Atomic training checkpoints that resume bit-identically, loaded without running pickled code.
+
+A checkpoint is a dict of state dicts and plain values (model, optimizer, scheduler, scaler, EMA, the RNG states
+of python/numpy/torch/cuda, loop position). It is written to a temp file in the same folder, fsync'ed and
+renamed over the target, so a kill at any moment leaves either the old or the new file, never a torn one.
+Loading uses torch.load(weights_only=True): a file that carries pickled code is refused.
+"""
+import os
+import pickle
+import random
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+
+PathLike = Union[str, os.PathLike]
+LAST = "last.pt"
+BEST = "best.pt"
+_EPOCH_FILE = re.compile(r"^(epoch|iter)_(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not match the model; the message names the file."""
+
+
+def rng_state() -> Dict[str, Any]:
+    """Every global RNG the training loop touches, in a weights_only-loadable form (tensors, ints, lists)."""
+    version, mt_state, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": list(mt_state), "gauss": gauss},
+        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj: Dict[str, Any], path: PathLike) -> Path:
+    """torch.save to `path` via temp file + fsync + rename (+ fsync of the folder so the rename is durable)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        try:
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:  # folders cannot be opened for fsync on some platforms (Windows)
+            pass
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Read a training checkpoint with weights_only=True. Raises CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refused to load checkpoint {path}: it carries pickled objects that could run code; nothing was "
+            f"executed ({str(error).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a checkpoint?): {error}") from None
+    if not isinstance(obj, dict) or "model" not in obj:
+        raise CheckpointError(f"{path} is not a training checkpoint (no 'model' entry)")
+    return obj
+
+
+def find_last_checkpoint(folder: PathLike) -> Optional[Path]:
+    """folder/last.pt if present, else the highest epoch_N.pt / iter_N.pt; None if the folder has none."""
+    folder = Path(folder)
+    if (folder / LAST).is_file():
+        return folder / LAST
+    numbered: List[tuple] = []
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            match = _EPOCH_FILE.match(entry.name)
+            if match:
+                numbered.append((int(match.group(2)), entry))
+    return max(numbered)[1] if numbered else None
+
+
+class CheckpointManager:
+    """Writes last.pt every time and best.pt when the tracked metric improves (rank 0 only, by the caller)."""
+
+    def __init__(self, folder: PathLike, *, metric: str = "val_top1", mode: str = "max", keep_every: int = 0):
+        if mode not in ("max", "min"):
+            raise ValueError(f"checkpoint mode must be 'max' or 'min', got {mode!r}")
+        self.folder = Path(folder)
+        self.metric = metric
+        self.mode = mode
+        self.keep_every = keep_every
+        self.best: Optional[float] = None
+
+    def is_better(self, value: Optional[float]) -> bool:
+        if value is None or value != value:  # NaN never wins
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def save(self, state: Dict[str, Any], *, metrics: Optional[Dict[str, float]] = None, epoch: int = 0) -> bool:
+        """Save last.pt (and best.pt if improved); returns whether this was the best so far."""
+        value = (metrics or {}).get(self.metric)
+        improved = self.is_better(value)
+        if improved:
+            self.best = float(value)
+        state = dict(state, best_metric=self.best, best_metric_name=self.metric)
+        save_atomic(state, self.folder / LAST)
+        if improved:
+            save_atomic(state, self.folder / BEST)
+        if self.keep_every and metrics is not None and epoch % self.keep_every == 0:
+            save_atomic(state, self.folder / f"epoch_{epoch}.pt")
+        return improved
+
+    def load_best(self, state: Dict[str, Any]) -> None:
+        if state.get("best_metric") is not None:
+            self.best = float(state["best_metric"])

@@ -1,0 +1,111 @@
+"""Typed config schema of classification training (tools/train_cls.py, configs/cls/*.yaml)."""
+from dataclasses import dataclass, field
+from typing import Any, Dict, Literal, Optional, Tuple
+
+from ..data.cls_transforms import CIFAR_MEAN, CIFAR_STD
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "cifar_resnet20"
+    num_classes: Optional[int] = None          # None: the number of class folders in the train split
+    options: Dict[str, Any] = field(default_factory=dict)  # builder options, e.g. {norm: GN, zero_init_residual: true}
+    weights: Optional[str] = None              # initial weights (.safetensors/.pt, ours or a train_cls checkpoint)
+    sync_bn: bool = True                       # BN -> SyncBN under DDP on CUDA
+    channels_last: bool = False
+    compile: bool = False                      # torch.compile the model
+
+
+@dataclass
+class SyntheticConfig:
+    train_per_class: int = 300
+    val_per_class: int = 100
+    image_size: int = 32
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    root: Optional[str] = None                 # DIR with train/ and val/ or test/ (folders or .tar); None: synthetic
+    train_split: Tuple[str, ...] = ("train",)
+    val_split: Tuple[str, ...] = ("val", "test")
+    train_subset: Optional[int] = None         # use a fixed random subset of this many train images
+    val_subset: Optional[int] = None
+    recipe: Literal["imagenet", "cifar", "none"] = "cifar"
+    crop_size: int = 32
+    resize_size: Optional[int] = None          # eval resize of the imagenet recipe (256 for a 224 crop)
+    scale: Tuple[float, float] = (0.08, 1.0)   # RandomResizedCrop area range
+    pad: int = 4
+    hflip: bool = True
+    ten_crop: bool = False
+    mean: Tuple[float, float, float] = CIFAR_MEAN
+    std: Tuple[float, float, float] = CIFAR_STD
+    workers: int = 2
+    on_error: Literal["raise", "skip"] = "raise"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class SolverConfig:
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    batch_size: int = 128                      # global batch over all processes
+    lr: float = 0.1                            # lr at reference_batch_size; scaled linearly with batch_size
+    reference_batch_size: int = 128
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    norm_bias_decay: bool = True               # False: no weight decay on norm weights and biases
+    l1: float = 0.0                            # explicit penalties added to the loss (conv/linear kernels)
+    l2: float = 0.0
+    clip_grad_norm: Optional[float] = None
+    label_smoothing: float = 0.0
+    epochs: int = 8
+    max_iter: Optional[int] = None             # when set, training length in iterations (wins over epochs)
+    unit: Literal["epoch", "iter", "fraction"] = "epoch"  # unit of steps (fraction: of the whole training)
+    schedule: Literal["step", "cosine", "constant"] = "cosine"
+    steps: Tuple[float, ...] = ()
+    gamma: float = 0.1
+    warmup: float = 20                         # warm-up length in warmup_unit
+    warmup_unit: Literal["epoch", "iter", "fraction"] = "iter"
+    warmup_method: Literal["constant", "linear"] = "linear"
+    warmup_factor: float = 0.1
+    min_lr_factor: float = 0.0
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"config key 'solver.batch_size' must be >= 1, got {self.batch_size}")
+        if self.epochs < 1 and not self.max_iter:
+            raise ValueError(f"config key 'solver.epochs' must be >= 1, got {self.epochs}")
+        if list(self.steps) != sorted(self.steps):
+            raise ValueError(f"config key 'solver.steps' must be increasing, got {list(self.steps)}")
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = False
+    decay: float = 0.9999
+    warmup_steps: int = 2000
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "output/cls_default"
+    device: str = "auto"
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    seed: int = 0
+    deterministic: bool = False
+    eval_period: int = 1                       # epochs between evaluations (the last epoch always evaluates)
+    checkpoint_period: int = 0                 # iterations between mid-epoch checkpoints (0: end of epoch only)
+    keep_every: int = 0                        # also keep epoch_N.pt every N epochs (0: only last/best)
+    progress: bool = True                      # tqdm bar
+    tensorboard: bool = True
+    print_freq: int = 0                        # iterations between log lines when progress is off (0: per epoch)
+
+
+@dataclass
+class ClsConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

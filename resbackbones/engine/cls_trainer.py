@@ -1,0 +1,414 @@
+"""Classification training loop: data -> model -> SGD/schedule -> metrics/checkpoints, same code on CPU and GPUs.
+
+    trainer = ClsTrainer(cfg, resume=True)   # cfg: ClsConfig
+    trainer.fit()                           # -> final metrics dict
+    trainer.evaluate()                      # -> {"val_top1", "val_top5", "val_loss", "val_count"}
+
+DDP comes from torchrun's environment; only rank 0 writes. A resumed run is bit-identical to an uninterrupted
+one in deterministic mode (same device and thread count): the checkpoint holds every state and the data order
+and augmentation depend only on (seed, epoch, sample index).
+"""
+import math
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import weights as rb_weights
+from ..backbones import build_classifier
+from ..config import ConfigError, dump_yaml, to_dict
+from ..data.cls_transforms import TransformedDataset, build_cls_transform
+from ..data.errors import DataError
+from ..data.folders import ImageFolderDataset, find_split
+from ..data.synthetic_cls import default_cache_dir, write_image_folder
+from . import distributed as dist_utils
+from .checkpoint import CheckpointManager, find_last_checkpoint, load_checkpoint, rng_state, set_rng_state
+from .cls_config import ClsConfig
+from .data_loading import ResumableSampler, make_loader
+from .device import autocast, grad_scaler, resolve_device, set_deterministic
+from .ema import ModelEMA
+from .metrics_log import CURVES_NAME, MetricsLogger, plot_error_curves
+from .optim import build_optimizer, build_scheduler, weight_penalty
+
+METRIC_COLUMNS = ("epoch", "iter", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr",
+                  "epoch_time_s", "images_per_s")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; training stopped and the last good checkpoint was kept."""
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class ClsTrainer:
+    def __init__(self, cfg: ClsConfig, *, resume: object = False, build_train: bool = True):
+        """resume: False, True (last checkpoint in output_dir/checkpoints, if any) or a checkpoint path."""
+        self.cfg = cfg
+        self.output_dir = Path(cfg.train.output_dir)
+        self.device = resolve_device(cfg.train.device)
+        self.dist = dist_utils.init_distributed(self.device)
+        self.is_main = self.dist.is_main
+        set_deterministic(cfg.train.deterministic)
+        seed_everything(cfg.train.seed)
+        self._build_data(build_train)
+        self._build_model()
+        self.epoch = 0            # completed epochs
+        self.iter_in_epoch = 0    # completed iterations of the current epoch
+        self.global_iter = 0
+        self._partial: Dict[str, float] = {}
+        self.ema: Optional[ModelEMA] = None
+        if build_train:
+            self._build_solver()
+            self.logger = MetricsLogger(self.output_dir, enabled=self.is_main, tensorboard=cfg.train.tensorboard,
+                                        columns=METRIC_COLUMNS)
+            self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", metric="val_top1",
+                                                 keep_every=cfg.train.keep_every)
+            if resume:
+                self._resume(resume)
+            if self.is_main:
+                dump_yaml(cfg, self.output_dir / "config.yaml")
+
+    # -- building -------------------------------------------------------------------------------------------------
+    def _data_root(self) -> Path:
+        data = self.cfg.data
+        if data.root is not None:
+            return Path(data.root)
+        syn = data.synthetic
+        spec = dict(train_per_class=syn.train_per_class, val_per_class=syn.val_per_class,
+                    image_size=syn.image_size, seed=syn.seed)
+        root = default_cache_dir(**spec)
+        if self.is_main:
+            write_image_folder(root, **spec)
+        dist_utils.barrier()
+        return root
+
+    def _subset(self, size: int, limit: Optional[int], seed: int) -> Optional[List[int]]:
+        if limit is None or limit >= size:
+            return None
+        return sorted(np.random.default_rng(seed).permutation(size)[:limit].tolist())
+
+    def _build_data(self, build_train: bool) -> None:
+        data = self.cfg.data
+        root = self._data_root()
+        common = dict(crop_size=data.crop_size, resize_size=data.resize_size, scale=data.scale, pad=data.pad,
+                      hflip=data.hflip, mean=data.mean, std=data.std)
+        val_base = ImageFolderDataset(find_split(root, data.val_split), on_error=data.on_error)
+        self.classes = val_base.classes
+        val_indices = self._subset(len(val_base), data.val_subset, self.cfg.train.seed + 1)
+        val_transform = build_cls_transform(data.recipe, train=False, ten_crop=data.ten_crop, **common)
+        self.val_set = TransformedDataset(val_base, val_transform, seed=self.cfg.train.seed, indices=val_indices)
+        # Each rank evaluates a strided shard; sums are all-reduced, so no sample is counted twice.
+        shard = list(range(self.dist.rank, len(self.val_set), self.dist.world_size))
+        eval_batch = max(1, self.cfg.solver.batch_size // self.dist.world_size) * (1 if data.ten_crop else 2)
+        self.val_loader = make_loader(torch.utils.data.Subset(self.val_set, shard), batch_size=eval_batch,
+                                      workers=data.workers, pin_memory=self.device.type == "cuda")
+        self.train_set = None
+        if not build_train:
+            return
+        train_base = ImageFolderDataset(find_split(root, data.train_split), on_error=data.on_error)
+        if train_base.classes != val_base.classes:
+            raise DataError(f"train classes {train_base.source} ({len(train_base.classes)}) differ from val classes "
+                            f"{val_base.source} ({len(val_base.classes)}): "
+                            f"{sorted(set(train_base.classes) ^ set(val_base.classes))[:5]}")
+        train_indices = self._subset(len(train_base), data.train_subset, self.cfg.train.seed)
+        train_transform = build_cls_transform(data.recipe, train=True, **common)
+        self.train_set = TransformedDataset(train_base, train_transform, seed=self.cfg.train.seed,
+                                            indices=train_indices)
+        world = self.dist.world_size
+        if self.cfg.solver.batch_size % world:
+            raise ConfigError(f"config key 'solver.batch_size' ({self.cfg.solver.batch_size}) must be divisible by "
+                              f"the number of processes ({world})")
+        self.batch_per_rank = self.cfg.solver.batch_size // world
+        self.sampler = ResumableSampler(self.train_set, num_replicas=world, rank=self.dist.rank, shuffle=True,
+                                        seed=self.cfg.train.seed, drop_last=True)
+        self.iters_per_epoch = len(self.sampler) // self.batch_per_rank
+        if self.iters_per_epoch < 1:
+            raise ConfigError(f"config key 'solver.batch_size' ({self.cfg.solver.batch_size}) exceeds the "
+                              f"{len(self.train_set)} training images")
+
+    def _build_model(self) -> None:
+        mc = self.cfg.model
+        num_classes = mc.num_classes or len(self.classes)
+        try:
+            model = build_classifier(mc.arch, num_classes=num_classes, **mc.options)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"model: {error}") from None
+        if mc.weights:
+            load_init_weights(model, mc.weights)
+        model.to(self.device)
+        if mc.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.dist.enabled and mc.sync_bn:
+            model = dist_utils.convert_sync_bn(model, self.device)
+        self.model = model  # the plain module: state dicts, EMA, export
+        self.train_model: nn.Module = model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if mc.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.num_classes = num_classes
+
+    def _schedule_iters(self) -> Dict:
+        s = self.cfg.solver
+        ipe = self.iters_per_epoch
+        total = s.max_iter if s.max_iter else s.epochs * ipe
+        to_iter = {"epoch": lambda v: int(round(v * ipe)), "iter": lambda v: int(round(v)),
+                   "fraction": lambda v: int(round(v * total))}
+        return dict(max_iter=total, policy=s.schedule, steps=[to_iter[s.unit](v) for v in s.steps], gamma=s.gamma,
+                    warmup_iters=to_iter[s.warmup_unit](s.warmup), warmup_factor=s.warmup_factor, warmup_method=s.warmup_method,
+                    min_lr_factor=s.min_lr_factor)
+
+    def _build_solver(self) -> None:
+        s = self.cfg.solver
+        self.lr = s.lr * s.batch_size / s.reference_batch_size if s.reference_batch_size else s.lr
+        self.optimizer = build_optimizer(self.model, name=s.optimizer, lr=self.lr, momentum=s.momentum,
+                                         weight_decay=s.weight_decay, nesterov=s.nesterov,
+                                         norm_bias_decay=s.norm_bias_decay)
+        self.schedule = self._schedule_iters()
+        self.max_iter = self.schedule["max_iter"]
+        self.epochs = math.ceil(self.max_iter / self.iters_per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, **self.schedule)
+        self.scaler = grad_scaler(self.device, self.cfg.train.amp)
+        if self.cfg.ema.enabled:
+            self.ema = ModelEMA(self.model, decay=self.cfg.ema.decay, warmup_steps=self.cfg.ema.warmup_steps)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> Dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": rng_state(),
+            "epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch, "global_iter": self.global_iter,
+            "partial": dict(self._partial),
+            "arch": self.cfg.model.arch, "num_classes": self.num_classes, "classes": list(self.classes),
+            "config": to_dict(self.cfg),
+        }
+
+    def _resume(self, resume: object) -> None:
+        folder = self.output_dir / "checkpoints"
+        path = find_last_checkpoint(folder) if resume is True else Path(str(resume))
+        if path is None:
+            if self.is_main:
+                print(f"resume: no checkpoint in {folder}, starting from scratch")
+            return
+        state = load_checkpoint(path, map_location=self.device)
+        rb_weights.load_state_dict(self.model, state["model"], source=str(path))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"])
+        self.epoch, self.iter_in_epoch = int(state["epoch"]), int(state["iter_in_epoch"])
+        self.global_iter = int(state["global_iter"])
+        self._partial = dict(state.get("partial") or {})
+        self.checkpoints.load_best(state)
+        self.logger.resume(self.epoch)
+        if self.is_main:
+            print(f"resumed from {path}: epoch {self.epoch}, iteration {self.global_iter}")
+
+    def _save(self, metrics: Optional[Dict] = None) -> None:
+        if self.is_main:
+            self.checkpoints.save(self.state_dict(), metrics=metrics, epoch=self.epoch)
+        dist_utils.barrier()
+
+    # -- loops ----------------------------------------------------------------------------------------------------
+    def _to_device(self, images: torch.Tensor, targets: torch.Tensor):
+        non_blocking = self.device.type == "cuda"
+        images = images.to(self.device, non_blocking=non_blocking)
+        if self.cfg.model.channels_last and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, targets.to(self.device, non_blocking=non_blocking)
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        s = self.cfg.solver
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=s.label_smoothing)
+        if s.l1 or s.l2:
+            loss = loss + weight_penalty(self.model, l1=s.l1, l2=s.l2)
+        return loss
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        bad = torch.logical_not(torch.isfinite(loss.detach())).float().reshape(1)
+        if self.dist.enabled:
+            reduce_on = bad if torch.distributed.get_backend() == "nccl" else bad.cpu()
+            torch.distributed.all_reduce(reduce_on)
+            bad = reduce_on
+        if bad.item() > 0:
+            last = self.output_dir / "checkpoints" / "last.pt"
+            kept = f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written yet"
+            raise TrainingDiverged(
+                f"loss is {loss.item()} at epoch {self.epoch + 1}, iteration {self.global_iter + 1} "
+                f"(lr {self.optimizer.param_groups[0]['lr']:.4g}); training stopped, {kept}. "
+                f"Try a lower solver.lr, warm-up, solver.clip_grad_norm or amp=none.")
+
+    def train_one_epoch(self) -> Dict[str, float]:
+        cfg = self.cfg
+        self.train_model.train()
+        self.sampler.set_epoch(self.epoch)
+        self.train_set.set_epoch(self.epoch)
+        start_iter = self.iter_in_epoch
+        self.sampler.set_start(start_iter * self.batch_per_rank)
+        generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + self.epoch)
+        loader = make_loader(self.train_set, batch_size=self.batch_per_rank, sampler=self.sampler,
+                             workers=cfg.data.workers, pin_memory=self.device.type == "cuda", drop_last=True,
+                             generator=generator)
+        sums = {k: torch.tensor(float(self._partial.get(k, 0.0)), dtype=torch.float64)
+                for k in ("loss_sum", "correct", "count")}
+        iters_this_epoch = min(self.iters_per_epoch, self.max_iter - (self.global_iter - start_iter))
+        progress = self._progress(iters_this_epoch, start_iter)
+        start_time = time.time() - float(self._partial.get("elapsed", 0.0))
+        seen_since_start, tick = 0, time.time()
+        for images, targets in loader:
+            if self.iter_in_epoch >= iters_this_epoch:
+                break
+            images, targets = self._to_device(images, targets)
+            with autocast(self.device, cfg.train.amp):
+                logits = self.train_model(images)
+            loss = self._loss(logits, targets)
+            self._check_finite(loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                if cfg.solver.clip_grad_norm:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.solver.clip_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                if cfg.solver.clip_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.solver.clip_grad_norm)
+                self.optimizer.step()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            n = targets.numel()
+            sums["loss_sum"] += loss.detach().double().cpu() * n
+            sums["correct"] += (logits.detach().argmax(1) == targets).sum().double().cpu()
+            sums["count"] += n
+            self.iter_in_epoch += 1
+            self.global_iter += 1
+            seen_since_start += n * self.dist.world_size
+            if progress is not None:
+                rate = seen_since_start / max(1e-9, time.time() - tick)
+                progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}",
+                                     img_s=f"{rate:.0f}", refresh=False)
+                progress.update(1)
+            elif cfg.train.print_freq and self.is_main and self.global_iter % cfg.train.print_freq == 0:
+                print(f"epoch {self.epoch + 1} iter {self.iter_in_epoch}/{iters_this_epoch} loss {loss.item():.4f}",
+                      flush=True)
+            if cfg.train.checkpoint_period and self.global_iter % cfg.train.checkpoint_period == 0 \
+                    and self.iter_in_epoch < iters_this_epoch:
+                self._partial = {k: float(v) for k, v in sums.items()}
+                self._partial["elapsed"] = time.time() - start_time
+                self._save()
+        if progress is not None:
+            progress.close()
+        totals = dist_utils.all_reduce_sums({k: float(v) for k, v in sums.items()}, self.device)
+        elapsed = time.time() - start_time
+        count = max(1.0, totals["count"])
+        self._partial = {}
+        self.iter_in_epoch = 0
+        return {"train_loss": totals["loss_sum"] / count, "train_top1": 100.0 * totals["correct"] / count,
+                "epoch_time_s": elapsed, "images_per_s": totals["count"] / max(1e-9, elapsed),
+                "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _progress(self, total: int, initial: int):
+        if not (self.cfg.train.progress and self.is_main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch + 1}/{self.epochs}", unit="it",
+                    dynamic_ncols=True, leave=False)
+
+    @torch.no_grad()
+    def evaluate(self, model: Optional[nn.Module] = None) -> Dict[str, float]:
+        """Top-1/top-5 (percent), mean loss and image count over the val split, summed over all ranks."""
+        model = model if model is not None else (self.ema.module if self.ema is not None else self.model)
+        was_training = model.training
+        model.eval()
+        sums = {"loss_sum": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
+        k = min(5, self.num_classes)
+        for images, targets in self.val_loader:
+            images, targets = self._to_device(images, targets)
+            with autocast(self.device, self.cfg.train.amp):
+                if images.ndim == 5:  # ten-crop: [N, 10, 3, h, w] -> mean of the 10 views' softmax
+                    n, views = images.shape[:2]
+                    logits = model(images.flatten(0, 1)).float().view(n, views, -1)
+                    logits = logits.softmax(-1).mean(1).log()
+                else:
+                    logits = model(images)
+            logits = logits.float()
+            sums["loss_sum"] += F.cross_entropy(logits, targets, reduction="sum").item()
+            top = logits.topk(k, dim=1).indices
+            hit = top == targets[:, None]
+            sums["top1"] += hit[:, :1].sum().item()
+            sums["top5"] += hit.any(dim=1).sum().item()
+            sums["count"] += targets.numel()
+        model.train(was_training)
+        totals = dist_utils.all_reduce_sums(sums, self.device)
+        count = max(1.0, totals["count"])
+        return {"val_loss": totals["loss_sum"] / count, "val_top1": 100.0 * totals["top1"] / count,
+                "val_top5": 100.0 * totals["top5"] / count, "val_count": int(totals["count"])}
+
+    def fit(self) -> Dict[str, float]:
+        """Train to the configured length, evaluating, logging and checkpointing every epoch; returns the last row."""
+        cfg = self.cfg
+        if self.is_main:
+            print(f"training {cfg.model.arch} on {len(self.train_set)} images ({len(self.classes)} classes), "
+                  f"{self.epochs} epochs x {self.iters_per_epoch} it, batch {cfg.solver.batch_size} "
+                  f"({self.dist.world_size} process(es)), lr {self.lr:g}, device {self.device}, "
+                  f"output {self.output_dir}", flush=True)
+        row: Dict[str, float] = {}
+        while self.global_iter < self.max_iter:
+            stats = self.train_one_epoch()
+            self.epoch += 1
+            last = self.global_iter >= self.max_iter
+            val = self.evaluate() if (last or self.epoch % max(1, cfg.train.eval_period) == 0) else {}
+            row = {"epoch": self.epoch, "iter": self.global_iter, **stats, **val}
+            self.logger.log(row)
+            self._save(metrics=row)
+            if self.is_main:
+                plot_error_curves(self.logger.rows, self.output_dir / CURVES_NAME,
+                                  title=f"{cfg.model.arch}: train (dashed) / val (bold) error")
+                self._print_row(row)
+        self.logger.close()
+        return row
+
+    def _print_row(self, row: Dict) -> None:
+        parts = [f"epoch {row['epoch']}/{self.epochs}", f"loss {row['train_loss']:.4f}",
+                 f"train top-1 {row['train_top1']:.2f}%"]
+        if "val_top1" in row:
+            parts += [f"val top-1 {row['val_top1']:.2f}%", f"top-5 {row['val_top5']:.2f}%"]
+        parts += [f"lr {row['lr']:.4g}", f"{row['epoch_time_s']:.1f}s", f"{row['images_per_s']:.0f} img/s"]
+        print("  ".join(parts), flush=True)
+
+
+def load_init_weights(model: nn.Module, path: str) -> None:
+    """Load our weights into a classifier: a full classifier state (checkpoint / .safetensors) strictly, or
+    backbone-only weights (a --export file) strictly into model.backbone, leaving the head as initialised."""
+    state = rb_weights.load(path)
+    if any(k.startswith("backbone.") for k in state):
+        rb_weights.load_state_dict(model, state, source=str(path))
+    else:
+        rb_weights.load_state_dict(model.backbone, state, source=str(path))
+
+
+def export_backbone(model: nn.Module, path: str, *, metadata: Dict[str, str]) -> Path:
+    """Backbone-only weights (names as rb.build_backbone(arch) expects) for detection."""
+    return rb_weights.save(dist_utils.unwrap(model).backbone, path, metadata=metadata)

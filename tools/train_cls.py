@@ -1,0 +1,136 @@
+#!/usr/bin/env python
+"""Train / evaluate / export an image classifier (ImageNet-style pretraining of a backbone).
+
+    python tools/train_cls.py                                   # embedded synthetic shapes, a few CPU minutes
+    python tools/train_cls.py --config configs/cls/cifar_resnet20.yaml --data ../shared/data/cifar10
+    torchrun --nproc_per_node=8 tools/train_cls.py --config configs/cls/imagenet_resnet50.yaml --data /imagenet
+    python tools/train_cls.py --config C --resume                        # continue from OUTPUT/checkpoints/last.pt
+    python tools/train_cls.py --config C --eval-only --weights W.pt      # top-1 / top-5 on the val split
+    python tools/train_cls.py ... --export backbone.safetensors          # backbone-only weights for detection
+    python tools/train_cls.py ... solver.lr=0.05 solver.steps=[30,60]    # any config key=value
+
+Exit codes: 0 ok, 2 user error (config, data, weights: one line on stderr), 3 training diverged (NaN/inf loss).
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from resbackbones.config import ConfigError, load_config  # noqa: E402
+from resbackbones.data.errors import DataError  # noqa: E402
+from resbackbones.engine.checkpoint import CheckpointError  # noqa: E402
+from resbackbones.engine.cls_config import ClsConfig  # noqa: E402
+from resbackbones.weights.errors import WeightsError  # noqa: E402
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, WeightsError)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (configs/cls/*.yaml); default: the built-in synthetic run")
+    parser.add_argument("--arch", help="classifier name from rb.list_backbones() (model.arch)")
+    parser.add_argument("--data", help="DIR with train/ and val/ or test/ (folders or .tar) (data.root)")
+    parser.add_argument("--output", help="output DIR (train.output_dir)")
+    parser.add_argument("--epochs", type=int, help="training length in epochs (solver.epochs; replaces max_iter)")
+    parser.add_argument("--batch-size", type=int, help="global batch size (solver.batch_size)")
+    parser.add_argument("--lr", type=float, help="learning rate at this batch size (no linear scaling)")
+    parser.add_argument("--workers", type=int, help="DataLoader workers per process (data.workers)")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (train.device)")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                        help="resume from CKPT, or from OUTPUT/checkpoints/last.pt when no path is given")
+    parser.add_argument("--eval-only", action="store_true", help="only evaluate --weights on the val split")
+    parser.add_argument("--weights", help="initial weights (.safetensors / .pt, classifier or backbone-only)")
+    parser.add_argument("--export", metavar="FILE", help="write backbone-only weights of the final model to FILE")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.lr=0.05")
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> ClsConfig:
+    flags = []
+    for flag, key in (("arch", "model.arch"), ("data", "data.root"), ("output", "train.output_dir"),
+                      ("batch_size", "solver.batch_size"), ("workers", "data.workers"), ("device", "train.device"),
+                      ("weights", "model.weights")):
+        value = getattr(args, flag)
+        if value is not None:
+            flags.append((key, value))
+    # Flags first, then positional key=value (which win). Flag values are strings from the shell: pass them
+    # through the same override parser as text so types are checked the same way.
+    overrides = [f"{k}={_quote(v)}" for k, v in flags] + list(args.overrides)
+    cfg = load_config(ClsConfig, args.config, overrides)
+    if args.lr is not None:
+        cfg.solver.lr = float(args.lr)
+        cfg.solver.reference_batch_size = 0  # an explicit --lr is the lr actually used
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
+        solver = cfg.solver
+        if solver.max_iter and solver.unit == "iter":
+            # An iteration recipe (e.g. CIFAR 64k it, /10 at 32k and 48k) keeps its shape at the new length.
+            solver.steps = tuple(s / solver.max_iter for s in solver.steps)
+            solver.unit = "fraction"
+        solver.max_iter = None
+        solver.epochs = args.epochs
+    return cfg
+
+
+def _quote(value) -> str:
+    text = str(value)
+    # Paths and names must stay strings even if they look like numbers/booleans to YAML.
+    return "'" + text.replace("'", "''") + "'" if isinstance(value, str) else text
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = build_config(args)
+        if args.eval_only and not (args.weights or args.resume):
+            raise ConfigError("--eval-only needs --weights FILE (or --resume to evaluate the last checkpoint)")
+        from resbackbones.engine.cls_trainer import ClsTrainer, TrainingDiverged, export_backbone
+
+        try:
+            trainer = ClsTrainer(cfg, resume=args.resume, build_train=not args.eval_only or bool(args.resume))
+            if args.eval_only:
+                metrics = trainer.evaluate()
+                if trainer.is_main:
+                    print(f"top-1 {metrics['val_top1']:.2f} %  top-5 {metrics['val_top5']:.2f} %  "
+                          f"loss {metrics['val_loss']:.4f}  ({metrics['val_count']} images, "
+                          f"{cfg.model.arch}, {args.weights or 'last checkpoint'})")
+            else:
+                metrics = trainer.fit()
+            if args.export and trainer.is_main:
+                model = trainer.ema.module if trainer.ema is not None else trainer.model
+                meta = {"arch": cfg.model.arch, "source": "resbackbones tools/train_cls.py",
+                        "num_classes": str(trainer.num_classes), "color_order": "RGB", "input_range": "0-1",
+                        "mean": str(tuple(cfg.data.mean)), "std": str(tuple(cfg.data.std)),
+                        "val_top1": f"{metrics.get('val_top1', float('nan')):.2f}",
+                        "epochs": str(trainer.epoch), "data": str(cfg.data.root or "synthetic")}
+                path = export_backbone(model, args.export, metadata=meta)
+                print(f"exported backbone weights to {path}")
+        except TrainingDiverged as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 3
+        finally:
+            from resbackbones.engine.distributed import cleanup
+
+            cleanup()
+    except USER_ERRORS as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except ValueError as error:  # invalid option values reaching builders (device name, amp on CPU, ...)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _one_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) if lines else type(error).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
