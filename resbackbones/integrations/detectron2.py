@@ -25,6 +25,7 @@ build time with the config lines to change (see `apply_weights_conventions` to a
 """
 import inspect
 import logging
+import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -299,7 +300,15 @@ def build_resbackbones_fpn_backbone(cfg: CN, input_shape: D2ShapeSpec) -> FPN:
     """detectron2's FPN over ours + LastLevelMaxPool: p<log2 stride> levels, p2..p6 for a ResNet (Mask R-CNN)."""
     _require_config(cfg)
     bottom_up = _build_adapter(cfg, input_shape, fpn=True)
-    return _fpn(cfg, bottom_up, LastLevelMaxPool())
+    top_block = LastLevelMaxPool()
+    # detectron2 pools "p5"; with other strides (VGG conv3..conv5 -> p2..p4, CIFAR) pool the coarsest level.
+    top_block.in_feature = _coarsest_level(bottom_up, cfg.MODEL.FPN.IN_FEATURES)
+    return _fpn(cfg, bottom_up, top_block)
+
+
+def _coarsest_level(bottom_up: ResBackbone, in_features: Sequence[str]) -> str:
+    stride = bottom_up.output_shape()[list(in_features)[-1]].stride
+    return f"p{int(math.log2(stride))}"
 
 
 @BACKBONE_REGISTRY.register()
@@ -318,11 +327,18 @@ def build_adapter(*, name: str, **options) -> ResBackbone:
     return ResBackbone.build(name=name, **options)
 
 
+def _last_level_max_pool(*, in_feature: str = "p5") -> LastLevelMaxPool:
+    block = LastLevelMaxPool()
+    block.in_feature = in_feature
+    return block
+
+
 def lazy_fpn_backbone(*, name: str, out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
-                      out_channels: int = 256, norm: str = "", top_block: str = "maxpool", **options):
+                      out_channels: int = 256, norm: str = "", top_block: str = "maxpool", top_in_feature: str = "p5",
+                      **options):
     """LazyConfig node: L(FPN)(bottom_up=L(ResBackbone.build)(name=..., ...), ..., top_block=L(LastLevelMaxPool)()).
 
-    top_block "maxpool" (Mask/Faster R-CNN, adds p6) or "p6p7" (RetinaNet, from the last bottom-up feature; its
+    top_block "maxpool" (Mask/Faster R-CNN: pools top_in_feature, "p5" for a ResNet; "p4" for VGG conv3..conv5) or "p6p7" (RetinaNet, from the last bottom-up feature; its
     in_channels must be given as p6p7_in_channels=...). Extra options go to rb.build_backbone (norm via
     backbone_norm=..., freeze_at, stride_in_1x1, ...).
     """
@@ -331,7 +347,7 @@ def lazy_fpn_backbone(*, name: str, out_features: Sequence[str] = ("res2", "res3
     if backbone_norm is not None:
         options["norm"] = backbone_norm
     if top_block == "maxpool":
-        top = L(LastLevelMaxPool)()
+        top = L(_last_level_max_pool)(in_feature=top_in_feature)
     elif top_block == "p6p7":
         if p6p7_in_channels is None:
             raise ValueError("lazy_fpn_backbone(top_block='p6p7') needs p6p7_in_channels (channels of the last feature)")
