@@ -168,8 +168,12 @@ _CFG_KEYS = {
 }
 
 
+def _rounded(value):
+    return [round(v, 3) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def _refuse_mismatch(recorded: Conventions, configured: Conventions, *, source: str) -> None:
-    problems = recorded.mismatches(configured)
+    problems = [(f, _rounded(want), _rounded(have)) for f, want, have in recorded.mismatches(configured)]
     if problems:
         lines = "\n".join(f"  {_CFG_KEYS[f]}: weights need {want!r}, config has {have!r}" for f, want, have in problems)
         fixes = " ".join(f"{_CFG_KEYS[f]} \"{want}\"" for f, want, _ in problems)
