@@ -18,7 +18,9 @@ class Backbone(nn.Module):
     Stages after the last requested output are not built, as in detectron2.
     """
 
-    stages: nn.ModuleDict
+    # Types for TorchScript (empty lists cannot be inferred); no `stages: nn.ModuleDict` here, it cannot read that.
+    _out_features: List[str]
+    _checkpoint_stages: List[str]
 
     def __init__(self) -> None:
         super().__init__()

@@ -54,6 +54,8 @@ class ResNet(Backbone):
     res5_dilation: 1 or 2 (2: res5 keeps stride 16 and dilates its 3x3 convs, DeepLab/DC5 style).
     """
 
+    __jit_unused_properties__ = ["size_divisibility"]  # python-side metadata; TorchScript need not compile it
+
     def __init__(
         self,
         *,
@@ -132,6 +134,8 @@ class ResNet(Backbone):
                 elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
                     nn.init.ones_(module.weight)
                     nn.init.zeros_(module.bias)
+            # A second pass: modules() visits a block before its norms, which the loop above resets to 1.
+            for module in stage.modules():
                 if zero_init_residual and isinstance(module, (BasicBlock, Bottleneck)):
                     module.zero_init_last_norm()
 
