@@ -1,0 +1,217 @@
+"""COCO detection / instance segmentation metrics: pycocotools COCOeval (the reference) or faster-coco-eval.
+
+    result = evaluate_coco("instances_val.json", detections, iou_types=("bbox", "segm"))
+    result["bbox"].stats        # {"AP": 0.372, "AP50": ..., "ARl": ...}: COCOeval.stats, fractions, -1 = undefined
+    result["bbox"].per_category # {category_id: AP@[.5:.95]} (-1 where the category has no ground truth)
+
+Detections are COCO results: [{"image_id", "category_id", "score", "bbox": [x, y, w, h], "segmentation": RLE}],
+as a list or a path to a results json. Every input problem raises CocoEvalError with one line naming it.
+For segm, detections are evaluated without their "bbox" key (as detectron2 does) so that a detection's area is its
+mask area, not its box area, when COCOeval sorts it into small / medium / large.
+"""
+import contextlib
+import copy
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+IOU_TYPES = ("bbox", "segm")
+BACKENDS = ("auto", "pycocotools", "fast", "faster_coco_eval")
+
+GroundTruth = Union[str, os.PathLike, Mapping[str, Any], Any]
+Detections = Union[str, os.PathLike, Sequence[Mapping[str, Any]]]
+
+
+class CocoEvalError(ValueError):
+    """Unusable ground truth or detections; the message is one line naming the file / image / category."""
+
+
+@dataclass
+class CocoStats:
+    """The 12 COCOeval.stats of one iou type, AP per category and the backend that computed them."""
+
+    iou_type: str
+    stats: Dict[str, float]
+    per_category: Dict[int, float]
+    category_names: Dict[int, str] = field(default_factory=dict)
+    backend: str = "pycocotools"
+
+    def table(self) -> str:
+        """Per-category AP as a text table (name, id, AP in percent)."""
+        lines = [f"{'category':<24} {'id':>4} {'AP':>7}"]
+        for cat_id, ap in self.per_category.items():
+            shown = f"{100 * ap:7.2f}" if ap >= 0 else f"{'-':>7}"
+            lines.append(f"{self.category_names.get(cat_id, str(cat_id))[:24]:<24} {cat_id:>4} {shown}")
+        return "\n".join(lines)
+
+
+# -- inputs -------------------------------------------------------------------------------------------------------
+def load_json(path: Union[str, os.PathLike], what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise CocoEvalError(f"{what} file not found: {path}")
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise CocoEvalError(f"{what} file {path} is not valid JSON: {error}") from None
+    except OSError as error:
+        raise CocoEvalError(f"cannot read {what} file {path}: {error.strerror or error}") from None
+
+
+def _gt_dict(gt: GroundTruth) -> Dict[str, Any]:
+    if hasattr(gt, "dataset") and isinstance(gt.dataset, dict):  # a pycocotools / faster-coco-eval COCO object
+        return gt.dataset
+    data = load_json(gt, "ground-truth") if isinstance(gt, (str, os.PathLike)) else gt
+    if not isinstance(data, Mapping) or not all(k in data for k in ("images", "annotations", "categories")):
+        raise CocoEvalError("ground truth must be a COCO instances json with 'images', 'annotations', 'categories'")
+    return dict(data)
+
+
+def _dt_list(detections: Detections) -> List[Dict[str, Any]]:
+    data = load_json(detections, "detections") if isinstance(detections, (str, os.PathLike)) else detections
+    if not isinstance(data, (list, tuple)):
+        raise CocoEvalError(f"detections must be a list of COCO results, got {type(data).__name__}")
+    return [dict(d) for d in data]
+
+
+def check_detections(gt: Mapping[str, Any], dets: Sequence[Mapping[str, Any]], iou_types: Sequence[str]) -> None:
+    """Raise CocoEvalError for empty results, missing keys, or image / category ids absent from the ground truth."""
+    if not dets:
+        raise CocoEvalError("detections are empty: nothing to evaluate (COCOeval needs at least one result)")
+    image_ids = {img["id"] for img in gt["images"]}
+    cat_ids = {cat["id"] for cat in gt["categories"]}
+    for index, det in enumerate(dets):
+        if not isinstance(det, Mapping):
+            raise CocoEvalError(f"detection #{index} is a {type(det).__name__}, not a mapping")
+        for key in ("image_id", "category_id", "score"):
+            if key not in det:
+                raise CocoEvalError(f"detection #{index} has no {key!r}: {_short(det)}")
+        if det["image_id"] not in image_ids:
+            raise CocoEvalError(f"detection #{index} has image_id {det['image_id']!r}, which is not in the ground "
+                                f"truth ({len(image_ids)} images)")
+        if det["category_id"] not in cat_ids:
+            raise CocoEvalError(f"detection #{index} has category_id {det['category_id']!r}, which is not in the "
+                                f"ground truth categories {sorted(cat_ids)[:10]}{'...' if len(cat_ids) > 10 else ''}")
+        if "segm" in iou_types and "segmentation" not in det:
+            raise CocoEvalError(f"segm evaluation needs 'segmentation' in every detection; #{index} has none")
+        if "bbox" in iou_types and "bbox" not in det and "segmentation" not in det:
+            raise CocoEvalError(f"bbox evaluation needs 'bbox' (or 'segmentation') in detection #{index}")
+        if "bbox" in det and (not isinstance(det["bbox"], (list, tuple)) or len(det["bbox"]) != 4):
+            raise CocoEvalError(f"detection #{index}: bbox must be [x, y, width, height], got {det['bbox']!r}")
+
+
+def _short(obj: Mapping[str, Any]) -> str:
+    return json.dumps({k: v for k, v in obj.items() if k != "segmentation"})[:120]
+
+
+# -- evaluation ---------------------------------------------------------------------------------------------------
+def _backend_classes(backend: str):
+    if backend == "faster_coco_eval":
+        from faster_coco_eval import COCO, COCOeval_faster
+
+        return COCO, COCOeval_faster
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    return COCO, COCOeval
+
+
+def resolve_backend(backend: str) -> str:
+    """"auto" -> "fast" (coco_fast.py: pycocotools' arithmetic, batched; tested bit-identical).
+
+    "faster_coco_eval" is offered for comparison only: its precision values differ from pycocotools' in the last
+    bit (AP off by ~1e-17 on the COCO sample), so it is never chosen automatically.
+    """
+    if backend not in BACKENDS:
+        raise CocoEvalError(f"unknown COCO eval backend {backend!r}; available: {', '.join(BACKENDS)}")
+    return "fast" if backend == "auto" else backend
+
+
+def _quiet():
+    # pycocotools prints progress to stdout; tools print their own summary.
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def _run(gt: Dict[str, Any], dets: List[Dict[str, Any]], iou_type: str, backend: str):
+    if backend == "fast":
+        from .coco_fast import FastCOCOeval
+
+        return FastCOCOeval(gt, dets, iou_type).run()
+    coco_cls, eval_cls = _backend_classes(backend)
+    with _quiet():
+        if backend == "faster_coco_eval":
+            coco_gt = coco_cls(copy.deepcopy(gt), print_function=lambda *a, **k: None)
+        else:
+            coco_gt = coco_cls()
+            coco_gt.dataset = copy.deepcopy(gt)
+            coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(dets)
+        kwargs = {"print_function": lambda *a, **k: None} if backend == "faster_coco_eval" else {}
+        evaluator = eval_cls(coco_gt, coco_dt, iou_type, **kwargs)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def per_category_ap(evaluator) -> Dict[int, float]:
+    """AP@[.5:.95] per category from COCOeval.eval["precision"] (all areas, 100 detections), -1 if undefined."""
+    precision = np.asarray(evaluator.eval["precision"])  # [T iou, R recall, K categories, A areas, M max dets]
+    result = {}
+    for k, cat_id in enumerate(evaluator.params.catIds):
+        values = precision[:, :, k, 0, -1]
+        values = values[values > -1]
+        result[int(cat_id)] = float(values.mean()) if values.size else -1.0
+    return result
+
+
+def evaluate_coco(
+    gt: GroundTruth,
+    detections: Detections,
+    *,
+    iou_types: Sequence[str] = ("bbox",),
+    backend: str = "auto",
+) -> Dict[str, CocoStats]:
+    """COCO metrics of `detections` against `gt` (path, dict or COCO object) for each iou type ("bbox", "segm").
+
+    Returns {iou_type: CocoStats}; stats are the values of COCOeval.stats under STAT_NAMES.
+    """
+    unknown = [t for t in iou_types if t not in IOU_TYPES]
+    if unknown or not iou_types:
+        raise CocoEvalError(f"unknown iou type(s) {unknown or list(iou_types)}; available: {', '.join(IOU_TYPES)}")
+    backend = resolve_backend(backend)
+    gt_dict = _gt_dict(gt)
+    dets = _dt_list(detections)
+    check_detections(gt_dict, dets, iou_types)
+    names = {int(c["id"]): str(c.get("name", c["id"])) for c in gt_dict["categories"]}
+    results = {}
+    for iou_type in iou_types:
+        if iou_type == "segm":
+            typed = [{k: v for k, v in d.items() if k != "bbox"} for d in dets]
+        else:
+            typed = [dict(d) for d in dets]  # loadRes writes area / id into each result
+        evaluator = _run(gt_dict, typed, iou_type, backend)
+        stats = {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats[: len(STAT_NAMES)])}
+        results[iou_type] = CocoStats(iou_type=iou_type, stats=stats, per_category=per_category_ap(evaluator),
+                                      category_names=names, backend=backend)
+    return results
+
+
+def format_stats(stats: Mapping[str, float]) -> str:
+    """The 12 stats as COCOeval.summarize() names them, one per line."""
+    labels = {
+        "AP": "AP @[IoU=0.50:0.95 | area=   all | maxDets=100]", "AP50": "AP @[IoU=0.50      | area=   all | maxDets=100]",
+        "AP75": "AP @[IoU=0.75      | area=   all | maxDets=100]", "APs": "AP @[IoU=0.50:0.95 | area= small | maxDets=100]",
+        "APm": "AP @[IoU=0.50:0.95 | area=medium | maxDets=100]", "APl": "AP @[IoU=0.50:0.95 | area= large | maxDets=100]",
+        "AR1": "AR @[IoU=0.50:0.95 | area=   all | maxDets=  1]", "AR10": "AR @[IoU=0.50:0.95 | area=   all | maxDets= 10]",
+        "AR100": "AR @[IoU=0.50:0.95 | area=   all | maxDets=100]", "ARs": "AR @[IoU=0.50:0.95 | area= small | maxDets=100]",
+        "ARm": "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]", "ARl": "AR @[IoU=0.50:0.95 | area= large | maxDets=100]",
+    }
+    return "\n".join(f"{name:>5}  {labels[name]} = {stats[name]:.3f}" for name in STAT_NAMES)
