@@ -1,0 +1,40 @@
+"""Build a detection dataset from a DatasetConfig (COCO json + images, or the embedded shapes set)."""
+import os
+from pathlib import Path
+
+from .coco import CocoDetection
+from .errors import DataError
+from .shapes import write_shapes_coco
+
+
+def default_data_home() -> Path:
+    """$RESBACKBONES_DATA, else ~/.cache/resbackbones: where generated data (the shapes set) is written."""
+    return Path(os.environ.get("RESBACKBONES_DATA", Path.home() / ".cache" / "resbackbones"))
+
+
+def shapes_root(dcfg, split: str) -> Path:
+    if dcfg.root:
+        return Path(dcfg.root)
+    name = f"{split}_seed{dcfg.seed}_n{dcfg.num_images}_s{dcfg.image_size}"
+    return default_data_home() / "shapes" / name
+
+
+def build_det_dataset(dcfg, *, split: str, transforms=None, cache_images: bool = False) -> CocoDetection:
+    """dcfg: a train_config.DatasetConfig; split names it in errors ("train" / "val")."""
+    if dcfg.kind == "shapes":
+        root = write_shapes_coco(shapes_root(dcfg, split), num_images=dcfg.num_images, seed=dcfg.seed,
+                                 image_size=dcfg.image_size)
+        ann_file, image_root = root / "annotations.json", root / "images"
+    else:
+        if not dcfg.ann_file:
+            raise DataError(f"data.{split}.ann_file is empty: set it to a COCO json (or data.{split}.kind=shapes)")
+        ann_file, image_root = Path(dcfg.ann_file), Path(dcfg.image_root)
+        if not ann_file.is_file():
+            raise DataError(f"data.{split}.ann_file not found: {ann_file}")
+        if not image_root.is_dir():
+            raise DataError(f"data.{split}.image_root not found: {image_root}")
+    dataset = CocoDetection(ann_file, image_root, with_masks=dcfg.with_masks, filter_empty=dcfg.filter_empty,
+                            cache_images=cache_images, transforms=transforms)
+    if dcfg.limit:
+        dataset.ids = dataset.ids[: dcfg.limit]
+    return dataset

@@ -1,0 +1,152 @@
+"""Typed schema of a detection TRAINING config (tools/train_det.py): model + data + solver + train + test.
+
+    cfg = load_config(DetTrainConfig, "configs/mrcnn_r50.yaml", overrides=["solver.max_iter=200"])
+
+Schedules are in iterations (detectron2's convention): solver.max_iter, solver.steps, solver.warmup_iters.
+solver.ims_per_batch is the TOTAL batch over all processes (each of N torchrun processes takes 1/N of it), and
+solver.base_lr belongs to that total batch, so a config trains the same whatever the number of GPUs.
+"""
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Tuple
+
+from .config import DetectorConfig
+
+
+@dataclass
+class DatasetConfig:
+    """One split. kind "coco": ann_file + image_root; kind "shapes": the embedded synthetic set, generated
+    deterministically from (seed, num_images, image_size) into `root` (reused when already there).
+
+    with_masks: decode instance masks (needed for Mask R-CNN; box-only sets such as BCCD set it false).
+    filter_empty: drop images without annotations (training); otherwise kept as background-only images.
+    limit: use only the first `limit` images (0 = all) - quick runs and tests.
+    """
+
+    kind: Literal["coco", "shapes"] = "coco"
+    ann_file: str = ""
+    image_root: str = ""
+    root: str = ""  # shapes: output folder; "" -> $RESBACKBONES_DATA (or ~/.cache/resbackbones)/shapes/<name>
+    num_images: int = 0
+    seed: int = 0
+    image_size: int = 192
+    with_masks: bool = True
+    filter_empty: bool = False
+    limit: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Training / validation sets and the loader. flip_prob: horizontal-flip probability during training.
+
+    The model resizes (model.input.min_size / max_size); see data/det_transforms.py for why the dataset does not.
+    cache_images: keep decoded images and masks in memory after first use (small sets: no per-step decoding).
+    """
+
+    train: DatasetConfig = field(default_factory=DatasetConfig)
+    val: DatasetConfig = field(default_factory=DatasetConfig)
+    flip_prob: float = 0.5
+    num_workers: int = 2
+    cache_images: bool = False
+
+
+@dataclass
+class SolverConfig:
+    """SGD (or AdamW) + linear warm-up + step (or cosine) decay, all in iterations.
+
+    ims_per_batch: total images per iteration over all processes. steps: iterations where lr *= gamma.
+    clip_grad_norm: max global gradient norm (0 = no clipping). norm_bias_decay: weight decay on norm weights and
+    biases too (detectron2's default does; false exempts them).
+    """
+
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    base_lr: float = 0.02
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    norm_bias_decay: bool = True
+    ims_per_batch: int = 16
+    max_iter: int = 90000
+    policy: Literal["step", "cosine"] = "step"
+    steps: Tuple[int, ...] = (60000, 80000)
+    gamma: float = 0.1
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    clip_grad_norm: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Loop settings. eval_period / checkpoint_period in iterations (0 = only at the end).
+
+    amp: "none" | "bf16" | "fp16" (fp16 is CUDA only); "auto" = fp16 on CUDA, none on CPU.
+    num_threads: torch CPU threads (0 = leave torch's default). time_limit_s: stop training early (and evaluate)
+    once this many seconds have passed (0 = no limit) - a guard for time-boxed runs, never used by the configs.
+    """
+
+    output_dir: str = "output/det"
+    device: str = "auto"
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    seed: int = 0
+    log_period: int = 20
+    eval_period: int = 0
+    checkpoint_period: int = 5000
+    num_threads: int = 0
+    deterministic: bool = False
+    progress: bool = True
+    time_limit_s: float = 0.0
+
+
+@dataclass
+class TestConfig:
+    """Evaluation: iou_types default to bbox (+ segm when the model has a mask head); max_images 0 = all."""
+
+    iou_types: Tuple[str, ...] = ()
+    mask_threshold: float = 0.5
+    ims_per_batch: int = 8
+    max_images: int = 0
+    backend: str = "auto"
+
+
+@dataclass
+class DetTrainConfig:
+    model: DetectorConfig = field(default_factory=DetectorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+    def validate(self) -> None:
+        """Cross-field checks; ValueError naming the key (load_config reports it as a ConfigError)."""
+        self.model.validate()
+        s = self.solver
+        if s.max_iter < 1:
+            raise ValueError(f"solver.max_iter must be >= 1, got {s.max_iter}")
+        if s.ims_per_batch < 1:
+            raise ValueError(f"solver.ims_per_batch must be >= 1, got {s.ims_per_batch}")
+        if list(s.steps) != sorted(s.steps):
+            raise ValueError(f"solver.steps must be increasing, got {list(s.steps)}")
+        if s.base_lr <= 0:
+            raise ValueError(f"solver.base_lr must be > 0, got {s.base_lr}")
+        for split in ("train", "val"):
+            d = getattr(self.data, split)
+            if d.kind == "coco" and d.ann_file and not d.image_root:
+                raise ValueError(f"data.{split}.image_root is required with data.{split}.ann_file")
+            if d.kind == "shapes" and d.num_images < 1:
+                raise ValueError(f"data.{split}.num_images must be >= 1 for kind 'shapes', got {d.num_images}")
+        if not 0.0 <= self.data.flip_prob <= 1.0:
+            raise ValueError(f"data.flip_prob must be in [0, 1], got {self.data.flip_prob}")
+        for t in self.test.iou_types:
+            if t not in ("bbox", "segm"):
+                raise ValueError(f"test.iou_types: unknown {t!r}; choose bbox, segm")
+        if "segm" in self.test.iou_types and not self.model.mask_head.enabled:
+            raise ValueError("test.iou_types has 'segm' but model.mask_head.enabled is false")
+
+
+def default_iou_types(cfg: DetTrainConfig) -> Tuple[str, ...]:
+    if cfg.test.iou_types:
+        return tuple(cfg.test.iou_types)
+    return ("bbox", "segm") if cfg.model.mask_head.enabled else ("bbox",)
+
+
+def optional_int(value: Optional[int]) -> int:
+    return int(value or 0)

@@ -1,0 +1,317 @@
+"""Iteration-based detection training (Faster / Mask R-CNN): SGD + warm-up + steps, AMP, DDP, periodic COCO eval,
+atomic checkpoints with resume, tqdm, metrics.csv / TensorBoard, loss-curve PNG, final eval.json.
+
+    trainer = DetTrainer(cfg, resume=True)       # cfg: detection.train_config.DetTrainConfig
+    result = trainer.fit()                       # {"bbox": {"AP": ..}, "segm": {...}} of the final evaluation
+
+Reuses engine/: device + autocast, distributed, optim (param groups, warm-up/step lambda), checkpoint (atomic save
+with RNG states), metrics_log (CSV/JSONL/TensorBoard).
+"""
+import json
+import math
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..config import dump_yaml
+from ..data.det_datasets import build_det_dataset
+from ..data.det_transforms import build_det_transforms, collate_detection
+from ..detection.builder import build_detector
+from ..detection.train_config import DetTrainConfig, default_iou_types
+from .checkpoint import find_last_checkpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
+from .det_curves import plot_det_curves
+from .device import autocast, grad_scaler, resolve_device
+from .distributed import init_distributed, unwrap
+from .metrics_log import MetricsLogger
+from .optim import build_optimizer, make_lr_lambda
+
+LAST = "last.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the message names the iteration and the loss terms."""
+
+
+class IterationSampler(torch.utils.data.Sampler):
+    """Infinite stream of dataset indices for this rank, starting at `start` samples into the stream.
+
+    Epoch e is a permutation drawn from (seed, e), and rank r takes every world_size-th index, so the stream
+    depends only on (seed, rank, world_size): a resumed run sees exactly the batches it would have seen.
+    """
+
+    def __init__(self, size: int, *, seed: int, rank: int = 0, world_size: int = 1, start: int = 0):
+        if size < 1:
+            raise ValueError("the training set is empty")
+        self.size, self.seed, self.rank, self.world = size, seed, rank, world_size
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        per_epoch = self.size // self.world if self.size >= self.world else 1
+        epoch, offset = divmod(self.start, per_epoch)
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
+            perm = torch.randperm(self.size, generator=g).tolist()
+            mine = (perm[self.rank::self.world] or perm)[:per_epoch]
+            yield from mine[offset:]
+            epoch, offset = epoch + 1, 0
+
+
+class DetTrainer:
+    def __init__(self, cfg: DetTrainConfig, *, resume: bool = False, eval_only: bool = False,
+                 checkpoint: str = ""):
+        self.cfg = cfg
+        tcfg = cfg.train
+        if tcfg.num_threads:
+            torch.set_num_threads(tcfg.num_threads)
+        self.device = resolve_device(tcfg.device)
+        self.dist = init_distributed(self.device)
+        self.amp = ("fp16" if self.device.type == "cuda" else "none") if tcfg.amp == "auto" else tcfg.amp
+        autocast(self.device, self.amp)  # validates amp for this device (fp16 on CPU is refused) before any work
+        torch.manual_seed(tcfg.seed + self.dist.rank)
+        self.output = Path(tcfg.output_dir)
+        self.iou_types = default_iou_types(cfg)
+        self.world = self.dist.world_size
+        if cfg.solver.ims_per_batch % self.world:
+            raise ValueError(f"solver.ims_per_batch={cfg.solver.ims_per_batch} must be divisible by the number of "
+                             f"processes ({self.world})")
+        self.val_set = build_det_dataset(cfg.data.val, split="val", transforms=build_det_transforms(train=False),
+                                         cache_images=cfg.data.cache_images)
+        self.train_set = None
+        if not eval_only:
+            self.train_set = build_det_dataset(cfg.data.train, split="train", cache_images=cfg.data.cache_images,
+                                               transforms=build_det_transforms(train=True,
+                                                                               flip_prob=cfg.data.flip_prob))
+            self._check_classes(self.train_set, "train")
+        self._check_classes(self.val_set, "val")
+        self.model = build_detector(cfg.model).to(self.device)
+        self.optimizer = build_optimizer(self.model, name=cfg.solver.optimizer, lr=cfg.solver.base_lr,
+                                         momentum=cfg.solver.momentum, weight_decay=cfg.solver.weight_decay,
+                                         nesterov=cfg.solver.nesterov, norm_bias_decay=cfg.solver.norm_bias_decay)
+        s = cfg.solver
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, make_lr_lambda(
+            max_iter=s.max_iter, policy=s.policy, steps=s.steps, gamma=s.gamma, warmup_iters=s.warmup_iters,
+            warmup_factor=s.warmup_factor, warmup_method="linear"))
+        self.scaler = grad_scaler(self.device, self.amp)
+        self.iteration = 0
+        self.train_seconds = 0.0
+        self.logger = MetricsLogger(self.output, enabled=self.dist.is_main, index_key="iter")
+        if checkpoint:
+            self._load(checkpoint, weights_only_model=eval_only)
+        elif resume:
+            last = find_last_checkpoint(self.output)
+            if last is not None:
+                self._load(last, weights_only_model=False)
+        if self.dist.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            dump_yaml(cfg, self.output / "config.yaml")
+        self.train_model: nn.Module = self.model
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def _check_classes(self, dataset, split: str) -> None:
+        if dataset.num_classes != self.cfg.model.num_classes:
+            raise ValueError(f"model.num_classes={self.cfg.model.num_classes} but data.{split} "
+                             f"({dataset.ann_file}) has {dataset.num_classes} categories")
+
+    # -- checkpoints ------------------------------------------------------------------------------------------
+    def state_dict(self) -> Dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+                "iteration": self.iteration, "train_seconds": self.train_seconds, "rng": rng_state(),
+                "label_to_category": dict(self.val_set.label_to_category)}
+
+    def save(self) -> Optional[Path]:
+        if not self.dist.is_main:
+            return None
+        return save_atomic(self.state_dict(), self.output / LAST)
+
+    def _load(self, path, *, weights_only_model: bool) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        if missing or unexpected:
+            from .checkpoint import CheckpointError
+            raise CheckpointError(f"checkpoint {path} does not match the model built from the config: "
+                                  f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        if weights_only_model:
+            return
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        self.logger.resume(self.iteration)
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def _loader(self):
+        per_rank = self.cfg.solver.ims_per_batch // self.world
+        sampler = IterationSampler(len(self.train_set), seed=self.cfg.train.seed, rank=self.dist.rank,
+                                   world_size=self.world, start=self.iteration * per_rank)
+        workers = self.cfg.data.num_workers
+        return iter(torch.utils.data.DataLoader(
+            self.train_set, batch_size=per_rank, sampler=sampler, num_workers=workers,
+            collate_fn=collate_detection, persistent_workers=False, pin_memory=self.device.type == "cuda",
+            prefetch_factor=2 if workers else None))
+
+    def _to_device(self, images: List[torch.Tensor], targets: List[Dict]):
+        images = [im.to(self.device, non_blocking=True) for im in images]
+        moved = []
+        for t in targets:
+            moved.append({k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
+                          for k, v in t.items() if k in ("boxes", "labels", "masks")})
+        return images, moved
+
+    def train_step(self, images, targets) -> Dict[str, float]:
+        images, targets = self._to_device(images, targets)
+        with autocast(self.device, self.amp):
+            losses = self.train_model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise TrainingDiverged(f"loss is {loss.item()} at iteration {self.iteration} ({terms}); lower "
+                                   f"solver.base_lr or raise solver.warmup_iters")
+        self.optimizer.zero_grad(set_to_none=True)
+        clip = self.cfg.solver.clip_grad_norm
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.optimizer.step()
+        self.scheduler.step()
+        row = {k: float(v.detach()) for k, v in losses.items()}
+        row["loss"] = float(loss.detach())
+        return row
+
+    def fit(self) -> Dict[str, Dict[str, float]]:
+        cfg, tcfg = self.cfg, self.cfg.train
+        max_iter = cfg.solver.max_iter
+        self.model.train()
+        data = self._loader() if self.iteration < max_iter else None
+        bar = None
+        if tcfg.progress and self.dist.is_main and self.iteration < max_iter:
+            from tqdm import tqdm
+            bar = tqdm(total=max_iter, initial=self.iteration, desc="train", dynamic_ncols=True, leave=False)
+        window: List[Dict[str, float]] = []
+        start = time.perf_counter() - self.train_seconds
+        while self.iteration < max_iter:
+            images, targets = next(data)
+            row = self.train_step(images, targets)
+            self.iteration += 1
+            self.train_seconds = time.perf_counter() - start
+            window.append(row)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.4g}")
+            done = self.iteration == max_iter
+            if tcfg.time_limit_s and self.train_seconds > tcfg.time_limit_s:
+                done = True
+            if self.iteration % tcfg.log_period == 0 or done:
+                self._log_window(window)
+                window = []
+            if tcfg.checkpoint_period and self.iteration % tcfg.checkpoint_period == 0 and not done:
+                self.save()
+            if tcfg.eval_period and self.iteration % tcfg.eval_period == 0 and not done:
+                self._eval_and_log()
+                self.model.train()
+            if done:
+                break
+        if bar is not None:
+            bar.close()
+        self.save()
+        result = self._eval_and_log(final=True)
+        self.logger.close()
+        return result
+
+    def _log_window(self, window: List[Dict[str, float]]) -> None:
+        if not window:
+            return
+        row = {"iter": self.iteration, "lr": self.optimizer.param_groups[0]["lr"],
+               "time_s": round(self.train_seconds, 2)}
+        for key in window[0]:
+            row[key] = sum(r[key] for r in window) / len(window)
+        self.logger.log(row)
+
+    # -- evaluation -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_coco(self) -> List[Dict]:
+        """Run the model over this rank's share of the val set; COCO results of ALL ranks (gathered)."""
+        from ..evaluation.coco_results import to_coco_results
+
+        model = self.model
+        model.eval()
+        ids = self.val_set.ids
+        if self.cfg.test.max_images:
+            ids = ids[: self.cfg.test.max_images]
+        positions = list(range(len(ids)))[self.dist.rank::self.world]
+        results: List[Dict] = []
+        batch = max(1, self.cfg.test.ims_per_batch)
+        index = {image_id: i for i, image_id in enumerate(self.val_set.ids)}
+        for s in range(0, len(positions), batch):
+            chunk = [self.val_set[index[ids[p]]] for p in positions[s:s + batch]]
+            images = [im.to(self.device) for im, _ in chunk]
+            with autocast(self.device, self.amp):
+                outputs = model(images)
+            outputs = [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in outputs]
+            results += to_coco_results(outputs, [t["image_id"] for _, t in chunk], self.val_set.label_to_category,
+                                       mask_threshold=self.cfg.test.mask_threshold)
+        if self.dist.enabled:
+            gathered: List[Optional[List[Dict]]] = [None] * self.world
+            dist.all_gather_object(gathered, results)
+            results = [r for part in gathered for r in (part or [])]
+        return results
+
+    def _gt(self) -> Dict:
+        """The val ground truth restricted to the evaluated images (crowd regions kept: COCOeval ignores them)."""
+        data = self.val_set.coco.dataset
+        ids = set(self.val_set.ids[: self.cfg.test.max_images] if self.cfg.test.max_images else self.val_set.ids)
+        if ids == set(self.val_set.coco.imgs):
+            return data
+        return dict(data, images=[im for im in data["images"] if im["id"] in ids],
+                    annotations=[a for a in data["annotations"] if a["image_id"] in ids])
+
+    def evaluate(self) -> Dict[str, Dict[str, float]]:
+        """COCO stats of the current model on the val set: {"bbox": {"AP": .., ..}, "segm": {..}} (all ranks)."""
+        from ..evaluation.coco import evaluate_coco
+
+        started = time.perf_counter()
+        results = self.predict_coco()
+        out: Dict[str, Dict[str, float]] = {}
+        if self.dist.is_main:
+            if results:
+                stats = evaluate_coco(self._gt(), results, iou_types=self.iou_types, backend=self.cfg.test.backend)
+                out = {t: dict(s.stats) for t, s in stats.items()}
+            else:  # nothing detected: COCOeval cannot load an empty result list; every stat is 0 by definition
+                out = {t: {"AP": 0.0} for t in self.iou_types}
+            out["eval_seconds"] = round(time.perf_counter() - started, 2)
+        return out
+
+    def _eval_and_log(self, final: bool = False) -> Dict:
+        result = self.evaluate()
+        if self.dist.is_main:
+            row = {"iter": self.iteration, "time_s": round(self.train_seconds, 2)}
+            for t in self.iou_types:
+                row[f"{t}_AP"] = result[t].get("AP")
+                if "AP50" in result[t]:
+                    row[f"{t}_AP50"] = result[t]["AP50"]
+            self.logger.log(row)
+            plot_det_curves(self.logger.rows, self.output / "curves.png")
+            if final:
+                summary = dict(result, iteration=self.iteration, train_seconds=round(self.train_seconds, 1))
+                (self.output / "eval.json").write_text(json.dumps(summary, indent=2))
+        self.model.train()
+        return result

@@ -1,0 +1,110 @@
+#!/usr/bin/env python
+"""Train and evaluate a Faster / Mask R-CNN (our backbone + FPN, torchvision heads) on COCO-format data.
+
+    python tools/train_det.py --config configs/quickstart.yaml                 # embedded shapes, minutes on CPU
+    torchrun --nproc_per_node=8 tools/train_det.py --config configs/mrcnn_r50.yaml --weights r50.safetensors
+    python tools/train_det.py --config C --resume                               # continue from OUTPUT/last.pt
+    python tools/train_det.py --config C --eval-only --weights OUTPUT/last.pt   # COCO bbox (+ segm) stats
+    python tools/train_det.py --config C solver.max_iter=200 solver.base_lr=0.01   # any config key=value
+
+--weights: backbone weights for training (a .safetensors from tools/train_cls.py --export, or a converted
+torchvision / detectron2 checkpoint; model.backbone.weights), or with --eval-only a checkpoint of this tool.
+Writes OUTPUT/{config.yaml, last.pt, metrics.csv, metrics.jsonl, tensorboard/, curves.png, eval.json}.
+Exit codes: 0 ok, 2 user error (one line on stderr), 3 training diverged (NaN/inf loss).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from resbackbones.config import ConfigError, load_config  # noqa: E402
+from resbackbones.data.errors import DataError  # noqa: E402
+from resbackbones.detection.train_config import DetTrainConfig  # noqa: E402
+from resbackbones.engine.checkpoint import CheckpointError  # noqa: E402
+from resbackbones.evaluation.coco import CocoEvalError  # noqa: E402
+from resbackbones.weights.errors import WeightsError  # noqa: E402
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, WeightsError, CocoEvalError, FileNotFoundError)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"),
+                        help="YAML config (configs/*.yaml); default: configs/quickstart.yaml")
+    parser.add_argument("--output", help="output DIR (train.output_dir)")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (train.device)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt if it exists")
+    parser.add_argument("--weights", help="backbone weights to start from; with --eval-only: a checkpoint")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate --weights (or OUTPUT/last.pt) and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.max_iter=200")
+    return parser.parse_args(argv)
+
+
+def _quote(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"  # paths stay strings even if YAML would read a number
+
+
+def build_config(args: argparse.Namespace) -> DetTrainConfig:
+    flags = []
+    if args.output:
+        flags.append(f"train.output_dir={_quote(args.output)}")
+    if args.device:
+        flags.append(f"train.device={_quote(args.device)}")
+    if args.weights and not args.eval_only:
+        flags.append(f"model.backbone.weights={_quote(args.weights)}")
+    return load_config(DetTrainConfig, args.config, flags + list(args.overrides))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = build_config(args)
+        from resbackbones.engine.det_trainer import DetTrainer, TrainingDiverged
+        from resbackbones.engine.distributed import cleanup
+
+        try:
+            if args.eval_only:
+                checkpoint = args.weights or str(Path(cfg.train.output_dir) / "last.pt")
+                trainer = DetTrainer(cfg, eval_only=True, checkpoint=checkpoint)
+                result = trainer.evaluate()
+                if trainer.dist.is_main:
+                    (Path(cfg.train.output_dir) / "eval.json").write_text(json.dumps(result, indent=2))
+            else:
+                trainer = DetTrainer(cfg, resume=args.resume)
+                if trainer.dist.is_main and trainer.train_set is not None:
+                    print(trainer.train_set.describe())
+                result = trainer.fit()
+            if trainer.dist.is_main:
+                _print_result(result, trainer)
+        except TrainingDiverged as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 3
+        finally:
+            cleanup()
+    except USER_ERRORS as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except ValueError as error:  # invalid values reaching builders (unknown backbone, amp on CPU, class count)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _print_result(result, trainer) -> None:
+    parts = [f"{t} AP {100 * result[t]['AP']:.1f}" for t in trainer.iou_types if t in result]
+    print(f"iteration {trainer.iteration}, train {trainer.train_seconds:.0f} s: " + ", ".join(parts)
+          + f"  ({trainer.output / 'eval.json'})")
+
+
+def _one_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) if lines else type(error).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
