@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""COCO evaluation (bbox / segm): the 12 COCOeval stats and a per-category AP table.
+
+Detections file (the scripted form, fixed):
+    python tools/eval_coco.py --gt GT.json --dt DETECTIONS.json --iou-type bbox segm --out stats.json
+    -> stats.json = {"bbox": {"AP": .., "AP50": .., ..., "ARl": ..}, "segm": {...}} (COCOeval.stats, -1 = undefined)
+Checkpoint (runs the model first, writes its COCO results json next to --out, or to --results):
+    python tools/eval_coco.py --checkpoint out/last.pt --config configs/mrcnn_r50.yaml --gt GT.json --images DIR
+
+Numbers are pycocotools' COCOeval (backend "fast" computes them bit-identically, faster; --backend pycocotools
+runs the reference itself). Bad inputs print one line `error: ...` and exit with status 2.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from resbackbones.evaluation.coco import BACKENDS, IOU_TYPES, CocoEvalError, evaluate_coco, format_stats, load_json  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gt", required=True, help="COCO instances json (ground truth)")
+    parser.add_argument("--dt", help="COCO results json (detections) to evaluate")
+    parser.add_argument("--iou-type", nargs="+", default=["bbox"], choices=IOU_TYPES, help="bbox and/or segm")
+    parser.add_argument("--out", help="write the stats json here")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    parser.add_argument("--checkpoint", help="training checkpoint (tools/train_det.py) to run instead of --dt")
+    parser.add_argument("--config", help="the training config of --checkpoint")
+    parser.add_argument("--images", help="image folder of --gt (checkpoint form)")
+    parser.add_argument("--results", help="checkpoint form: where to write the detections json")
+    parser.add_argument("--device", default="auto", help="checkpoint form: cpu | cuda | auto")
+    parser.add_argument("--opts", nargs="*", default=[], help="checkpoint form: config overrides key=value")
+    return parser.parse_args(argv)
+
+
+def run_checkpoint(args) -> str:
+    """Build the model of --config, load --checkpoint, detect on every --gt image; returns the results json path."""
+    import torch
+
+    from resbackbones.config import ConfigError, load_config
+    from resbackbones.data.folders import read_image
+    from resbackbones.detection.builder import build_detector
+    from resbackbones.detection.train_config import DetTrainConfig
+    from resbackbones.evaluation.coco_results import category_mapping, to_coco_results
+    from resbackbones.weights import WeightsError, load_state_dict
+
+    if not args.config or not args.images:
+        raise CocoEvalError("--checkpoint needs --config (its training config) and --images (the --gt image folder)")
+    if not Path(args.checkpoint).is_file():
+        raise CocoEvalError(f"checkpoint file not found: {args.checkpoint}")
+    if not Path(args.images).is_dir():
+        raise CocoEvalError(f"image folder not found: {args.images}")
+    gt = load_json(args.gt, "ground-truth")
+    try:
+        cfg = load_config(DetTrainConfig, args.config, overrides=list(args.opts) + ["model.backbone.weights="])
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        model = build_detector(cfg.model)
+        load_state_dict(model, state.get("model", state), source=str(args.checkpoint))
+    except (ConfigError, WeightsError, RuntimeError) as error:
+        raise CocoEvalError(str(error).splitlines()[0]) from None
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    model.to(device).eval()
+    mapping = category_mapping(gt["categories"])
+    results = []
+    started = time.perf_counter()
+    with torch.no_grad():
+        for image in gt["images"]:
+            pixels = read_image(Path(args.images) / image["file_name"])  # RGB uint8 [H, W, 3]
+            tensor = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255).to(device)
+            output = model([tensor])[0]
+            results += to_coco_results([output], [image["id"]], mapping)
+    print(f"detected {len(results)} objects on {len(gt['images'])} images in {time.perf_counter() - started:.1f} s")
+    path = args.results or str(Path(args.out or "stats.json").with_name("detections.json"))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results))
+    return path
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if bool(args.dt) == bool(args.checkpoint):
+            raise CocoEvalError("give exactly one of --dt (a detections json) or --checkpoint")
+        dt = args.dt or run_checkpoint(args)
+        started = time.perf_counter()
+        results = evaluate_coco(args.gt, dt, iou_types=args.iou_type, backend=args.backend)
+        seconds = time.perf_counter() - started
+    except CocoEvalError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = {}
+    for iou_type, result in results.items():
+        print(f"\n== {iou_type} ({result.backend}, {seconds:.2f} s) ==")
+        print(format_stats(result.stats))
+        print(result.table())
+        out[iou_type] = result.stats
+    if args.out:
+        path = Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(out, indent=2))
+        os.replace(tmp, path)
+        print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
