@@ -8,7 +8,12 @@ import resbackbones as rb
 from resbackbones.backbones.vgg import VGG
 from resbackbones.layers import ShapeSpec
 from resbackbones.weights import WeightsError
-from resbackbones.weights.convert_vgg import from_torchvision_vgg, infer_vgg_arch, vgg_name
+from resbackbones.weights.convert_vgg import (
+    from_torchvision_vgg,
+    infer_vgg_arch,
+    infer_vgg_arch_converted,
+    vgg_name,
+)
 
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 ALL_VGGS = ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"]
@@ -82,7 +87,7 @@ def test_parameter_counts_equal_torchvision_and_names_round_trip(name):
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
     converted = from_torchvision_vgg(reference.state_dict())
     assert converted.keys() == ours.state_dict().keys()
-    assert vgg_name(reference.state_dict()) == name
+    assert vgg_name(reference.state_dict()) == name == infer_vgg_arch_converted(converted)
     assert infer_vgg_arch(reference.state_dict()) == (int(name[3:5]), name.endswith("_bn"))
 
 

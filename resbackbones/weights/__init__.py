@@ -5,6 +5,7 @@ from .matching import check_state_dict, load_state_dict
 from .convert import CONVERTERS, backbone_state_dict, convert  # noqa: F401
 from .convert_detectron2 import from_detectron2  # noqa: F401
 from .convert_torchvision import from_torchvision  # noqa: F401
+from .convert_cifar import from_cifar_checkpoint  # noqa: F401
 from .metadata import WeightsMetadata, check_compatible, load_into  # noqa: F401
 
 __all__ = ["WeightsError", "check_state_dict", "load", "load_state_dict", "load_with_metadata", "save"]

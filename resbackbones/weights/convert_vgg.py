@@ -5,7 +5,7 @@ conv counts, so `features.<i>` of the k-th conv of block b becomes `backbone.sta
 BN (features.<i+1>) becomes `...conv<b>_<k>.norm`.
 """
 import re
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -92,4 +92,17 @@ def from_torchvision_vgg(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, to
 def vgg_name(state_dict: Mapping[str, torch.Tensor]) -> str:
     """Registered backbone name for a torchvision VGG state dict, e.g. "vgg16_bn"."""
     depth, batch_norm = infer_vgg_arch(state_dict)
+    return f"vgg{depth}{'_bn' if batch_norm else ''}"
+
+
+def infer_vgg_arch_converted(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """Registered name ("vgg16", "vgg11_bn", ...) of a state dict in OUR names (backbone.stages.convK...), else None."""
+    prefix = "backbone.stages."
+    convs = {k.split(".")[3] for k in state_dict if k.startswith(prefix + "conv") and k.endswith(".weight")
+             and state_dict[k].dim() == 4}
+    per_stage = tuple(sum(1 for c in convs if c.startswith(f"conv{s}_")) for s in range(1, 6))
+    depth = next((d for d, counts in DEPTH_TO_CONVS.items() if counts == per_stage), None)
+    if depth is None:
+        return None
+    batch_norm = any(k.startswith(prefix) and k.endswith(".norm.running_mean") for k in state_dict)
     return f"vgg{depth}{'_bn' if batch_norm else ''}"
