@@ -8,7 +8,8 @@ w' = w * gamma / sqrt(var + eps), b' = beta + (b - mean) * gamma / sqrt(var + ep
 in channels_last the conv, bias and ReLU run as a single oneDNN primitive on CPU / cuDNN kernel on GPU.
 """
 import copy
-from typing import Any, Optional
+from collections import OrderedDict
+from typing import Any, Optional, Tuple
 
 import torch
 from torch import nn
@@ -60,9 +61,12 @@ def _mkldnn_ready() -> bool:
 class MkldnnConv(nn.Module):
     """A folded conv (+ optional ReLU) run as one oneDNN primitive on a pre-packed weight (CPU only).
 
-    Pre-packing reorders the weight into oneDNN's blocked layout once instead of on every call, and the ReLU (and
+    oneDNN picks its weight layout from the input shape; the weight is packed into that layout on the first call
+    with each input shape (kept for the last few shapes) instead of being reordered on every call. The ReLU (and
     in blocks the residual add) run as post-ops of the conv: no separate pass over the activations.
     """
+
+    max_cached_shapes = 4
 
     def __init__(self, conv: nn.Conv2d, *, relu: bool):
         super().__init__()
@@ -71,24 +75,35 @@ class MkldnnConv(nn.Module):
         self.dilation = list(conv.dilation)
         self.groups = conv.groups
         self.attr = "relu" if relu else "none"
-        weight = conv.weight.detach()
-        # An opaque oneDNN tensor: not a parameter, never saved; the module exists only for inference.
-        self.packed_weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
-            weight.to_mkldnn(), self.padding, self.stride, self.dilation, self.groups, None
-        )
+        self.register_buffer("weight", conv.weight.detach().clone())
         self.register_buffer("bias", conv.bias.detach().clone() if conv.bias is not None else None)
         self.out_channels = conv.out_channels
+        # input shape -> opaque oneDNN tensor; not saved, rebuilt on demand.
+        self._packed: "OrderedDict[Tuple[int, ...], torch.Tensor]" = OrderedDict()
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        key = tuple(x.shape)
+        packed = self._packed.get(key)
+        if packed is None or packed.dtype != self.weight.dtype:
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                self.weight.to_mkldnn(), self.padding, self.stride, self.dilation, self.groups, list(key)
+            )
+            self._packed[key] = packed
+            while len(self._packed) > self.max_cached_shapes:
+                self._packed.popitem(last=False)
+        return packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._convolution_pointwise(
-            x, self.packed_weight, self.bias, self.padding, self.stride, self.dilation, self.groups, self.attr, [], ""
+            x, self._packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups, self.attr,
+            [], "",
         )
 
     def add_relu(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """relu(conv(x) + other) in one primitive."""
         return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, other, self.packed_weight, self.bias, self.padding, self.stride, self.dilation, self.groups, "add",
-            None, "relu", [], "",
+            x, other, self._packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups,
+            "add", None, "relu", [], "",
         )
 
     def extra_repr(self) -> str:
@@ -152,9 +167,8 @@ class InferenceModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> Any:
         out_dtype = images.dtype
-        x = images.to(dtype=self.dtype) if self.dtype is not None else images
-        if x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        memory_format = torch.channels_last if images.dim() == 4 else torch.preserve_format
+        x = images.to(dtype=self.dtype or images.dtype, memory_format=memory_format)  # one copy for both
         with torch.inference_mode():
             return _cast(self.model(x), out_dtype)
 

@@ -128,10 +128,11 @@ class BasicBlock(_ResidualBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2(self.conv1(x))
         if self.residual:
+            # In place, as torchvision: one less activation-sized buffer (the norm's backward needs its input only).
             if self.shortcut is not None:
-                out = out + self.shortcut(x)
+                out += self.shortcut(x)
             else:
-                out = out + x
+                out += x
         return F.relu_(out)
 
 
@@ -165,8 +166,9 @@ class Bottleneck(_ResidualBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv3(self.conv2(self.conv1(x)))
         if self.residual:
+            # In place, as torchvision: one less activation-sized buffer (the norm's backward needs its input only).
             if self.shortcut is not None:
-                out = out + self.shortcut(x)
+                out += self.shortcut(x)
             else:
-                out = out + x
+                out += x
         return F.relu_(out)
