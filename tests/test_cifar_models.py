@@ -167,3 +167,31 @@ def test_converter_handles_other_depths_option_b_and_bad_checkpoints():
     extra = dict(theirs, **{"module.layer1.0.extra.weight": torch.zeros(1)})
     with pytest.raises(WeightsError, match=r"no counterpart here: layer1\.0\.extra\.weight"):
         from_cifar_checkpoint(extra)
+
+
+def test_evaluate_classifier_ten_crop_dict_outputs_and_accuracy_helper():
+    from resbackbones.evaluation import accuracy, evaluate_classifier
+
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5]])
+    assert accuracy(logits, torch.tensor([1, 1, 0]), topk=(1, 2, 5)) == pytest.approx([100 / 3, 200 / 3, 100.0])
+    with pytest.raises(ValueError, match=r"expected logits \[N, C\] and targets \[N\], got \(3, 3\) and \(2,\)"):
+        accuracy(logits, torch.tensor([1, 1]))
+
+    model = rb.build_classifier("cifar_resnet", depth=8, num_classes=10, out_features=("res3", "logits")).eval()
+    x, y = torch.randn(3, 3, 36, 36), torch.tensor([0, 4, 9])
+    # The paper's 10 crops by hand: 4 corners + centre of a 36 px image at 32 px, then the same flipped.
+    crops = [x[..., :32, :32], x[..., :32, 4:], x[..., 4:, :32], x[..., 4:, 4:], x[..., 2:34, 2:34]]
+    crops += [c.flip(-1) for c in crops]
+    with torch.no_grad():
+        expected = torch.stack([model(c)["logits"] for c in crops], dim=1).mean(dim=1)
+    top1 = accuracy(expected, y)[0]
+    loss = torch.nn.functional.cross_entropy(expected, y).item()
+    model.train()
+    metrics = evaluate_classifier(model, [(x, y)], "cpu", ten_crop_size=32)
+    assert model.training  # mode restored
+    assert metrics["count"] == 3 and metrics["top1"] == pytest.approx(top1) and metrics["top5"] >= top1
+    assert metrics["loss"] == pytest.approx(loss, rel=1e-5)
+    pre_cropped = evaluate_classifier(model, [(torch.stack(crops, dim=1), y)], "cpu")
+    assert pre_cropped == pytest.approx(metrics)
+    with pytest.raises(ValueError, match=r"loader yielded no samples"):
+        evaluate_classifier(model, [], "cpu")
