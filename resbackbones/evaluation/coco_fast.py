@@ -55,113 +55,137 @@ class FastCOCOeval:
         self.params.imgIds = sorted({img["id"] for img in gt["images"]})
         self.params.catIds = sorted({cat["id"] for cat in gt["categories"]})
 
-    # -- grouping (COCOeval._prepare) ---------------------------------------------------------------------------
-    def _groups(self):
-        p, gt = self.params, self.gt
-        images = {img["id"]: img for img in gt["images"]}
-        img_index = {img_id: i for i, img_id in enumerate(p.imgIds)}
-        cat_index = {cat_id: k for k, cat_id in enumerate(p.catIds)}
-        segm = self.iou_type == "segm"
-        # Ground truth, per (image, category) in annotation order (COCO.getAnnIds walks images in imgToAnns order).
-        gts = defaultdict(list)
-        by_image = defaultdict(list)
-        for ann in gt["annotations"]:
-            by_image[ann["image_id"]].append(ann)
-        for img_id in p.imgIds:
-            for ann in by_image.get(img_id, ()):
-                if ann["category_id"] in cat_index:
-                    gts[img_id, ann["category_id"]].append(ann)
-        dt_area, dt_box, dt_segm = _prepare_results(self.results)
-        dts = defaultdict(list)
-        for index, det in enumerate(self.results):
-            dts[det["image_id"], det["category_id"]].append(index)
-        keys = sorted(set(gts) | set(dts), key=lambda key: (cat_index[key[1]], img_index[key[0]]))
-        groups = []
-        max_det = p.maxDets[-1]
-        for img_id, cat_id in keys:
-            g_anns = gts.get((img_id, cat_id), [])
-            d_idx = np.asarray(dts.get((img_id, cat_id), []), dtype=np.int64)
-            scores = np.asarray([self.results[i]["score"] for i in d_idx], dtype=np.float64)
-            order = np.argsort(-scores, kind="mergesort")[:max_det]
-            d_idx, scores = d_idx[order], scores[order]
-            crowd = [int(a.get("iscrowd", 0)) for a in g_anns]
-            if len(g_anns) and len(d_idx):
-                if segm:
-                    img = images[img_id]
-                    g_obj = [_ann_to_rle(a["segmentation"], img["height"], img["width"]) for a in g_anns]
-                    d_obj = [_ann_to_rle(dt_segm[i], img["height"], img["width"]) for i in d_idx]
+    # -- grouping (COCOeval._prepare + computeIoU), as flat arrays sorted (category, image, -score) --------------
+    def _prepare(self):
+        p, gt, results = self.params, self.gt, self.results
+        img_ids = np.asarray(p.imgIds)
+        cat_ids = np.asarray(p.catIds)
+        n_img, max_det = len(img_ids), p.maxDets[-1]
+        # detections: stable sort by (category, image, -score) == pycocotools' per-(image, category) mergesort
+        d_img = np.searchsorted(img_ids, np.asarray([d["image_id"] for d in results]))
+        d_cat = np.searchsorted(cat_ids, np.asarray([d["category_id"] for d in results]))
+        d_score = np.asarray([d["score"] for d in results], dtype=np.float64)
+        d_area, d_box, d_segm = _prepare_results(results)
+        order = np.lexsort((np.arange(len(results)), -d_score, d_img, d_cat))
+        d_key = (d_cat * n_img + d_img)[order]
+        starts = np.searchsorted(d_key, d_key, side="left")
+        rank = np.arange(len(order)) - starts
+        keep = rank < max_det  # computeIoU / evaluateImg keep the top maxDets[-1] per (image, category)
+        det = dict(index=order[keep], key=d_key[keep], rank=rank[keep], score=d_score[order][keep],
+                   area=d_area[order][keep], box=d_box[order][keep])
+        # ground truth: (category, image, json order) == COCO.getAnnIds order within each (image, category)
+        known_imgs, known_cats = set(p.imgIds), set(p.catIds)  # COCO.getAnnIds(imgIds, catIds) filters the same
+        anns = [a for a in gt["annotations"] if a["image_id"] in known_imgs and a["category_id"] in known_cats]
+        g_img = np.searchsorted(img_ids, np.asarray([a["image_id"] for a in anns], dtype=np.int64))
+        g_cat = np.searchsorted(cat_ids, np.asarray([a["category_id"] for a in anns], dtype=np.int64))
+        g_order = np.lexsort((np.arange(len(anns)), g_img, g_cat))
+        crowd = np.asarray([int(a.get("iscrowd", 0)) for a in anns], dtype=np.int64)
+        gts = dict(
+            ann=[anns[i] for i in g_order], key=(g_cat * n_img + g_img)[g_order],
+            area=np.asarray([a["area"] for a in anns], dtype=np.float64)[g_order],
+            crowd=crowd[g_order].astype(bool),
+            # COCOeval._prepare: gt["ignore"] = "iscrowd" in gt and gt["iscrowd"]
+            ignore=np.asarray([bool("iscrowd" in a and a["iscrowd"]) for a in anns], dtype=bool)[g_order],
+            id=np.asarray([a["id"] for a in anns], dtype=np.int64)[g_order],
+            box=np.asarray([a.get("bbox", [0, 0, 0, 0]) for a in anns], dtype=np.float64).reshape(-1, 4)[g_order],
+        )
+        keys = np.union1d(det["key"], gts["key"])  # every (category, image) group with a gt or a detection
+        grp = dict(key=keys, cat=keys // n_img,
+                   d_start=np.searchsorted(det["key"], keys, "left"), d_end=np.searchsorted(det["key"], keys, "right"),
+                   g_start=np.searchsorted(gts["key"], keys, "left"), g_end=np.searchsorted(gts["key"], keys, "right"))
+        grp["D"], grp["G"] = grp["d_end"] - grp["d_start"], grp["g_end"] - grp["g_start"]
+        return det, gts, grp, d_segm
+
+    def _pair_ious(self, det, gts, grp, d_segm):
+        """IoU of every (detection, gt) pair of a group: flat arrays (group, d_local, g_local, iou)."""
+        both = np.nonzero((grp["D"] > 0) & (grp["G"] > 0))[0]
+        D, G = grp["D"][both], grp["G"][both]
+        sizes = D * G
+        group = np.repeat(both, sizes)
+        offset = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        g_of_pair = np.repeat(G, sizes)
+        d_local, g_local = offset // g_of_pair, offset % g_of_pair
+        di = grp["d_start"][group] + d_local
+        gi = grp["g_start"][group] + g_local
+        if self.iou_type == "bbox" and "bbox" in self.results[0]:
+            # pycocotools maskApi.c bbIou, operation for operation (IEEE double, same order)
+            dx, dy, dw, dh = det["box"][di].T
+            gx, gy, gw, gh = gts["box"][gi].T
+            w = np.minimum(dw + dx, gw + gx) - np.maximum(dx, gx)
+            h = np.minimum(dh + dy, gh + gy) - np.maximum(dy, gy)
+            inter = w * h
+            union = np.where(gts["crowd"][gi], dw * dh, dw * dh + gw * gh - inter)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                iou = np.where((w <= 0) | (h <= 0), 0.0, inter / union)
+        else:
+            iou = np.empty(len(group))
+            images = {img["id"]: img for img in self.gt["images"]}
+            pos = 0
+            for g_index in both:
+                ds, de, gs, ge = grp["d_start"][g_index], grp["d_end"][g_index], grp["g_start"][g_index], grp["g_end"][g_index]
+                anns = gts["ann"][gs:ge]
+                img = images[anns[0]["image_id"]]
+                if self.iou_type == "segm":
+                    g_obj = [_ann_to_rle(a["segmentation"], img["height"], img["width"]) for a in anns]
+                    d_obj = [_ann_to_rle(d_segm[i], img["height"], img["width"]) for i in det["index"][ds:de]]
                 else:
-                    g_obj = [a["bbox"] for a in g_anns]
-                    d_obj = [self.results[i]["bbox"] for i in d_idx] if "bbox" in self.results[0] else \
-                        dt_box[d_idx].tolist()
-                ious = np.asarray(mask_util.iou(d_obj, g_obj, crowd), dtype=np.float64).reshape(len(d_idx), -1)
-            else:
-                ious = np.zeros((len(d_idx), len(g_anns)))
-            groups.append(dict(
-                k=cat_index[cat_id], i=img_index[img_id], ious=ious, scores=scores,
-                dt_ids=d_idx + 1, dt_area=dt_area[d_idx],
-                gt_ids=np.asarray([a["id"] for a in g_anns], dtype=np.int64),
-                gt_area=np.asarray([a["area"] for a in g_anns], dtype=np.float64),
-                gt_crowd=np.asarray(crowd, dtype=bool),
-                # COCOeval._prepare: gt["ignore"] = "iscrowd" in gt and gt["iscrowd"]
-                gt_ignore=np.asarray([bool("iscrowd" in a and a["iscrowd"]) for a in g_anns], dtype=bool),
-            ))
-        return groups
+                    g_obj, d_obj = [a["bbox"] for a in anns], det["box"][ds:de].tolist()
+                block = np.asarray(mask_util.iou(d_obj, g_obj, [int(a.get("iscrowd", 0)) for a in anns]))
+                iou[pos: pos + block.size] = block.reshape(-1)
+                pos += block.size
+        return group, d_local, g_local, iou
 
     # -- matching (COCOeval.evaluateImg for every group and area range at once) ---------------------------------
-    def _match(self, groups):
-        """Greedy matching of every group, for every area range and IoU threshold, batched per padded size.
+    def _match(self, det, gts, grp, pairs):
+        """Greedy matching of every group for every area range and IoU threshold, batched per padded size.
 
-        Returns per group: (dtm [A, T, D] matched gt id or 0, dt_ignore [A, T, D], gt_ignore [A, G] sorted as
-        evaluateImg sorts them: non-ignored first, stable).
+        Returns dtm [A, T, N] (matched gt id, 0 = none; N = kept detections in sorted order), dt_ignore [A, T, N]
+        and the per-area gt ignore flags [A, Ngt].
         """
         p = self.params
         thresholds = np.asarray([min(t, 1 - 1e-10) for t in p.iouThrs])
         area_lo = np.asarray([r[0] for r in p.areaRng], dtype=np.float64)
         area_hi = np.asarray([r[1] for r in p.areaRng], dtype=np.float64)
-        T, A = len(thresholds), len(p.areaRng)
-        per_group = [None] * len(groups)
-        buckets = defaultdict(list)
-        for g_index, group in enumerate(groups):
-            D, G = group["ious"].shape
-            # Pad to powers of two so one crowded image does not pad every group.
-            buckets[(1 << max(G - 1, 0).bit_length(), 1 << max(D - 1, 0).bit_length())].append(g_index)
-        for (G_pad, D_pad), members in buckets.items():
+        T, A, N = len(thresholds), len(p.areaRng), len(det["key"])
+        dtm_all = np.zeros((A, T, N), dtype=np.int64)
+        dtig_all = np.zeros((A, T, N), dtype=bool)
+        gt_ig_all = gts["ignore"][None, :] | (gts["area"][None, :] < area_lo[:, None]) | \
+            (gts["area"][None, :] > area_hi[:, None])  # [A, Ngt]
+        p_group, p_d, p_g, p_iou = pairs
+        g_pad_of = np.left_shift(1, np.ceil(np.log2(np.maximum(grp["G"], 1))).astype(np.int64))
+        d_pad_of = np.left_shift(1, np.ceil(np.log2(np.maximum(grp["D"], 1))).astype(np.int64))
+        has_dets = grp["D"] > 0
+        bucket_key = g_pad_of * (1 << 20) + d_pad_of
+        for key in np.unique(bucket_key[has_dets]):
+            members = np.nonzero((bucket_key == key) & has_dets)[0]
+            G_pad, D_pad = int(key >> 20), int(key & ((1 << 20) - 1))
             B = len(members)
+            slot = np.full(len(grp["key"]), -1)
+            slot[members] = np.arange(B)
             ious = np.full((B, D_pad, G_pad), -1.0)
-            gt_area = np.zeros((B, G_pad))
-            gt_ignore = np.zeros((B, G_pad), dtype=bool)
-            crowd = np.zeros((B, G_pad), dtype=bool)
-            gt_ids = np.zeros((B, G_pad), dtype=np.int64)
-            valid_g = np.zeros((B, G_pad), dtype=bool)
-            dt_area = np.zeros((B, D_pad))
-            n_dt = np.zeros(B, dtype=np.int64)
-            n_gt = np.zeros(B, dtype=np.int64)
-            for b, g_index in enumerate(members):
-                group = groups[g_index]
-                D, G = group["ious"].shape
-                ious[b, :D, :G] = group["ious"]
-                gt_area[b, :G], gt_ignore[b, :G], crowd[b, :G] = group["gt_area"], group["gt_ignore"], group["gt_crowd"]
-                gt_ids[b, :G], valid_g[b, :G] = group["gt_ids"], True
-                dt_area[b, :D] = group["dt_area"]
-                n_dt[b], n_gt[b] = D, G
-            # evaluateImg: g["_ignore"] per area range, then a stable sort putting ignored gts last.
-            ig = gt_ignore[:, None, :] | (gt_area[:, None, :] < area_lo[None, :, None]) | \
-                (gt_area[:, None, :] > area_hi[None, :, None])  # [B, A, G]
-            key = ig.astype(np.int64) + 2 * (~valid_g)[:, None, :]  # padding sorts after every real gt
-            order = np.argsort(key, axis=2, kind="stable")
-            ig = np.take_along_axis(ig, order, axis=2).reshape(B * A, G_pad)
+            sel = slot[p_group] >= 0
+            ious[slot[p_group[sel]], p_d[sel], p_g[sel]] = p_iou[sel]
+            # gt attributes per slot: gather with a validity mask
+            g_local = np.arange(G_pad)[None, :]
+            valid_g = g_local < grp["G"][members][:, None]
+            g_index = np.where(valid_g, grp["g_start"][members][:, None] + g_local, 0)
+            ig = np.where(valid_g[:, None, :], gt_ig_all[:, g_index].transpose(1, 0, 2), True)  # [B, A, G]
+            crowd = gts["crowd"][g_index] & valid_g
+            gt_ids = np.where(valid_g, gts["id"][g_index], 0)
+            # evaluateImg sorts gts with a stable argsort on _ignore: non-ignored first
+            key_sort = ig.astype(np.int64) + 2 * (~valid_g)[:, None, :]
+            order = np.argsort(key_sort, axis=2, kind="stable")
+            ig_s = np.take_along_axis(ig, order, axis=2).reshape(B * A, G_pad)
             crowd_s = np.take_along_axis(np.broadcast_to(crowd[:, None, :], (B, A, G_pad)), order, 2).reshape(B * A, G_pad)
             ids_s = np.take_along_axis(np.broadcast_to(gt_ids[:, None, :], (B, A, G_pad)), order, 2).reshape(B * A, G_pad)
             valid_s = np.take_along_axis(np.broadcast_to(valid_g[:, None, :], (B, A, G_pad)), order, 2).reshape(B * A, G_pad)
             ious_s = np.take_along_axis(ious[:, None, :, :], order[:, :, None, :], axis=3).reshape(B * A, D_pad, G_pad)
-            n_dt_s = np.repeat(n_dt, A)
+            n_dt_s = np.repeat(grp["D"][members], A)
             BA = B * A
             gt_taken = np.zeros((BA, T, G_pad), dtype=bool)
-            dt_match = np.zeros((BA, T, D_pad), dtype=np.int64)  # matched gt id (0: none), as pycocotools' dtm
+            dt_match = np.zeros((BA, T, D_pad), dtype=np.int64)
             dt_ig = np.zeros((BA, T, D_pad), dtype=bool)
             thr = thresholds[None, :, None]
-            not_ig = ~ig[:, None, :]
             for d in range(D_pad):
                 rows = np.nonzero(n_dt_s > d)[0]
                 if rows.size == 0:
@@ -171,47 +195,53 @@ class FastCOCOeval:
                 available = valid_s[rows, None, :] & (~gt_taken[rows] | crowd_s[rows, None, :])
                 candidate = available & (iou_d >= thr)
                 chosen = np.full((rows.size, T), -1, dtype=np.int64)
-                for pass_mask in (not_ig[rows], ~not_ig[rows]):  # ignored gts only when no non-ignored one matched
+                not_ig = ~ig_s[rows, None, :]
+                for pass_mask in (not_ig, ~not_ig):  # ignored gts only when no non-ignored one matched
                     cand = candidate & pass_mask & (chosen == -1)[:, :, None]
                     masked = np.where(cand, iou_d, -np.inf)
-                    # pycocotools keeps the LAST gt reaching the running best (`if iou < best: continue`).
+                    # pycocotools keeps the LAST gt reaching the running best (`if iou < best: continue`)
                     last = G_pad - 1 - np.argmax(masked[:, :, ::-1], axis=2)
                     chosen = np.where(cand.any(axis=2), last, chosen)
                 r_idx, t_idx = np.nonzero(chosen >= 0)
                 m_idx = chosen[r_idx, t_idx]
                 b_idx = rows[r_idx]
                 dt_match[b_idx, t_idx, d] = ids_s[b_idx, m_idx]
-                dt_ig[b_idx, t_idx, d] = ig[b_idx, m_idx]
+                dt_ig[b_idx, t_idx, d] = ig_s[b_idx, m_idx]
                 gt_taken[b_idx, t_idx, m_idx] = True
-            outside = (dt_area[:, None, :] < area_lo[None, :, None]) | (dt_area[:, None, :] > area_hi[None, :, None])
-            dt_match = dt_match.reshape(B, A, T, D_pad)
-            dt_ig = dt_ig.reshape(B, A, T, D_pad) | ((dt_match == 0) & outside[:, :, None, :])
-            ig = ig.reshape(B, A, G_pad)
-            for b, g_index in enumerate(members):
-                per_group[g_index] = (dt_match[b, :, :, : n_dt[b]], dt_ig[b, :, :, : n_dt[b]], ig[b, :, : n_gt[b]])
-        return per_group
+            # scatter back to the flat detection order
+            d_local = np.arange(D_pad)[None, :]
+            valid_d = d_local < grp["D"][members][:, None]
+            b_of, d_of = np.nonzero(valid_d)
+            flat = grp["d_start"][members][b_of] + d_of
+            dt_match = dt_match.reshape(B, A, T, D_pad)[b_of, :, :, d_of]  # [n, A, T]
+            dt_ig = dt_ig.reshape(B, A, T, D_pad)[b_of, :, :, d_of]
+            dtm_all[:, :, flat] = dt_match.transpose(1, 2, 0)
+            dtig_all[:, :, flat] = dt_ig.transpose(1, 2, 0)
+        outside = (det["area"][None, :] < area_lo[:, None]) | (det["area"][None, :] > area_hi[:, None])  # [A, N]
+        dtig_all |= (dtm_all == 0) & outside[:, None, :]
+        return dtm_all, dtig_all, gt_ig_all
 
     # -- accumulate (COCOeval.accumulate, array-wise) -----------------------------------------------------------
-    def _accumulate(self, groups, matches) -> Dict[str, np.ndarray]:
+    def _accumulate(self, det, gts, grp, dtm_all, dtig_all, gt_ig_all) -> Dict[str, np.ndarray]:
         p = self.params
         T, R, K, A, M = len(p.iouThrs), len(p.recThrs), len(p.catIds), len(p.areaRng), len(p.maxDets)
         precision = -np.ones((T, R, K, A, M))
         recall = -np.ones((T, K, A, M))
         scores = -np.ones((T, R, K, A, M))
-        by_cat = defaultdict(list)
-        for g_index, group in enumerate(groups):
-            by_cat[group["k"]].append(g_index)  # already in image order within a category
+        n_img = len(p.imgIds)
+        det_cat = det["key"] // n_img
+        gt_cat = gts["key"] // n_img
+        npig_all = np.zeros((A, K), dtype=np.int64)
+        for a in range(A):
+            npig_all[a] = np.bincount(gt_cat[~gt_ig_all[a]], minlength=K)
         eps = np.spacing(1)
-        for k, members in by_cat.items():
-            ranks = np.concatenate([np.arange(len(groups[g]["scores"])) for g in members])
-            all_scores = np.concatenate([groups[g]["scores"] for g in members])
-            dtm_cat = np.concatenate([matches[g][0] for g in members], axis=2)  # [A, T, sum D]
-            dtig_cat = np.concatenate([matches[g][1] for g in members], axis=2)
-            npig_cat = sum((matches[g][2] == 0).sum(axis=1) for g in members)  # [A]
+        cat_start = np.searchsorted(det_cat, np.arange(K), "left")
+        cat_end = np.searchsorted(det_cat, np.arange(K), "right")
+        for k in np.unique(grp["cat"]):  # categories with at least one (image, category) evaluation
+            s, e = cat_start[k], cat_end[k]
+            ranks, all_scores = det["rank"][s:e], det["score"][s:e]
             for a in range(A):
-                dtm_all = dtm_cat[a]
-                dtig_all = dtig_cat[a]
-                npig = int(npig_cat[a])
+                npig = int(npig_all[a, k])
                 if npig == 0:
                     continue
                 for m, max_det in enumerate(p.maxDets):
@@ -219,8 +249,8 @@ class FastCOCOeval:
                     det_scores = all_scores[keep]
                     inds = np.argsort(-det_scores, kind="mergesort")
                     sorted_scores = det_scores[inds]
-                    dtm = dtm_all[:, keep][:, inds]
-                    dtig = dtig_all[:, keep][:, inds]
+                    dtm = dtm_all[a, :, s:e][:, keep][:, inds]
+                    dtig = dtig_all[a, :, s:e][:, keep][:, inds]
                     tps = np.logical_and(dtm, np.logical_not(dtig))
                     fps = np.logical_and(np.logical_not(dtm), np.logical_not(dtig))
                     tp_sum = np.cumsum(tps, axis=1).astype(dtype=float)
@@ -229,26 +259,27 @@ class FastCOCOeval:
                     rc = tp_sum / npig
                     pr = tp_sum / (fp_sum + tp_sum + eps)
                     recall[:, k, a, m] = rc[:, -1] if nd else 0
+                    if not nd:
+                        precision[:, :, k, a, m] = 0.0
+                        scores[:, :, k, a, m] = 0.0
+                        continue
                     # precision envelope: pr[i-1] = max(pr[i-1], pr[i]) from the end (max is exact)
                     pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
                     idx = np.stack([np.searchsorted(rc[t], p.recThrs, side="left") for t in range(T)])  # [T, R]
                     ok = idx < nd
                     safe = np.where(ok, idx, 0)
                     # pycocotools stops at the first recall threshold beyond the last detection (IndexError): 0
-                    if nd:
-                        precision[:, :, k, a, m] = np.where(ok, np.take_along_axis(pr, safe, axis=1), 0.0)
-                        scores[:, :, k, a, m] = np.where(ok, sorted_scores[safe], 0.0)
-                    else:
-                        precision[:, :, k, a, m] = 0.0
-                        scores[:, :, k, a, m] = 0.0
+                    precision[:, :, k, a, m] = np.where(ok, np.take_along_axis(pr, safe, axis=1), 0.0)
+                    scores[:, :, k, a, m] = np.where(ok, sorted_scores[safe], 0.0)
         return {"params": p, "counts": [T, R, K, A, M], "precision": precision, "recall": recall, "scores": scores}
 
     def run(self) -> COCOeval:
-        groups = self._groups()
-        matches = self._match(groups)
+        det, gts, grp, d_segm = self._prepare()
+        pairs = self._pair_ious(det, gts, grp, d_segm)
+        dtm, dtig, gt_ig = self._match(det, gts, grp, pairs)
         evaluator = COCOeval(iouType=self.iou_type)
         evaluator.params = self.params
-        evaluator.eval = self._accumulate(groups, matches)
+        evaluator.eval = self._accumulate(det, gts, grp, dtm, dtig, gt_ig)
         with contextlib.redirect_stdout(io.StringIO()):
             evaluator.summarize()
         return evaluator
