@@ -44,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", help="initial weights (.safetensors / .pt, classifier or backbone-only)")
     parser.add_argument("--export", metavar="FILE", help="write backbone-only weights of the final model to FILE")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.lr=0.05")
-    return parser.parse_args(argv)
+    # Intermixed: key=value overrides may come before, between or after the flags.
+    return parser.parse_intermixed_args(argv)
 
 
 def build_config(args: argparse.Namespace) -> ClsConfig:
@@ -129,6 +130,10 @@ def main(argv=None) -> int:
 
 def _one_line(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if any(line.startswith("Original Traceback") for line in lines):
+        # Raised in a DataLoader worker: the original message is the traceback's last line, "Type: message".
+        last = lines[-1]
+        return last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
     return "; ".join(lines) if lines else type(error).__name__
 
 

@@ -99,6 +99,7 @@ class TrainConfig:
     keep_every: int = 0                        # also keep epoch_N.pt every N epochs (0: only last/best)
     progress: bool = True                      # tqdm bar
     tensorboard: bool = True
+    threads: int = 0                           # torch CPU threads (0: torch's default / OMP_NUM_THREADS)
     print_freq: int = 0                        # iterations between log lines when progress is off (0: per epoch)
 
 

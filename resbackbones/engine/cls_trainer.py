@@ -58,6 +58,8 @@ class ClsTrainer:
         self.device = resolve_device(cfg.train.device)
         self.dist = dist_utils.init_distributed(self.device)
         self.is_main = self.dist.is_main
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
         set_deterministic(cfg.train.deterministic)
         seed_everything(cfg.train.seed)
         self._build_data(build_train)

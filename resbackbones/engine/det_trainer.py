@@ -124,7 +124,9 @@ class DetTrainer:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
                 "iteration": self.iteration, "train_seconds": self.train_seconds, "rng": rng_state(),
-                "label_to_category": dict(self.val_set.label_to_category)}
+                "label_to_category": dict(self.val_set.label_to_category),
+                "categories": [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))}
+                               for c in self.val_set.categories]}
 
     def save(self) -> Optional[Path]:
         if not self.dist.is_main:
