@@ -144,9 +144,9 @@ def _builder(default_depth: Optional[int], residual: bool):
             kind = "cifar_resnet" if residual else "cifar_plain"
             raise ValueError(f"{kind}{default_depth} has depth {default_depth}; for depth={depth} build {kind!r}")
         return CifarResNet(
-            depth=depth if depth is not None else (default_depth or 20), residual=residual, shortcut=shortcut, norm=norm, widths=widths,
-            in_channels=in_channels, zero_init_residual=zero_init_residual, out_features=out_features,
-            freeze_at=freeze_at, norm_eval=norm_eval, checkpoint_stages=checkpoint_stages,
+            depth=depth if depth is not None else (default_depth or 20), residual=residual, shortcut=shortcut,
+            norm=norm, widths=widths, in_channels=in_channels, zero_init_residual=zero_init_residual,
+            out_features=out_features, freeze_at=freeze_at, norm_eval=norm_eval, checkpoint_stages=checkpoint_stages,
         )
 
     return build

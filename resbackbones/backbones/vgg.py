@@ -141,7 +141,7 @@ def _register(depth: int, batch_norm: bool) -> None:
         )
 
     builder.__name__ = name
-    builder.__doc__ = f"VGG-{depth}{' with BN' if batch_norm else ''}: stages conv1..conv5, strides 1..16, conv5 = 512 ch."
+    builder.__doc__ = f"VGG-{depth}{' with BN' if batch_norm else ''}: stages conv1..conv5, strides 1..16"
     register_backbone(name, family="vgg")(builder)
 
 

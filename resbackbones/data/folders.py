@@ -129,7 +129,9 @@ class ImageFolderDataset(Dataset):
         extensions: Sequence[str] = IMG_EXTENSIONS,
     ):
         if on_error not in ON_ERROR_CHOICES:
-            raise ValueError(f"ImageFolderDataset: on_error must be one of {', '.join(ON_ERROR_CHOICES)}, got {on_error!r}")
+            raise ValueError(
+                f"ImageFolderDataset: on_error must be one of {', '.join(ON_ERROR_CHOICES)}, got {on_error!r}"
+            )
         self.source = Path(source)
         self.transform = transform
         self.on_error = on_error
@@ -169,10 +171,10 @@ class ImageFolderDataset(Dataset):
             elif _is_image(entry.name, self.extensions):
                 loose_images.append(entry.name)
         if not class_dirs:
-            found = f"; found {len(loose_images)} image(s) at its top level, e.g. {loose_images[0]}" if loose_images else ""
-            raise DataError(
-                f"no class folders in {root}: expected the layout {root}/<class>/<image>{found}"
-            )
+            found = ""
+            if loose_images:
+                found = f"; found {len(loose_images)} image(s) at its top level, e.g. {loose_images[0]}"
+            raise DataError(f"no class folders in {root}: expected the layout {root}/<class>/<image>{found}")
         classes = [d.name for d in class_dirs]
         samples: List[Tuple[str, int]] = []
         for label, class_dir in enumerate(class_dirs):
