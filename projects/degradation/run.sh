@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Degradation experiment (He et al. 2015, Fig. 6 / Table 6): plain-20, plain-56, ResNet-20, ResNet-56 on CIFAR-10
+# with tools/train_cls.py and the CPU-scaled paper recipe (configs/cifar_cpu_base.yaml), then the table and curves.
+#
+#   bash projects/degradation/run.sh                       # all four, then results/summary.csv + results/*.png
+#   CIFAR10=/path/to/cifar10 bash projects/degradation/run.sh
+#
+# Interrupted? Run it again: a finished model is skipped, an unfinished one continues from its last checkpoint
+# (tools/train_cls.py --resume). Environment (all optional):
+#   CIFAR10           CIFAR-10 folder with train/ and test/ (folders or .tar)  [../shared/data/cifar10 next to the repo]
+#   DEG_RUNS          where the runs are written (git-ignored)                  [projects/degradation/runs]
+#   DEG_RESULTS       where summary.csv and the PNGs are written                [projects/degradation/results]
+#   DEG_MODELS        subset of "plain20 plain56 resnet20 resnet56"
+#   DEG_EPOCHS        logged epochs per run                                     [config: 20]
+#   DEG_TRAIN_SUBSET  train images per logged epoch                              [config: 2560 = 20 iterations]
+#   DEG_VAL_SUBSET    test images evaluated after each epoch                     [config: 2000]
+#   DEG_BATCH         batch size (lr is scaled linearly from 0.1 at 128)        [config: 128]
+#   DEG_THREADS       torch CPU threads                                          [config: 2]
+#   PYTHON            interpreter                                                [.venv/bin/python if present]
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-}"
+if [[ -z "$PY" ]]; then
+  if [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"; else PY=python; fi
+fi
+CIFAR10="${CIFAR10:-$ROOT/../shared/data/cifar10}"
+RUNS="${DEG_RUNS:-$HERE/runs}"
+RESULTS="${DEG_RESULTS:-$HERE/results}"
+MODELS="${DEG_MODELS:-plain20 plain56 resnet20 resnet56}"
+
+if [[ ! -e "$CIFAR10" ]]; then
+  echo "error: CIFAR-10 folder '$CIFAR10' not found; set CIFAR10=/path/to/cifar10 (train/ and test/, folders or .tar)" >&2
+  exit 2
+fi
+
+extra=()
+[[ -n "${DEG_EPOCHS:-}" ]] && extra+=(--epochs "$DEG_EPOCHS")
+[[ -n "${DEG_BATCH:-}" ]] && extra+=(--batch-size "$DEG_BATCH")
+[[ -n "${DEG_TRAIN_SUBSET:-}" ]] && extra+=("data.train_subset=$DEG_TRAIN_SUBSET")
+[[ -n "${DEG_VAL_SUBSET:-}" ]] && extra+=("data.val_subset=$DEG_VAL_SUBSET")
+[[ -n "${DEG_THREADS:-}" ]] && extra+=("train.threads=$DEG_THREADS")
+
+for model in $MODELS; do
+  out="$RUNS/$model"
+  if [[ -f "$out/DONE" ]]; then
+    echo "== $model: already finished ($out/DONE); delete that file to retrain"
+    continue
+  fi
+  resume=()
+  if [[ -f "$out/checkpoints/last.pt" ]]; then
+    resume=(--resume)
+    echo "== $model: resuming from $out/checkpoints/last.pt"
+  else
+    echo "== $model: training"
+  fi
+  start=$(date +%s)
+  "$PY" tools/train_cls.py --config "$HERE/configs/cifar_$model.yaml" --data "$CIFAR10" --output "$out" \
+    ${resume[@]+"${resume[@]}"} ${extra[@]+"${extra[@]}"}
+  echo "$(( $(date +%s) - start ))" > "$out/DONE"   # wall seconds of the last (resumed) session
+done
+
+"$PY" "$HERE/summarize.py" --runs "$RUNS" --results "$RESULTS" --models $MODELS

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# VGG-16 vs ResNet-50 vs ResNet-101 Faster R-CNN backbones at CPU scale on BCCD (He et al. 2016, Tables 7-8 in
+# miniature): trains each with tools/train_det.py at the same schedule, evaluates (COCO bbox AP on val), and writes
+# results/summary.csv, results/details.csv and results/ap_bars.png.
+#
+#   bash projects/vgg_vs_resnet/run.sh
+#   BCCD=/path/to/bccd bash projects/vgg_vs_resnet/run.sh        # any COCO-format set: train.json, val.json, images/
+#
+# Interrupted? Run it again: a finished backbone is skipped, an unfinished one continues from its last.pt
+# (tools/train_det.py --resume). Environment (all optional):
+#   BCCD              folder with train.json, val.json and images/             [../shared/data/bccd next to the repo]
+#   VVR_RUNS          where the runs are written (git-ignored)                  [projects/vgg_vs_resnet/runs]
+#   VVR_RESULTS       where summary.csv and ap_bars.png are written             [projects/vgg_vs_resnet/results]
+#   VVR_BACKBONES     subset of "vgg16 resnet50 resnet101"
+#   VVR_ITERS         training iterations (lr /10 at 80 %)                      [config: 200]
+#   VVR_TRAIN_LIMIT   use only the first N train images (0 = all)               [0]
+#   VVR_VAL_LIMIT     evaluate only the first N val images (0 = all)            [0]
+#   VVR_MIN_SIZE      input shorter side                                        [config: 160]
+#   VVR_THREADS       torch CPU threads                                         [config: 2]
+#   PYTHON            interpreter                                               [.venv/bin/python if present]
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-}"
+if [[ -z "$PY" ]]; then
+  if [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"; else PY=python; fi
+fi
+BCCD="${BCCD:-$ROOT/../shared/data/bccd}"
+RUNS="${VVR_RUNS:-$HERE/runs}"
+RESULTS="${VVR_RESULTS:-$HERE/results}"
+BACKBONES="${VVR_BACKBONES:-vgg16 resnet50 resnet101}"
+
+for f in train.json val.json images; do
+  if [[ ! -e "$BCCD/$f" ]]; then
+    echo "error: '$BCCD/$f' not found; set BCCD=/path/to/bccd (a folder with train.json, val.json and images/)" >&2
+    exit 2
+  fi
+done
+
+extra=("data.train.ann_file=$BCCD/train.json" "data.train.image_root=$BCCD/images"
+       "data.val.ann_file=$BCCD/val.json" "data.val.image_root=$BCCD/images")
+if [[ -n "${VVR_ITERS:-}" ]]; then
+  steps=$(( VVR_ITERS * 4 / 5 )); warm=$(( VVR_ITERS < 30 ? VVR_ITERS / 2 : 30 ))
+  extra+=("solver.max_iter=$VVR_ITERS" "solver.steps=[$steps]" "solver.warmup_iters=$warm"
+          "train.checkpoint_period=$(( VVR_ITERS < 20 ? VVR_ITERS : 20 ))")
+fi
+[[ -n "${VVR_TRAIN_LIMIT:-}" ]] && extra+=("data.train.limit=$VVR_TRAIN_LIMIT")
+[[ -n "${VVR_VAL_LIMIT:-}" ]] && extra+=("test.max_images=$VVR_VAL_LIMIT")
+[[ -n "${VVR_MIN_SIZE:-}" ]] && extra+=("model.input.min_size=[$VVR_MIN_SIZE]" "model.input.max_size=$(( VVR_MIN_SIZE * 7 / 5 ))")
+[[ -n "${VVR_THREADS:-}" ]] && extra+=("train.num_threads=$VVR_THREADS")
+
+for backbone in $BACKBONES; do
+  out="$RUNS/$backbone"
+  if [[ -f "$out/DONE" ]]; then
+    echo "== $backbone: already finished ($out/DONE); delete that file to retrain"
+    continue
+  fi
+  resume=()
+  if [[ -f "$out/last.pt" ]]; then
+    resume=(--resume)
+    echo "== $backbone: resuming from $out/last.pt"
+  else
+    echo "== $backbone: training"
+  fi
+  "$PY" tools/train_det.py --config "$HERE/configs/bccd_$backbone.yaml" --output "$out" \
+    ${resume[@]+"${resume[@]}"} "${extra[@]}"
+  date -u +%FT%TZ > "$out/DONE"
+done
+
+"$PY" "$HERE/summarize.py" --runs "$RUNS" --results "$RESULTS" --backbones $BACKBONES

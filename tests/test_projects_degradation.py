@@ -1,0 +1,98 @@
+"""projects/degradation: run.sh trains with tools/train_cls.py, resumes, and writes the summary table + curves.
+
+A tiny schedule (2 epochs of 2 iterations, two of the four nets) on a 120-image CIFAR-10 folder cut from the real
+test.tar; the summarizer itself is also checked on all four models with known metrics.
+"""
+import csv
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from conftest import REPO, require_shared
+
+PROJECT = REPO / "projects" / "degradation"
+sys.path.insert(0, str(PROJECT))
+import summarize  # noqa: E402
+
+
+def _tiny_cifar(tmp_path: Path) -> Path:
+    """train/ (8 per class) and test/ (4 per class) image folders cut from the shared CIFAR-10 test.tar."""
+    source = require_shared("data/cifar10/test.tar")
+    root = tmp_path / "cifar10"
+    taken = {}
+    with tarfile.open(source) as tar:
+        for member in tar:
+            if not member.isfile() or not member.name.endswith(".jpg"):
+                continue
+            label = member.name.split("/")[-2]
+            index = taken.get(label, 0)
+            if index >= 12:
+                continue
+            taken[label] = index + 1
+            split = "train" if index < 8 else "test"
+            target = root / split / label / Path(member.name).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())
+    assert len(taken) == 10
+    return root
+
+
+def _run(env_extra):
+    env = dict(os.environ, PYTHON=sys.executable, **env_extra)
+    return subprocess.run(["bash", str(PROJECT / "run.sh")], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_run_sh_tiny_schedule_trains_resumes_and_summarizes(tmp_path):
+    env = {"CIFAR10": str(_tiny_cifar(tmp_path)), "DEG_RUNS": str(tmp_path / "runs"),
+           "DEG_RESULTS": str(tmp_path / "results"), "DEG_MODELS": "plain20 resnet20", "DEG_EPOCHS": "2",
+           "DEG_BATCH": "16", "DEG_TRAIN_SUBSET": "32", "DEG_VAL_SUBSET": "20", "DEG_THREADS": "1"}
+    first = _run(env)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    with (tmp_path / "results" / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["model", "iters", "final_train_err", "final_test_err"]
+    assert [r["model"] for r in rows] == ["plain20", "resnet20"]
+    for row in rows:
+        assert int(row["iters"]) == 4  # 2 epochs x (32 images / batch 16)
+        assert 0.0 <= float(row["final_train_err"]) <= 100.0 and 0.0 <= float(row["final_test_err"]) <= 100.0
+    assert (tmp_path / "results" / "fig6_cifar.png").stat().st_size > 10_000
+
+    # Finished models are skipped; an unfinished one (no DONE marker, a checkpoint) resumes with --resume.
+    (tmp_path / "runs" / "resnet20" / "DONE").unlink()
+    second = _run(env)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert "plain20: already finished" in second.stdout
+    assert "resnet20: resuming" in second.stdout
+    with (tmp_path / "results" / "summary.csv").open() as handle:
+        assert [r["iters"] for r in csv.DictReader(handle)] == ["4", "4"]
+
+
+def test_run_sh_names_a_missing_dataset(tmp_path):
+    result = _run({"CIFAR10": str(tmp_path / "nowhere"), "DEG_RUNS": str(tmp_path / "runs")})
+    assert result.returncode == 2
+    assert "nowhere" in result.stderr and "CIFAR10=" in result.stderr
+
+
+def test_summarize_all_four_models(tmp_path):
+    runs = tmp_path / "runs"
+    finals = {"plain20": (30.0, 35.0), "plain56": (40.0, 44.0), "resnet20": (28.0, 33.0), "resnet56": (25.0, 31.0)}
+    for model, (train_err, test_err) in finals.items():
+        (runs / model).mkdir(parents=True)
+        (runs / model / "metrics.csv").write_text(
+            "epoch,iter,train_loss,train_top1,val_loss,val_top1,val_top5\n"
+            f"1,40,2.0,20.0,2.0,,\n"
+            f"2,80,1.5,{100 - train_err},1.4,{100 - test_err},90.0\n")
+    assert summarize.main(["--runs", str(runs), "--results", str(tmp_path / "out")]) == 0
+    with (tmp_path / "out" / "summary.csv").open() as handle:
+        rows = {r["model"]: r for r in csv.DictReader(handle)}
+    assert list(rows) == ["plain20", "plain56", "resnet20", "resnet56"]
+    assert rows["plain56"] == {"model": "plain56", "iters": "80", "final_train_err": "40.00", "final_test_err": "44.00"}
+    curves = (tmp_path / "out" / "curves.csv").read_text().splitlines()
+    assert curves[0] == "model,iter,train_err,test_err" and "plain20,40,80.00," in curves
+
+
+def test_summarize_names_the_missing_run(tmp_path, capsys):
+    assert summarize.main(["--runs", str(tmp_path), "--results", str(tmp_path / "out"), "--models", "plain56"]) == 2
+    assert "plain56" in capsys.readouterr().err

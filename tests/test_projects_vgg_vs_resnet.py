@@ -1,0 +1,53 @@
+"""projects/vgg_vs_resnet: run.sh trains each backbone with tools/train_det.py on real BCCD images (a tiny
+schedule: 1 iteration on 2 images at 64 px), evaluates, resumes, and writes the summary table with its exact columns.
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO, require_shared
+
+PROJECT = REPO / "projects" / "vgg_vs_resnet"
+COLUMNS = ["backbone", "AP", "AP50", "params_m", "train_s_per_img", "infer_s_per_img"]
+
+
+def _run(env_extra):
+    env = dict(os.environ, PYTHON=sys.executable, **env_extra)
+    return subprocess.run(["bash", str(PROJECT / "run.sh")], env=env, capture_output=True, text=True, timeout=400)
+
+
+def test_run_sh_tiny_schedule(tmp_path):
+    bccd = require_shared("data/bccd/train.json").parent
+    env = {"BCCD": str(bccd), "VVR_RUNS": str(tmp_path / "runs"), "VVR_RESULTS": str(tmp_path / "results"),
+           "VVR_BACKBONES": "vgg16 resnet50", "VVR_ITERS": "1", "VVR_TRAIN_LIMIT": "2", "VVR_VAL_LIMIT": "2",
+           "VVR_MIN_SIZE": "64", "VVR_THREADS": "1"}
+    first = _run(env)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    with (tmp_path / "results" / "summary.csv").open() as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert reader.fieldnames == COLUMNS
+    assert [r["backbone"] for r in rows] == ["vgg16", "resnet50"]
+    params = {r["backbone"]: float(r["params_m"]) for r in rows}
+    assert 14.0 < params["vgg16"] < 20.0 and 23.0 < params["resnet50"] < 30.0  # backbone + small FPN/heads
+    for row in rows:
+        assert 0.0 <= float(row["AP"]) <= float(row["AP50"]) <= 100.0
+        assert float(row["train_s_per_img"]) > 0 and float(row["infer_s_per_img"]) > 0
+    details = list(csv.DictReader((tmp_path / "results" / "details.csv").open()))
+    assert float(details[0]["backbone_gmacs_224"]) > float(details[1]["backbone_gmacs_224"])  # VGG-16 > ResNet-50
+    assert (tmp_path / "results" / "ap_bars.png").is_file()
+    result = json.loads((tmp_path / "runs" / "vgg16" / "eval.json").read_text())
+    assert result["iteration"] == 1
+
+    (tmp_path / "runs" / "resnet50" / "DONE").unlink()
+    second = _run(env)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert "vgg16: already finished" in second.stdout and "resnet50: resuming" in second.stdout
+
+
+def test_run_sh_names_a_missing_dataset(tmp_path):
+    result = _run({"BCCD": str(tmp_path / "nowhere"), "VVR_RUNS": str(tmp_path / "runs")})
+    assert result.returncode == 2
+    assert "nowhere" in result.stderr and "BCCD=" in result.stderr
