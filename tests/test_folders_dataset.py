@@ -143,7 +143,9 @@ def test_grayscale_rgba_palette_and_16bit_pngs_become_rgb_uint8(tmp_path):
 
 # -- errors name the file, folder or archive ---------------------------------------------------------------------
 def test_corrupt_image_in_folder_names_the_file(tmp_path):
-    layout = {"cat": {"good.jpg": _jpeg(0), "bad.jpg": b"\xff\xd8 not really a jpeg"}, "dog": {"empty.png": b""}}
+    cut = _jpeg(3)[: len(_jpeg(3)) * 9 // 10]  # an interrupted download
+    layout = {"cat": {"good.jpg": _jpeg(0), "bad.jpg": b"\xff\xd8 not really a jpeg", "cut.jpg": cut},
+              "dog": {"empty.png": b""}}
     root = _make_folder(tmp_path / "root", layout)
     dataset = ImageFolderDataset(root)
     bad = [i for i, (p, _) in enumerate(dataset.samples) if p.endswith("bad.jpg")][0]
@@ -151,12 +153,14 @@ def test_corrupt_image_in_folder_names_the_file(tmp_path):
         dataset[bad]
     with pytest.raises(DataError, match=r"dog/empty\.png.*0 bytes"):
         dataset[len(dataset) - 1]
-    # on_error="skip": the next good image stands in, and the skip is counted and warned about.
+    with pytest.raises(DataError, match=rf"{root}/cat/cut\.jpg: truncated JPEG"):
+        dataset[bad + 1]
+    # on_error="skip": the next good image (after bad.jpg and cut.jpg) stands in, and the skip is counted and warned about.
     skipping = ImageFolderDataset(root, on_error="skip")
-    with pytest.warns(RuntimeWarning, match=r"bad\.jpg"):
+    with pytest.warns(RuntimeWarning, match=r"(bad|cut)\.jpg"):
         image, label = skipping[bad]
     assert label == 0 and image.shape == (12, 10, 3)
-    assert skipping.num_skipped == 1 and skipping.skipped[0].endswith("bad.jpg")
+    assert skipping.num_skipped == 2 and [Path(p).name for p in skipping.skipped] == ["bad.jpg", "cut.jpg"]
     with pytest.raises(ValueError, match=r"on_error must be one of raise, skip"):
         ImageFolderDataset(root, on_error="ignore")
 

@@ -28,6 +28,9 @@ _IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
 
 def decode_image(data: bytes, *, name: str) -> np.ndarray:
     """Encoded image bytes -> RGB uint8 [H, W, 3]. Raises DataError naming `name` if they do not decode."""
+    if _truncated_jpeg(data):
+        raise DataError(f"cannot decode image {name}: truncated JPEG (no end-of-image marker after its last scan, "
+                        f"{len(data)} bytes)")
     buffer = np.frombuffer(data, dtype=np.uint8)
     image = None
     if buffer.size:
@@ -41,6 +44,15 @@ def decode_image(data: bytes, *, name: str) -> np.ndarray:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     image = _to_uint8(image, name=name)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _truncated_jpeg(data: bytes) -> bool:
+    # OpenCV 4.x decodes a cut-off JPEG into a half-grey image with only a console warning; OpenCV 5 refuses it.
+    # Entropy-coded data never contains FF D9 / FF DA (0xFF is byte-stuffed), so a complete JPEG has its
+    # end-of-image marker after the start of its last scan; bytes appended after EOI do not matter.
+    if not data.startswith(b"\xff\xd8\xff"):
+        return False
+    return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
 
 
 def _to_uint8(image: np.ndarray, *, name: str) -> np.ndarray:
