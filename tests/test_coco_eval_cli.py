@@ -81,3 +81,30 @@ def test_missing_ground_truth_file_exits_2_from_the_shell(tmp_path):
     (tmp_path / "dt.json").write_text("[]")
     proc = _run("--gt", tmp_path / "nope.json", "--dt", tmp_path / "dt.json")
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: ground-truth file not found")
+
+
+def test_checkpoint_form_runs_the_model_then_evaluates(tmp_path, capsys):
+    import torch
+    import yaml
+
+    import resbackbones as rb
+    from resbackbones.config import load_config
+    from resbackbones.detection.train_config import DetTrainConfig
+
+    model_cfg = {"num_classes": 80, "backbone": {"name": "resnet18"}, "mask_head": {"enabled": True},
+                 "input": {"min_size": [160], "max_size": 224}, "roi_heads": {"score_thresh": 0.0,
+                                                                           "detections_per_img": 5}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"model": model_cfg}))
+    model = rb.build_detector(load_config(DetTrainConfig, tmp_path / "cfg.yaml").model)
+    torch.save({"model": model.state_dict(), "iteration": 1}, tmp_path / "last.pt")
+    images = GT.parent / "images"
+    code, out, err = _main(capsys, "--checkpoint", tmp_path / "last.pt", "--config", tmp_path / "cfg.yaml",
+                           "--gt", GT, "--images", images, "--iou-type", "bbox", "segm", "--out", tmp_path / "s.json")
+    assert code == 0, err
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert list(stats) == ["bbox", "segm"] and list(stats["segm"]) == KEYS
+    detections = json.loads((tmp_path / "detections.json").read_text())
+    assert len(detections) == 6 * 5 and {"bbox", "segmentation", "score"} <= set(detections[0])
+    code, _, err = _main(capsys, "--checkpoint", tmp_path / "missing.pt", "--config", tmp_path / "cfg.yaml",
+                         "--gt", GT, "--images", images)
+    assert code == 2 and "checkpoint file not found" in err
