@@ -2,13 +2,13 @@
 
 pycocotools spends its time in Python loops (evaluateImg's greedy matching, accumulate's per-threshold loops);
 faster-coco-eval moves them to C++ but its precision values differ from pycocotools' in the last bit, so its AP can
-differ at 1e-17. This module keeps every floating-point operation of pycocotools (IoUs from pycocotools.mask.iou, the
+differ at 1e-17. This module keeps every floating-point operation of pycocotools (the same IoU expressions, the
 same sorts with the same stable order, the same tp / (fp + tp + eps) expressions) and only changes how the work is
 batched: detections and ground truth live in flat arrays sorted (category, image, -score) with the same stable
 order; bbox IoUs are computed for every same-group pair at once with maskApi.c's bbIou expression, operation for
 operation (segm IoUs still come from pycocotools.mask.iou); greedy matching runs for all (image, category, area
-range) groups at once, one detection rank at a time; accumulate works on whole arrays. summarize() is pycocotools' own. tests/test_coco_eval_*.py check the 12 numbers
-and the precision array are identical to pycocotools'.
+range) groups at once, one detection rank at a time; accumulate works on whole arrays. summarize() is
+pycocotools' own. tests/test_coco_eval_*.py check the 12 numbers and the precision arrays equal pycocotools'.
 """
 import contextlib
 import io
