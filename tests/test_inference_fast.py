@@ -73,3 +73,14 @@ def test_fused_path_is_used_on_cpu_and_fold_handles_sequential_conv_bn():
 def test_reduced_precision_dtype_is_validated():
     with pytest.raises(ValueError, match="bfloat16"):
         rb.optimize_for_inference(rb.build_backbone("resnet18"), dtype=torch.int8)
+
+
+@pytest.mark.parametrize("name,size", [("vgg11_bn", 64), ("cifar_resnet20", 32), ("cifar_plain20", 32)])
+def test_other_families_share_the_fast_path(name, size):
+    model = _trained_looking(rb.build_classifier(name, num_classes=10))
+    images = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        reference = model(images)
+    fast = rb.optimize_for_inference(model)
+    assert (fast(images) - reference).abs().max().item() <= 1e-4 * max(1.0, reference.abs().max().item())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
