@@ -127,6 +127,8 @@ def from_detectron2(checkpoint: Union[str, Path, Mapping[str, Any]]) -> Dict[str
         weights = {_c2_to_detectron2(k): v for k, v in weights.items()}
     converted: Dict[str, torch.Tensor] = {}
     for key, value in weights.items():
+        if isinstance(value, np.ndarray) and value.dtype.kind not in "fiub":
+            raise WeightsError(f"{source}: entry {key!r} is a numpy array of dtype {value.dtype}, not numbers")
         tensor = torch.as_tensor(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
         if key.endswith("num_batches_tracked"):
             continue

@@ -8,7 +8,7 @@ num_batches_tracked is dropped (BatchNorm fills it in; FrozenBN has none). torch
 the 3x3 conv, so the weights only fit models built with stride_in_1x1=False (the default); metadata says so.
 """
 import re
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional
 
 import torch
 
@@ -23,17 +23,6 @@ _RULES = (
     (re.compile(r"^layer(\d)\.(\d+)\.downsample\.1\.(.+)$"), None),
     (re.compile(r"^fc\.(.+)$"), r"head.fc.\1"),
 )
-# torchvision arch -> (block kind, blocks per stage, res2 3x3 conv (out, in/groups)) for naming checkpoints.
-_ARCHS = {
-    ("basic", (2, 2, 2, 2), (64, 64)): "resnet18",
-    ("basic", (3, 4, 6, 3), (64, 64)): "resnet34",
-    ("bottleneck", (3, 4, 6, 3), (64, 64)): "resnet50",
-    ("bottleneck", (3, 4, 23, 3), (64, 64)): "resnet101",
-    ("bottleneck", (3, 8, 36, 3), (64, 64)): "resnet152",
-    ("bottleneck", (3, 4, 6, 3), (128, 4)): "resnext50_32x4d",
-    ("bottleneck", (3, 4, 23, 3), (256, 8)): "resnext101_32x8d",
-    ("bottleneck", (3, 4, 6, 3), (128, 128)): "wide_resnet50_2",
-}
 
 
 def _rename(key: str) -> Optional[str]:
@@ -88,18 +77,6 @@ def from_torchvision(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.
     if unknown:
         raise WeightsError(f"torchvision ResNet state dict has keys with no counterpart here: {', '.join(unknown)}")
     return converted
-
-
-def infer_torchvision_arch(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
-    """Registered backbone name matching a torchvision ResNet-family state dict, or None if unrecognised."""
-    state_dict = _strip_module_prefix(state_dict)
-    counts = tuple(
-        len({k.split(".")[1] for k in state_dict if k.startswith(f"layer{stage}.")}) for stage in (1, 2, 3, 4)
-    )
-    kind = "bottleneck" if "layer1.0.conv3.weight" in state_dict else "basic"
-    conv2 = state_dict.get("layer1.0.conv2.weight")
-    signature: Tuple[int, int] = tuple(conv2.shape[:2]) if conv2 is not None else (0, 0)  # type: ignore[assignment]
-    return _ARCHS.get((kind, counts, signature))
 
 
 def _strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
