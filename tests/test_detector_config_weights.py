@@ -72,7 +72,19 @@ def test_wrong_weights_name_the_keys(tmp_path):
 
 
 def test_preprocessing_mismatch_is_refused(tmp_path):
+    from resbackbones.weights.metadata import WeightsMetadata
+
     clf = rb.build_classifier("resnet18", num_classes=10)
-    path = rb.weights.save(clf.backbone, tmp_path / "bgr.safetensors", metadata={"input_format": "BGR"})
-    with pytest.raises(WeightsError, match="trained on BGR input but model.input.format is 'RGB'"):
+    caffe = WeightsMetadata.detectron2_msra("resnet18").to_dict()
+    path = rb.weights.save(clf.backbone, tmp_path / "bgr.safetensors", metadata=caffe)
+    with pytest.raises(WeightsError, match="expect BGR input .* but the pipeline feeds RGB"):
         rb.build_detector(_cfg(weights=str(path)))
+    cfg = _cfg(weights=str(path))
+    cfg.input.format = "BGR"  # right channel order, but still torchvision's mean/std
+    with pytest.raises(WeightsError, match=r"normalised with mean \[0.40600, 0.456, 0.48500\]|model.input.image_mean"):
+        rb.build_detector(cfg)
+    cfg.input.image_mean = tuple(v / 255 for v in (103.530, 116.280, 123.675))
+    cfg.input.image_std = (1 / 255,) * 3
+    rb.build_detector(cfg)  # detectron2's convention: accepted
+    tv = WeightsMetadata.torchvision("resnet18", num_classes=None).to_dict()
+    rb.build_detector(_cfg(weights=str(rb.weights.save(clf.backbone, tmp_path / "tv.safetensors", metadata=tv))))

@@ -10,7 +10,6 @@ Accepted (after rb.weights.load, which never runs pickled code):
 Stages the detector does not build (e.g. a classifier's res5 under a res4-only model) are dropped; every other
 difference (missing, unexpected key, shape) is an error listing the keys and both shapes.
 """
-import json
 from typing import Dict, Mapping, Optional, Sequence
 
 import torch
@@ -51,26 +50,27 @@ def to_backbone_state(state: Mapping[str, torch.Tensor], *, source: str = "weigh
     return {k: v for k, v in state.items() if k.startswith("stages.")}
 
 
-def check_preprocessing(metadata: Mapping[str, str], *, image_mean: Sequence[float], image_std: Sequence[float],
-                        input_format: str, source: str) -> None:
+def check_preprocessing(metadata: Mapping[str, str], *, backbone: Backbone, image_mean: Sequence[float],
+                        image_std: Sequence[float], input_format: str, source: str) -> None:
     """Refuse weights whose recorded preprocessing differs from the detector's (a silent ~10 AP loss otherwise).
 
-    Looks for metadata keys input_format / image_mean / image_std (JSON lists, [0, 1] units); absent keys pass.
+    Reads rb.weights' metadata (rb.input_format, rb.pixel_mean/std/scale, rb.stride_in_1x1; see
+    resbackbones/weights/metadata.py): channel order and stride placement must match (check_compatible), and
+    pixel_mean/std, converted to [0, 1] units, must equal model.input.image_mean/std. No metadata: nothing checked.
     """
-    recorded_format = metadata.get("input_format")
-    if recorded_format and recorded_format != input_format:
-        raise WeightsError(
-            f"{source} was trained on {recorded_format} input but model.input.format is {input_format!r}"
-        )
-    for key, expected in (("image_mean", image_mean), ("image_std", image_std)):
-        if key not in metadata:
-            continue
-        try:
-            recorded = [float(v) for v in json.loads(metadata[key])]
-        except (ValueError, TypeError):
-            continue
-        if len(recorded) != len(expected) or any(abs(a - b) > 1e-4 for a, b in zip(recorded, expected)):
-            raise WeightsError(f"{source} records {key} {recorded} but model.input.{key} is {list(expected)}")
+    from ..weights.metadata import WeightsMetadata, check_compatible
+
+    meta = WeightsMetadata.from_dict(metadata)
+    if meta is None:
+        return
+    check_compatible(meta, backbone, input_format=input_format, source=source)
+    for key, recorded, expected in (("image_mean", meta.pixel_mean, image_mean), ("image_std", meta.pixel_std, image_std)):
+        recorded = [v / meta.pixel_scale for v in recorded]
+        if len(recorded) != len(expected) or any(abs(a - b) > 1e-3 for a, b in zip(recorded, expected)):
+            raise WeightsError(
+                f"{source} ({meta.source} {meta.arch}) expects {meta.input_format} input normalised with "
+                f"{key[6:]} {[round(v, 5) for v in recorded]} (0-1 units) but model.input.{key} is {list(expected)}"
+            )
 
 
 def load_backbone_weights(backbone: Backbone, path: str, *, image_mean: Optional[Sequence[float]] = None,
@@ -78,8 +78,8 @@ def load_backbone_weights(backbone: Backbone, path: str, *, image_mean: Optional
     """Read `path` (.safetensors or torch file) and load it strictly into `backbone` (see module doc)."""
     state, metadata = load_with_metadata(path)
     if image_mean is not None and image_std is not None:
-        check_preprocessing(metadata, image_mean=image_mean, image_std=image_std, input_format=input_format,
-                            source=str(path))
+        check_preprocessing(metadata, backbone=backbone, image_mean=image_mean, image_std=image_std,
+                            input_format=input_format, source=str(path))
     state = to_backbone_state(state, source=str(path))
     built = set(backbone.stage_names)
     expected = backbone.state_dict()
