@@ -56,8 +56,8 @@ def _uses_rle_masks(coco: dict) -> bool:
 
 
 def register_datasets(args) -> None:
-    """register_coco_instances for the given jsons (idempotent within one process)."""
-    from detectron2.data import DatasetCatalog
+    """register_coco_instances for the given jsons (re-registers a name when called again with other files)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
 
     for name, ann, images in ((TRAIN, args.train_json, args.train_images), (TEST, args.test_json, args.test_images)):
         if not ann:
@@ -65,8 +65,10 @@ def register_datasets(args) -> None:
         for path in (ann, images):
             if not path or not os.path.exists(path):
                 raise SystemExit(f"{name}: {path!r} does not exist (give --{name.split('_')[1]}-json and -images)")
-        if name not in DatasetCatalog.list():
-            register_coco_instances(name, {}, ann, images)
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_coco_instances(name, {}, ann, images)
 
 
 def setup(args):
@@ -77,6 +79,8 @@ def setup(args):
         cfg.DATASETS.TRAIN = (TRAIN,)
     if args.test_json:
         cfg.DATASETS.TEST = (TEST,)
+    elif args.train_json:
+        cfg.DATASETS.TEST = ()  # the yaml's COCO val is not registered here: no evaluation without --test-json
     class_source = args.train_json or args.test_json
     if class_source:
         coco = _read_json(class_source)
