@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", help="backbone weights to start from; with --eval-only: a checkpoint")
     parser.add_argument("--eval-only", action="store_true", help="evaluate --weights (or OUTPUT/last.pt) and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.max_iter=200")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # key=value overrides may come before or after flags
 
 
 def _quote(text: str) -> str:

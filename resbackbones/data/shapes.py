@@ -71,7 +71,8 @@ def _distinct_colour(rng: np.random.Generator, background: np.ndarray, mask: np.
 
 
 def render_image(rng: np.random.Generator, size: int, *, min_visible: float = 0.35) -> Tuple[np.ndarray, List[Dict]]:
-    """One image [H, W, 3] uint8 RGB and its instances [{"category_id", "mask" [H, W] uint8}] (visible masks)."""
+    """One image [H, W, 3] uint8 RGB and its instances [{"category_id", "mask" [H, W] uint8 (visible part),
+    "full_area" (pixels of the whole drawn shape)}]."""
     img = _background(rng, size)
     num = int(rng.integers(1, 5))
     full_masks, cats = [], []
@@ -90,7 +91,7 @@ def render_image(rng: np.random.Generator, size: int, *, min_visible: float = 0.
             visible[later.astype(bool)] = 0
         if visible.sum() < max(min_visible * mask.sum(), 16):
             continue
-        instances.append({"category_id": cat, "mask": visible})
+        instances.append({"category_id": cat, "mask": visible, "full_area": int(mask.sum())})
     return np.clip(img, 0, 255).astype(np.uint8), instances
 
 

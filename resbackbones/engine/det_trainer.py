@@ -158,8 +158,11 @@ class DetTrainer:
         sampler = IterationSampler(len(self.train_set), seed=self.cfg.train.seed, rank=self.dist.rank,
                                    world_size=self.world, start=self.iteration * per_rank)
         workers = self.cfg.data.num_workers
+        # The loader's own generator: creating its iterator draws a base seed, which must not consume the global
+        # RNG (restored on resume) or a resumed run would sample different RPN / RoI minibatches.
+        generator = torch.Generator().manual_seed(self.cfg.train.seed * 7 + self.iteration)
         return iter(torch.utils.data.DataLoader(
-            self.train_set, batch_size=per_rank, sampler=sampler, num_workers=workers,
+            self.train_set, batch_size=per_rank, sampler=sampler, num_workers=workers, generator=generator,
             collate_fn=collate_detection, persistent_workers=False, pin_memory=self.device.type == "cuda",
             prefetch_factor=2 if workers else None))
 
