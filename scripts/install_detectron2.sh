@@ -3,9 +3,10 @@
 # vendored source archive, building the wheel only once per torch version.
 #
 # Usage:
-#   scripts/install_detectron2.sh [PYTHON]            # PYTHON defaults to $PYTHON, then `python`
+#   scripts/install_detectron2.sh [PYTHON [ARCHIVE]]   # PYTHON defaults to $PYTHON, then `python`
 # Environment:
-#   DETECTRON2_ARCHIVE    source archive (default: <repo>/../shared/vendor/detectron2-02b5c4e2.tar.gz)
+#   DETECTRON2_ARCHIVE    source archive when ARCHIVE is not given (then RESBACKBONES_D2_ARCHIVE, then
+#                         <repo>/../shared/vendor/detectron2-02b5c4e2.tar.gz)
 #   RESBACKBONES_CACHE    wheel cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/resbackbones)
 #   MAX_JOBS              parallel compile jobs (default: 2)
 #
@@ -19,7 +20,7 @@ set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${1:-${PYTHON:-python}}"
-archive="${DETECTRON2_ARCHIVE:-$repo_root/../shared/vendor/detectron2-02b5c4e2.tar.gz}"
+archive="${2:-${DETECTRON2_ARCHIVE:-${RESBACKBONES_D2_ARCHIVE:-$repo_root/../shared/vendor/detectron2-02b5c4e2.tar.gz}}}"
 cache_root="${RESBACKBONES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/resbackbones}"
 
 say() { echo "[install_detectron2] $*"; }
@@ -32,7 +33,7 @@ if where="$("$python" -W ignore -c "$check_import" 2>/dev/null)"; then
 fi
 
 if [[ ! -f "$archive" ]]; then
-    say "ERROR: detectron2 source archive not found: $archive (set DETECTRON2_ARCHIVE)" >&2
+    say "ERROR: detectron2 source archive not found: $archive (pass it as the 2nd argument or set DETECTRON2_ARCHIVE)" >&2
     exit 2
 fi
 
