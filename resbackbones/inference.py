@@ -12,6 +12,7 @@ from collections import OrderedDict
 from typing import Any, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -93,7 +94,18 @@ class MkldnnConv(nn.Module):
                 self._packed.popitem(last=False)
         return packed
 
+    def _eager(self, x: torch.Tensor) -> torch.Tensor:
+        # Moved off the CPU (or another dtype) after packing: plain conv on the same folded weights.
+        out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.relu_(out) if self.attr == "relu" else out
+
+    def _use_mkldnn(self, x: torch.Tensor) -> bool:
+        return (x.device.type == "cpu" and self.weight.device.type == "cpu" and x.dtype == self.weight.dtype
+                and x.dtype in (torch.float32, torch.bfloat16))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._use_mkldnn(x):
+            return self._eager(x)
         return torch.ops.mkldnn._convolution_pointwise(
             x, self._packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups, self.attr,
             [], "",
@@ -101,6 +113,8 @@ class MkldnnConv(nn.Module):
 
     def add_relu(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """relu(conv(x) + other) in one primitive."""
+        if not self._use_mkldnn(x):
+            return F.relu_(self._eager(x) + other)  # add_relu is only used on convs without their own ReLU
         return torch.ops.mkldnn._convolution_pointwise.binary(
             x, other, self._packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups,
             "add", None, "relu", [], "",
