@@ -166,3 +166,15 @@ def test_convert_weights_cli_end_to_end(tmp_path):
     assert missing.returncode == 2 and "not found" in missing.stderr and "Traceback" not in missing.stderr
     wrong = _cli("--source", "detectron2", tmp_path / "r18.pth", tmp_path / "x.safetensors")
     assert wrong.returncode == 2 and "no ResNet backbone keys" in wrong.stderr
+
+
+def test_dispatch_reaches_the_vgg_and_cifar_converters():
+    from conftest import require_shared
+
+    vgg = torchvision.models.vgg11(num_classes=10)
+    state = rb.weights.from_torchvision(vgg.state_dict())
+    rb.weights.load_state_dict(rb.build_classifier("vgg11", num_classes=10), state)
+    path = require_shared("weights/cifar10/resnet20-12fca82f.th")
+    state, meta = rb.weights.convert("cifar", path)
+    assert (meta.arch, meta.source, meta.num_classes) == ("cifar_resnet20", "cifar", 10)
+    rb.weights.load_state_dict(rb.build_classifier("cifar_resnet20", num_classes=10), state)
