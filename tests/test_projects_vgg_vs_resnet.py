@@ -51,3 +51,18 @@ def test_run_sh_names_a_missing_dataset(tmp_path):
     result = _run({"BCCD": str(tmp_path / "nowhere"), "VVR_RUNS": str(tmp_path / "runs")})
     assert result.returncode == 2
     assert "nowhere" in result.stderr and "BCCD=" in result.stderr
+
+
+def test_paper_setting_gpu_configs_load():
+    """The GPU configs keep the paper's COCO setting: single-scale 600, lr 0.001 -> 0.0001, RoI pooling, C4 head."""
+    from resbackbones.config import load_config
+    from resbackbones.detection.train_config import DetTrainConfig
+
+    vgg = load_config(DetTrainConfig, str(PROJECT / "configs" / "coco" / "frcnn_vgg16_paper.yaml"), [])
+    r101 = load_config(DetTrainConfig, str(PROJECT / "configs" / "coco" / "frcnn_r101_c4_paper.yaml"), [])
+    for cfg in (vgg, r101):
+        assert cfg.model.input.min_size == (600,) and cfg.model.input.max_size == 1000
+        assert (cfg.solver.base_lr, cfg.solver.max_iter, cfg.solver.steps) == (0.001, 320000, (240000,))
+        assert cfg.model.roi_heads.pooler_type == "RoIPool" and cfg.model.num_classes == 80
+    assert (vgg.model.layout, vgg.model.backbone.name, vgg.model.box_head.fc_dim) == ("single", "vgg16", 4096)
+    assert (r101.model.layout, r101.model.backbone.name, r101.model.box_head.type) == ("c4", "resnet101", "res5")

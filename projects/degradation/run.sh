@@ -11,11 +11,11 @@
 #   DEG_RUNS          where the runs are written (git-ignored)                  [projects/degradation/runs]
 #   DEG_RESULTS       where summary.csv and the PNGs are written                [projects/degradation/results]
 #   DEG_MODELS        subset of "plain20 plain56 resnet20 resnet56"
-#   DEG_EPOCHS        logged epochs per run                                     [config: 20]
-#   DEG_TRAIN_SUBSET  train images per logged epoch                              [config: 2560 = 20 iterations]
-#   DEG_VAL_SUBSET    test images evaluated after each epoch                     [config: 2000]
-#   DEG_BATCH         batch size (lr is scaled linearly from 0.1 at 128)        [config: 128]
-#   DEG_THREADS       torch CPU threads                                          [config: 2]
+#   DEG_EPOCHS        logged epochs per run                                     [config: 8]
+#   DEG_TRAIN_SUBSET  train images per logged epoch                              [config: 1280 = 40 iterations]
+#   DEG_VAL_SUBSET    test images evaluated after each epoch                     [config: 500]
+#   DEG_BATCH         batch size (lr stays 0.1)                                  [config: 32]
+#   DEG_THREADS       torch CPU threads                                          [config: 1]
 #   PYTHON            interpreter                                                [.venv/bin/python if present]
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

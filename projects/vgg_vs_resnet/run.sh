@@ -12,11 +12,11 @@
 #   VVR_RUNS          where the runs are written (git-ignored)                  [projects/vgg_vs_resnet/runs]
 #   VVR_RESULTS       where summary.csv and ap_bars.png are written             [projects/vgg_vs_resnet/results]
 #   VVR_BACKBONES     subset of "vgg16 resnet50 resnet101"
-#   VVR_ITERS         training iterations (lr /10 at 80 %)                      [config: 200]
+#   VVR_ITERS         training iterations (lr /10 at 80 %)                      [config: 100]
 #   VVR_TRAIN_LIMIT   use only the first N train images (0 = all)               [0]
-#   VVR_VAL_LIMIT     evaluate only the first N val images (0 = all)            [0]
-#   VVR_MIN_SIZE      input shorter side                                        [config: 160]
-#   VVR_THREADS       torch CPU threads                                         [config: 2]
+#   VVR_VAL_LIMIT     evaluate only the first N val images (0 = all)            [0 = all]
+#   VVR_MIN_SIZE      input shorter side                                        [config: 128]
+#   VVR_THREADS       torch CPU threads                                         [config: 1]
 #   PYTHON            interpreter                                               [.venv/bin/python if present]
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
