@@ -30,7 +30,8 @@ from . import distributed as dist_utils
 from .checkpoint import CheckpointManager, find_last_checkpoint, load_checkpoint, rng_state, set_rng_state
 from .cls_config import ClsConfig
 from .data_loading import ResumableSampler, make_loader
-from .device import autocast, grad_scaler, resolve_device, set_deterministic
+from ..evaluation.classification import evaluate_classifier
+from .device import amp_dtype, autocast, grad_scaler, resolve_device, set_deterministic
 from .ema import ModelEMA
 from .metrics_log import CURVES_NAME, MetricsLogger, plot_error_curves
 from .optim import build_optimizer, build_scheduler, weight_penalty
@@ -355,35 +356,19 @@ class ClsTrainer:
         return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch + 1}/{self.epochs}", unit="it",
                     dynamic_ncols=True, leave=False)
 
-    @torch.no_grad()
     def evaluate(self, model: Optional[nn.Module] = None) -> Dict[str, float]:
-        """Top-1/top-5 (percent), mean loss and image count over the val split, summed over all ranks."""
+        """Top-1/top-5 (percent), mean loss and image count over the val split, summed over all ranks.
+
+        Evaluates the EMA weights when EMA is enabled. Ten-crop batches [N, 10, 3, h, w] average the crops' logits.
+        """
         model = model if model is not None else (self.ema.module if self.ema is not None else self.model)
-        was_training = model.training
-        model.eval()
-        sums = {"loss_sum": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
-        k = min(5, self.num_classes)
-        for images, targets in self.val_loader:
-            images, targets = self._to_device(images, targets)
-            with autocast(self.device, self.cfg.train.amp):
-                if images.ndim == 5:  # ten-crop: [N, 10, 3, h, w] -> mean of the 10 views' softmax
-                    n, views = images.shape[:2]
-                    logits = model(images.flatten(0, 1)).float().view(n, views, -1)
-                    logits = logits.softmax(-1).mean(1).log()
-                else:
-                    logits = model(images)
-            logits = logits.float()
-            sums["loss_sum"] += F.cross_entropy(logits, targets, reduction="sum").item()
-            top = logits.topk(k, dim=1).indices
-            hit = top == targets[:, None]
-            sums["top1"] += hit[:, :1].sum().item()
-            sums["top5"] += hit.any(dim=1).sum().item()
-            sums["count"] += targets.numel()
-        model.train(was_training)
-        totals = dist_utils.all_reduce_sums(sums, self.device)
-        count = max(1.0, totals["count"])
-        return {"val_loss": totals["loss_sum"] / count, "val_top1": 100.0 * totals["top1"] / count,
-                "val_top5": 100.0 * totals["top5"] / count, "val_count": int(totals["count"])}
+        if self.device.type == "cpu" and self.cfg.train.amp == "fp16":
+            raise ValueError("amp=fp16 is for CUDA; on CPU use amp=bf16 or amp=none")
+        metrics = evaluate_classifier(model, self.val_loader, self.device,
+                                      autocast_dtype=amp_dtype(self.cfg.train.amp),
+                                      channels_last=self.cfg.model.channels_last)
+        return {"val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"],
+                "val_count": metrics["count"]}
 
     def fit(self) -> Dict[str, float]:
         """Train to the configured length, evaluating, logging and checkpointing every epoch; returns the last row."""
