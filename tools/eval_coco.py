@@ -40,6 +40,8 @@ def parse_args(argv=None):
 
 def run_checkpoint(args) -> str:
     """Build the model of --config, load --checkpoint, detect on every --gt image; returns the results json path."""
+    import pickle
+
     import torch
 
     from resbackbones.config import ConfigError, load_config
@@ -61,6 +63,9 @@ def run_checkpoint(args) -> str:
         state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
         model = build_detector(cfg.model)
         load_state_dict(model, state.get("model", state), source=str(args.checkpoint))
+    except pickle.UnpicklingError:  # weights_only refused a pickled global: nothing ran
+        raise CocoEvalError(f"refused to load checkpoint {args.checkpoint}: it carries pickled objects that could "
+                            f"run code; nothing was executed") from None
     except (ConfigError, WeightsError, RuntimeError) as error:
         raise CocoEvalError(str(error).splitlines()[0]) from None
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
