@@ -178,3 +178,14 @@ def test_dispatch_reaches_the_vgg_and_cifar_converters():
     state, meta = rb.weights.convert("cifar", path)
     assert (meta.arch, meta.source, meta.num_classes) == ("cifar_resnet20", "cifar", 10)
     rb.weights.load_state_dict(rb.build_classifier("cifar_resnet20", num_classes=10), state)
+
+
+def test_detectron2_files_converted_from_torchvision_keep_torchvision_preprocessing(tmp_path):
+    backbone_state = rb.weights.backbone_state_dict(rb.build_classifier("resnet50").state_dict())
+    d2_names = {k.replace("stages.", ""): v.numpy() for k, v in backbone_state.items()}
+    path = _write_pkl(tmp_path / "R-50-tv.pkl", {"model": d2_names, "__author__": "torchvision",
+                                                  "matching_heuristics": True})
+    state, meta = rb.weights.convert("detectron2", path)
+    assert (meta.arch, meta.input_format, meta.stride_in_1x1, meta.pixel_scale) == ("resnet50", "RGB", False, 255.0)
+    assert meta.pixel_mean == pytest.approx((123.675, 116.28, 103.53))
+    assert all(isinstance(v, torch.Tensor) for v in state.values()) and not any(k.startswith("__") for k in state)

@@ -13,15 +13,16 @@ import torch
 from .errors import WeightsError
 from .metadata import WeightsMetadata
 
-_TORCHVISION_STYLE = "__torchvision_style__"  # marker passed from converter to metadata, removed before returning
 Source = Union[str, os.PathLike, Mapping[str, Any]]
 StateDict = Dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class Converter:
-    convert: Callable[[Source], StateDict]  # path or raw dict -> our Classifier state dict
-    metadata: Callable[[StateDict, Optional[str]], WeightsMetadata]  # converted state, arch override -> metadata
+    # path or raw dict -> (our Classifier state dict, hints about the file for its metadata)
+    convert: Callable[[Source], Tuple[StateDict, Dict[str, Any]]]
+    # (converted state, hints, arch override) -> metadata
+    metadata: Callable[[StateDict, Dict[str, Any], Optional[str]], WeightsMetadata]
     description: str
 
 
@@ -33,30 +34,28 @@ def _read_torch(source: Source) -> Dict[str, Any]:
     return dict(source)
 
 
-def _torchvision(source: Source) -> StateDict:
+def _torchvision(source: Source) -> Tuple[StateDict, Dict[str, Any]]:
     from .convert_torchvision import from_torchvision
 
-    return from_torchvision(_read_torch(source))
+    return from_torchvision(_read_torch(source)), {}
 
 
-def _detectron2(source: Source) -> StateDict:
+def _detectron2(source: Source) -> Tuple[StateDict, Dict[str, Any]]:
     from .convert_detectron2 import from_detectron2, read_pickle
 
     raw = source
     if isinstance(source, (str, os.PathLike)):
         raw = read_pickle(source) if Path(source).suffix == ".pkl" else _read_torch(source)
-    state = from_detectron2(raw)
     # detectron2's convert-torchvision-to-d2.py marks its files __author__ = "torchvision": those keep
     # torchvision's stride placement and RGB input, unlike the MSRA caffe2 files.
-    if isinstance(raw, Mapping) and raw.get("__author__") == "torchvision":
-        state[_TORCHVISION_STYLE] = torch.ones(())
-    return state
+    author = raw.get("__author__") if isinstance(raw, Mapping) else None
+    return from_detectron2(raw), {"torchvision_style": author == "torchvision"}
 
 
-def _cifar(source: Source) -> StateDict:
+def _cifar(source: Source) -> Tuple[StateDict, Dict[str, Any]]:
     from .convert_cifar import from_cifar_checkpoint  # written alongside the CIFAR family
 
-    return from_cifar_checkpoint(source)
+    return from_cifar_checkpoint(source), {}
 
 
 def _num_classes(state: StateDict) -> Optional[int]:
@@ -66,13 +65,13 @@ def _num_classes(state: StateDict) -> Optional[int]:
     return None
 
 
-def _torchvision_meta(state: StateDict, arch: Optional[str]) -> WeightsMetadata:
+def _torchvision_meta(state: StateDict, hints: Dict[str, Any], arch: Optional[str]) -> WeightsMetadata:
     return WeightsMetadata.torchvision(arch or infer_arch(state) or "unknown", num_classes=_num_classes(state))
 
 
-def _detectron2_meta(state: StateDict, arch: Optional[str]) -> WeightsMetadata:
+def _detectron2_meta(state: StateDict, hints: Dict[str, Any], arch: Optional[str]) -> WeightsMetadata:
     arch = arch or infer_arch(state) or "unknown"
-    if state.pop(_TORCHVISION_STYLE, None) is not None:
+    if hints.get("torchvision_style"):
         meta = WeightsMetadata.torchvision(arch, num_classes=_num_classes(state))
         meta.pixel_mean = tuple(255.0 * v for v in meta.pixel_mean)
         meta.pixel_std = tuple(255.0 * v for v in meta.pixel_std)
@@ -81,7 +80,7 @@ def _detectron2_meta(state: StateDict, arch: Optional[str]) -> WeightsMetadata:
     return WeightsMetadata.detectron2_msra(arch, num_classes=_num_classes(state))
 
 
-def _cifar_meta(state: StateDict, arch: Optional[str]) -> WeightsMetadata:
+def _cifar_meta(state: StateDict, hints: Dict[str, Any], arch: Optional[str]) -> WeightsMetadata:
     if arch is None:
         from .convert_cifar import infer_cifar_arch
 
@@ -120,8 +119,8 @@ def convert(source_kind: str, source: Source, *, arch: Optional[str] = None) -> 
     entry = CONVERTERS[source_kind]
     if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
         raise WeightsError(f"weights file not found: {source}")
-    state = entry.convert(source)
-    return state, entry.metadata(state, arch)
+    state, hints = entry.convert(source)
+    return state, entry.metadata(state, hints, arch)
 
 
 # -- architecture inference from our names ------------------------------------------------------------------------
