@@ -19,6 +19,7 @@ the value, and for unknown keys the closest valid key.
 import dataclasses
 import difflib
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
@@ -140,6 +141,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 class _Mismatch(Exception):
     pass
 
@@ -182,6 +186,9 @@ def _convert(tp: Any, value: Any, key: str, where: str) -> Any:
         raise _Mismatch
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            # PyYAML follows YAML 1.1, where 1e-4 (no dot) is a string; users mean the number.
             return float(value)
         raise _Mismatch
     if tp is str:

@@ -50,6 +50,12 @@ def test_base_list_later_wins(tmp_path):
     assert cfg.epochs == 2 and cfg.solver.base_lr == 0.5
 
 
+def test_exponent_without_dot_is_a_float(files):
+    # YAML 1.1 (PyYAML) reads 1e-4 as a string; a float field takes it as the number users mean.
+    cfg = load_config(Cfg, files / "base.yaml", ["solver.base_lr=1e-4", "solver.clip=2E3"])
+    assert cfg.solver.base_lr == 1e-4 and cfg.solver.clip == 2000.0
+
+
 def test_dump_round_trip(files, tmp_path):
     cfg = load_config(Cfg, files / "sub" / "child.yaml", ["solver.clip=2.5"])
     dump_yaml(cfg, tmp_path / "out.yaml")
