@@ -30,19 +30,23 @@ DEFAULT_COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_s
 
 
 def load_batch(root: Path, *, count: int, short_side: int):
-    """`count` COCO sample images resized to short side `short_side` (RGB uint8 [H, W, 3]) with their non-crowd
+    """The first `count` COCO sample images with objects, resized to short side `short_side` (RGB uint8 [H, W, 3]) with their non-crowd
     boxes (xyxy), contiguous labels 0..79 and binary masks [K, H, W]."""
     from pycocotools.coco import COCO
 
     coco = COCO(str(root / "annotations.json"))
     contiguous = {cat: i for i, cat in enumerate(sorted(coco.getCatIds()))}
     batch = []
-    for image_id in sorted(coco.getImgIds())[:count]:
+    for image_id in sorted(coco.getImgIds()):
+        anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=image_id)) if not a.get("iscrowd")]
+        if not anns:
+            continue  # a training step needs at least one object per image
+        if len(batch) == count:
+            break
         info = coco.loadImgs(image_id)[0]
         image = cv2.cvtColor(cv2.imread(str(root / "images" / info["file_name"])), cv2.COLOR_BGR2RGB)
         scale = short_side / min(image.shape[:2])
         size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-        anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=image_id)) if not a.get("iscrowd")]
         masks = np.stack([cv2.resize(coco.annToMask(a), size, interpolation=cv2.INTER_NEAREST) for a in anns])
         boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                           for a in anns], np.float32) * scale
@@ -129,8 +133,15 @@ def make_steps(name, model, batch, device):
         train_call = lambda: model(images, targets)  # noqa: E731
         test_call = lambda: model(images)  # noqa: E731
     else:
+        from detectron2.utils.events import EventStorage
+
         inputs = d2_inputs(batch, device)
-        train_call = lambda: model(inputs)  # noqa: E731
+        storage = EventStorage()  # detectron2's heads log training statistics into the current storage
+
+        def train_call():
+            with storage:
+                return model(inputs)
+
         test_call = lambda: model([{k: v for k, v in d.items() if k != "instances"} for d in inputs])  # noqa: E731
 
     def train_step():

@@ -1,7 +1,6 @@
 """Our backbones built by detectron2 itself (build_model from yaml / LazyConfig): every builder, every family, every
 config in configs/detectron2; declared output_shape() equals the real feature maps."""
 import glob
-import os
 from pathlib import Path
 
 import pytest
@@ -60,12 +59,13 @@ def test_builders_are_registered():
         assert name in BACKBONE_REGISTRY, name
 
 
-def test_our_yamls_cover_the_issue():
+def test_our_yamls_cover_the_issue_and_every_builder():
     assert {"faster_rcnn_R_50_FPN_1x.yaml", "faster_rcnn_R_101_FPN_3x.yaml", "mask_rcnn_R_50_FPN_1x.yaml",
             "mask_rcnn_R_101_FPN_3x.yaml", "faster_rcnn_vgg16_C4.yaml"} <= set(OUR_YAMLS)
+    assert {_cfg(yaml).MODEL.BACKBONE.NAME for yaml in OUR_YAMLS} == set(BUILDERS)
 
 
-@pytest.mark.parametrize("base", ["Base-RCNN-FPN.yaml", "Base-RCNN-C4.yaml"])
+@pytest.mark.parametrize("base", ["Base-RCNN-FPN.yaml", "Base-RCNN-C4.yaml", "Base-RetinaNet.yaml"])
 def test_base_yamls_are_verbatim_copies_of_installed_detectron2(base):
     ours = [line for line in (CONFIG_DIR / base).read_text().splitlines() if not line.startswith("# ")]
     theirs = Path(get_config_file(base)).read_text().splitlines()
@@ -88,7 +88,10 @@ def test_every_yaml_builds_through_build_model(yaml):
     _check_shapes(bottom_up, image)
     # The heads' declared inputs exist in what the backbone produces.
     produced = set(backbone.output_shape())
-    assert set(cfg.MODEL.RPN.IN_FEATURES) <= produced
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        assert set(cfg.MODEL.RETINANET.IN_FEATURES) == produced == {"p3", "p4", "p5", "p6", "p7"}
+    else:
+        assert set(cfg.MODEL.RPN.IN_FEATURES) <= produced
     if cfg.MODEL.ROI_HEADS.NAME == "StandardROIHeads":
         assert set(cfg.MODEL.ROI_HEADS.IN_FEATURES) <= produced
     # detectron2's own parameter names: checkpoints of detectron2 ResNets map one to one.

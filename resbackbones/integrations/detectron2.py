@@ -12,7 +12,7 @@ Use from a yaml config (see configs/detectron2/):
     from detectron2.config import get_cfg
     from resbackbones.integrations.detectron2 import add_resbackbones_config
     cfg = get_cfg(); add_resbackbones_config(cfg)
-    cfg.merge_from_file("configs/detectron2/mask_rcnn_R_50_FPN_1x.yaml")   # MODEL.BACKBONE.NAME: build_resbackbones_fpn_backbone
+    cfg.merge_from_file("configs/detectron2/mask_rcnn_R_50_FPN_1x.yaml")  # NAME: build_resbackbones_fpn_backbone
     model = detectron2.modeling.build_model(cfg)
 
 or from a LazyConfig (configs/detectron2/mask_rcnn_R_50_FPN_lazy.py): `lazy_fpn_backbone(name="resnet50", ...)` gives
@@ -52,9 +52,10 @@ from .detectron2_weights import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ResBackbone", "ResBackbonesCheckpointer", "add_resbackbones_config", "build_adapter", "apply_weights_conventions", "build_resbackbones_backbone",
-    "build_resbackbones_fpn_backbone", "build_resbackbones_retinanet_fpn_backbone", "cfg_conventions",
-    "export_backbone_weights", "lazy_fpn_backbone", "model_conventions", "save_for_detectron2",
+    "ResBackbone", "ResBackbonesCheckpointer", "add_resbackbones_config", "apply_weights_conventions",
+    "backbone_options", "build_adapter", "build_resbackbones_backbone", "build_resbackbones_fpn_backbone",
+    "build_resbackbones_retinanet_fpn_backbone", "cfg_conventions", "export_backbone_weights", "lazy_fpn_backbone",
+    "model_conventions", "save_for_detectron2",
 ]
 
 _RESNET_FAMILIES = ("resnet", "plain", "resnext")
@@ -295,8 +296,9 @@ def build_resbackbones_backbone(cfg: CN, input_shape: D2ShapeSpec) -> ResBackbon
 
 
 def _fpn(cfg: CN, bottom_up: ResBackbone, top_block: torch.nn.Module) -> FPN:
-    return FPN(bottom_up=bottom_up, in_features=list(cfg.MODEL.FPN.IN_FEATURES), out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-               norm=cfg.MODEL.FPN.NORM, top_block=top_block, fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
+    return FPN(bottom_up=bottom_up, in_features=list(cfg.MODEL.FPN.IN_FEATURES),
+               out_channels=cfg.MODEL.FPN.OUT_CHANNELS, norm=cfg.MODEL.FPN.NORM, top_block=top_block,
+               fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
 
 
 @BACKBONE_REGISTRY.register()
@@ -338,16 +340,16 @@ def _last_level_max_pool(*, in_feature: str = "p5") -> LastLevelMaxPool:
 
 
 def lazy_fpn_backbone(*, name: str, out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
-                      out_channels: int = 256, norm: str = "", top_block: str = "maxpool", top_in_feature: str = "p5",
-                      **options):
-    """LazyConfig node: L(FPN)(bottom_up=L(ResBackbone.build)(name=..., ...), ..., top_block=L(LastLevelMaxPool)()).
+                      out_channels: int = 256, norm: str = "", top_block: str = "maxpool",
+                      top_in_feature: str = "p5", p6p7_in_channels: Optional[int] = None,
+                      backbone_norm: Optional[str] = None, **options):
+    """LazyConfig node: L(FPN)(bottom_up=L(build_adapter)(name=..., ...), in_features=out_features, ...).
 
-    top_block "maxpool" (Mask/Faster R-CNN: pools top_in_feature, "p5" for a ResNet; "p4" for VGG conv3..conv5) or "p6p7" (RetinaNet, from the last bottom-up feature; its
-    in_channels must be given as p6p7_in_channels=...). Extra options go to rb.build_backbone (norm via
-    backbone_norm=..., freeze_at, stride_in_1x1, ...).
+    norm: the FPN's norm ("" = none, detectron2's default); backbone_norm: ours (e.g. "FrozenBN").
+    top_block "maxpool" (Faster / Mask R-CNN) pools top_in_feature: "p5" for a ResNet, "p4" for VGG conv3..conv5.
+    top_block "p6p7" (RetinaNet) runs on the last bottom-up feature, whose channels p6p7_in_channels must give.
+    Other options go to rb.build_backbone (freeze_at, stride_in_1x1, ...).
     """
-    backbone_norm = options.pop("backbone_norm", None)
-    p6p7_in_channels = options.pop("p6p7_in_channels", None)
     if backbone_norm is not None:
         options["norm"] = backbone_norm
     if top_block == "maxpool":

@@ -7,10 +7,11 @@ between the three without touching tensors.
 
 Conventions. Weights only work with the preprocessing they were trained with. detectron2 keeps it in the config
 (INPUT.FORMAT, MODEL.PIXEL_MEAN / PIXEL_STD in 0..255 units, in INPUT.FORMAT channel order, and
-MODEL.RESNETS.STRIDE_IN_1X1); our weight files keep it in their metadata (rb.weights.metadata.WeightsMetadata). `Conventions` is the common form.
+MODEL.RESNETS.STRIDE_IN_1X1); our weight files keep it in their metadata (rb.weights.metadata.WeightsMetadata).
+`Conventions` is the common form.
 """
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
@@ -19,11 +20,6 @@ from ..weights import WeightsError
 from ..weights.metadata import IMAGENET_MEAN, IMAGENET_STD, WeightsMetadata
 
 StateDict = Dict[str, torch.Tensor]
-
-# The two conventions users meet; values in detectron2's units (0..255, listed in INPUT.FORMAT channel order).
-CAFFE2_BGR = dict(input_format="BGR", pixel_mean=(103.530, 116.280, 123.675), pixel_std=(1.0, 1.0, 1.0))
-TORCHVISION_RGB = dict(input_format="RGB", pixel_mean=(123.675, 116.280, 103.530), pixel_std=(58.395, 57.120, 57.375))
-
 
 @dataclass(frozen=True)
 class Conventions:
@@ -98,17 +94,6 @@ def conventions_to_metadata(conv: Conventions, *, arch: str = "unknown", source:
         stride_in_1x1=conv.stride_in_1x1,
     )
     return meta.to_dict()
-
-
-def with_flipped_channels(conv: Conventions) -> Conventions:
-    """The same preprocessing expressed in the other channel order (RGB <-> BGR): means/stds reversed."""
-    if conv.input_format is None:
-        return conv
-    return replace(
-        conv, input_format="RGB" if conv.input_format == "BGR" else "BGR",
-        pixel_mean=None if conv.pixel_mean is None else tuple(reversed(conv.pixel_mean)),
-        pixel_std=None if conv.pixel_std is None else tuple(reversed(conv.pixel_std)),
-    )
 
 
 # -- names ------------------------------------------------------------------------------------------------------
