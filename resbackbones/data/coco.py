@@ -38,6 +38,17 @@ def _load_coco(ann_file: Path):
         raise DataError(f"{ann_file} is not a COCO instances json: {error}") from None
 
 
+def _refuse_duplicate_ids(dataset: Dict[str, Any], ann_file: Path) -> None:
+    """pycocotools indexes annotations and images by id, so a repeated id silently replaces the first entry in
+    COCOeval's ground truth while training would still see both: refuse, naming the id."""
+    for kind in ("images", "annotations"):
+        counts = Counter(entry.get("id") for entry in dataset.get(kind, []))
+        repeated = sorted((i for i, n in counts.items() if n > 1), key=str)
+        if repeated:
+            raise DataError(f"{ann_file}: duplicate {kind[:-1]} id(s) {repeated[:5]} ({len(repeated)} in all); "
+                            f"COCO ids must be unique")
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """Images + instance targets from a COCO json.
 
@@ -59,6 +70,7 @@ class CocoDetection(torch.utils.data.Dataset):
         if not self.image_root.is_dir():
             raise DataError(f"COCO image folder not found: {self.image_root} (for {self.ann_file})")
         self.coco = _load_coco(self.ann_file)
+        _refuse_duplicate_ids(self.coco.dataset, self.ann_file)
         self.with_masks, self.transforms, self.cache_images = with_masks, transforms, cache_images
         cat_ids = sorted(self.coco.getCatIds())
         self.categories = [self.coco.cats[c] for c in cat_ids]
@@ -75,6 +87,10 @@ class CocoDetection(torch.utils.data.Dataset):
             self._targets[image_id] = self._clean_annotations(image_id)
         self.ids = [i for i in ids if not (filter_empty and len(self._targets[i]["anns"]) == 0)]
         self.num_filtered_empty = len(ids) - len(self.ids)
+        if not self.ids:  # an empty set only fails later, far from its cause (an empty sampler, COCOeval)
+            why = "has no images" if not ids else (f"has no image with a usable annotation (filter_empty; dropped: "
+                                                  f"{dict(self.dropped) or 'none'})")
+            raise DataError(f"{self.ann_file} {why}")
         self._cache: Dict[int, np.ndarray] = {}
 
     @property
@@ -156,8 +172,12 @@ class CocoDetection(torch.utils.data.Dataset):
         image = read_image(path)
         info = self.coco.imgs[image_id]
         if image.shape[:2] != (info["height"], info["width"]):
+            # OpenCV applies the EXIF orientation (as detectron2 does); a json made on the stored, unrotated pixels
+            # (PIL without exif_transpose) has width and height swapped and its boxes would be wrong: refuse.
+            hint = (" (the file's EXIF orientation rotates it by 90 degrees: annotate the rotated image, or strip the "
+                    "tag)" if image.shape[:2] == (info["width"], info["height"]) else "")
             raise DataError(f"image {path} is {image.shape[1]}x{image.shape[0]} but {self.ann_file.name} says "
-                            f"{info['width']}x{info['height']}")
+                            f"{info['width']}x{info['height']}{hint}")
         if self.cache_images:
             self._cache[image_id] = image
         return image
