@@ -61,3 +61,20 @@ def test_default_config_is_the_synthetic_run(monkeypatch, tmp_path):
     assert row["epoch"] == 1 and row["val_count"] == 20
     for name in ("config.yaml", "metrics.csv", "metrics.jsonl", "curves.png", "checkpoints/last.pt"):
         assert (tmp_path / "out" / name).is_file(), name
+
+
+def test_init_weights_from_exported_backbone_and_from_checkpoint(data, tmp_path):
+    import resbackbones as rb
+    from resbackbones.engine.cls_trainer import export_backbone, load_init_weights
+
+    trainer = ClsTrainer(tiny_cfg(data, tmp_path / "a"))
+    trainer.train_one_epoch()
+    export_backbone(trainer.model, tmp_path / "bb.safetensors", metadata={"arch": "cifar_resnet"})
+    fresh = rb.build_classifier("cifar_resnet", num_classes=10, depth=8, widths=[4, 8, 8])
+    load_init_weights(fresh, str(tmp_path / "bb.safetensors"))
+    for key, value in trainer.model.backbone.state_dict().items():
+        assert torch.equal(fresh.backbone.state_dict()[key], value)
+    trainer._save(metrics={"val_top1": 1.0})
+    other = rb.build_classifier("cifar_resnet", num_classes=10, depth=8, widths=[4, 8, 8])
+    load_init_weights(other, str(tmp_path / "a" / "checkpoints" / "last.pt"))
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in trainer.model.state_dict().items())

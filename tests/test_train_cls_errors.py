@@ -124,3 +124,16 @@ def test_missing_weights_named(tmp_path, run_tool):
     line = one_line_error(run_tool("--data", data, "--output", tmp_path / "out", "--eval-only",
                                    "--weights", tmp_path / "nope.safetensors", *TINY))
     assert "nope.safetensors" in line, line
+
+
+def test_flags_map_onto_config_keys():
+    args = TOOL_MODULE.parse_args(["--config", str(REPO / "configs/cls/cifar_resnet20.yaml"), "solver.gamma=0.2",
+                                   "--epochs", "3", "--lr", "0.05", "--batch-size", "64", "--arch", "cifar_resnet56",
+                                   "--data", "/d/1", "--workers", "0", "--device", "cpu", "--output", "/o"])
+    cfg = TOOL_MODULE.build_config(args)
+    # The paper's iteration schedule (64k, /10 at 32k and 48k) keeps its shape at the new length.
+    assert cfg.solver.max_iter is None and cfg.solver.epochs == 3
+    assert cfg.solver.unit == "fraction" and cfg.solver.steps == (0.5, 0.75)
+    assert cfg.solver.lr == 0.05 and cfg.solver.reference_batch_size == 0 and cfg.solver.batch_size == 64
+    assert cfg.model.arch == "cifar_resnet56" and cfg.data.root == "/d/1" and cfg.data.workers == 0
+    assert cfg.train.device == "cpu" and cfg.train.output_dir == "/o" and cfg.solver.gamma == 0.2
