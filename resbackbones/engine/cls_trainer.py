@@ -243,6 +243,17 @@ class ClsTrainer:
             print(f"resumed from {path}: epoch {self.epoch}, iteration {self.global_iter}")
 
     def _save(self, metrics: Optional[Dict] = None) -> None:
+        # A finite loss can still come with non-finite gradients (e.g. a huge lr): the step then leaves NaN/inf
+        # weights or BN statistics. Never write those over the last good checkpoint (every rank holds the same
+        # weights, so all ranks stop here together).
+        bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            last = self.output_dir / "checkpoints" / "last.pt"
+            kept = f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written yet"
+            raise TrainingDiverged(
+                f"weights became non-finite at iteration {self.global_iter} ({bad[0]} and "
+                f"{len(bad) - 1} more; lr {self.optimizer.param_groups[0]['lr']:.4g}); training stopped, {kept}. "
+                f"Try a lower solver.lr, warm-up, solver.clip_grad_norm or amp=none.")
         if self.is_main:
             self.checkpoints.save(self.state_dict(), metrics=metrics, epoch=self.epoch)
         dist_utils.barrier()
