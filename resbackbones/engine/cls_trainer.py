@@ -298,7 +298,8 @@ class ClsTrainer:
         loader = make_loader(self.train_set, batch_size=self.batch_per_rank, sampler=self.sampler,
                              workers=cfg.data.workers, pin_memory=self.device.type == "cuda", drop_last=True,
                              generator=generator)
-        sums = {k: torch.tensor(float(self._partial.get(k, 0.0)), dtype=torch.float64)
+        # A resumed partial epoch holds the sums of all ranks (see below): only rank 0 starts from them.
+        sums = {k: torch.tensor(float(self._partial.get(k, 0.0)) if self.is_main else 0.0, dtype=torch.float64)
                 for k in ("loss_sum", "correct", "count")}
         iters_this_epoch = min(self.iters_per_epoch, self.max_iter - (self.global_iter - start_iter))
         progress = self._progress(iters_this_epoch, start_iter)
@@ -345,7 +346,8 @@ class ClsTrainer:
                       flush=True)
             if cfg.train.checkpoint_period and self.global_iter % cfg.train.checkpoint_period == 0 \
                     and self.iter_in_epoch < iters_this_epoch:
-                self._partial = {k: float(v) for k, v in sums.items()}
+                # Rank 0 alone writes the checkpoint: it must carry every rank's running sums, not only its own.
+                self._partial = dist_utils.all_reduce_sums({k: float(v) for k, v in sums.items()}, self.device)
                 self._partial["elapsed"] = time.time() - start_time
                 self._save()
         if progress is not None:
