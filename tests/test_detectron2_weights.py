@@ -15,7 +15,8 @@ def _require_detectron2():
     except ImportError as error:
         if ON_CI:
             pytest.fail(f"detectron2 is not installed ({error}); CI must run scripts/install_detectron2.sh first")
-        pytest.skip("detectron2 is not installed (scripts/install_detectron2.sh installs it)")
+        pytest.skip("detectron2 is not installed (scripts/install_detectron2.sh installs it)",
+                    allow_module_level=True)
 
 
 _require_detectron2()
