@@ -151,7 +151,7 @@ def make_steps(name, model, batch, device):
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
-        return float(total)
+        return float(total.detach())
 
     def inference():
         model.eval()
@@ -186,7 +186,8 @@ def main(argv=None):
     for name, (train_step, inference, _) in steps.items():  # warm-up: allocator, oneDNN kernel selection
         train_step()
         inference()
-    for _ in range(args.repeats):
+        print(f"warmed up: {name}", flush=True)
+    for repeat in range(args.repeats):
         for name, (train_step, inference, _) in steps.items():
             for key, fn in (("train_step_s", train_step), ("inference_s", inference)):
                 _sync(args.device)
@@ -194,6 +195,8 @@ def main(argv=None):
                 fn()
                 _sync(args.device)
                 times[name][key].append(time.perf_counter() - start)
+            print(f"repeat {repeat + 1}/{args.repeats} {name}: train {times[name]['train_step_s'][-1]:.2f}s, "
+                  f"inference {times[name]['inference_s'][-1]:.2f}s", flush=True)
     shapes = [tuple(s["image"].shape[:2]) for s in batch]
     print(f"Mask R-CNN R50-FPN, {args.images} COCO images {shapes}, device {args.device}, "
           f"threads {torch.get_num_threads()}, median of {args.repeats} (interleaved)")
