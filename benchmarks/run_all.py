@@ -1,0 +1,207 @@
+#!/usr/bin/env python
+"""Every benchmark in one command, one table: each figure is ours vs the reference measured in the same run on the
+same inputs (median of repeats after warm-up, computed by the individual scripts, which this one calls unchanged):
+
+  backbone.py       ResNet-18/50/101 forward, forward+backward, fast inference path vs torchvision
+  detection.py      Faster / Mask R-CNN R50-FPN train step and inference vs torchvision
+  detectron2_vs_ours.py  Mask R-CNN vs detectron2 (only when detectron2 is importable)
+  coco_eval.py      COCO bbox + segm evaluation vs pycocotools and faster-coco-eval, 12 stats identical
+  train_cls.py      classification training and data pipelines vs torchvision (transforms v2, PIL)
+  efficiency.py     ResNet-50 GFLOP/s vs the measured fp32 GEMM peak; time vs batch / image size (PNG)
+
+    python benchmarks/run_all.py                 # full run (tens of minutes on 2 CPU cores)
+    python benchmarks/run_all.py --quick         # small sizes, a few minutes: checks that everything runs
+
+Writes OUT/benchmarks.md (machine + table), OUT/efficiency.png, OUT/logs/*.txt (each script's full output).
+"speed-up" is always reference time / our time (> 1: ours is faster), whatever the unit of the row.
+"""
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def machine() -> str:
+    model = ""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    import torch
+    import torchvision
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, {gpu}; "
+            f"torch {torch.__version__}, torchvision {torchvision.__version__}, python {platform.python_version()}")
+
+
+def table_rows(text: str):
+    """Cells of the markdown table rows in a script's output (header and separator lines skipped)."""
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not (line.startswith("|") and line.endswith("|")) or set(line) <= set("|- "):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells and cells[0] in ("comparison", "benchmark", "measure"):
+            continue
+        rows.append(cells)
+    return rows
+
+
+def number(text: str) -> float:
+    return float(re.sub(r"[^0-9.eE+-]", "", text))
+
+
+class Runner:
+    def __init__(self, out: Path, timeout: int):
+        self.out, self.timeout = out, timeout
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        self.rows, self.failures = [], []
+
+    def run(self, name: str, args, env=None) -> str:
+        """Run one script; its output goes to logs/NAME.txt; a failure is recorded, not fatal."""
+        start = time.time()
+        print(f"[run_all] {name}: {' '.join(str(a) for a in args)}", flush=True)
+        try:
+            proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                                  timeout=self.timeout, env=dict(os.environ, **(env or {})))
+            text, code = proc.stdout + proc.stderr, proc.returncode
+        except subprocess.TimeoutExpired as error:
+            text, code = (error.stdout or b"").decode() if isinstance(error.stdout, bytes) else (error.stdout or ""), -1
+            text += f"\n[run_all] timed out after {self.timeout} s"
+        (self.out / "logs" / f"{name}.txt").write_text(text)
+        print(f"[run_all] {name}: exit {code} in {time.time() - start:.0f} s", flush=True)
+        if code != 0:
+            self.failures.append(f"{name} (exit {code}; see logs/{name}.txt)")
+        return text
+
+    def add(self, area, benchmark, ours, reference, unit, speedup, note=""):
+        self.rows.append((area, benchmark, ours, reference, unit, speedup, note))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run in a few minutes")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--repeats", type=int, help="repeats per measurement (default 5, quick 2)")
+    parser.add_argument("--coco-images", type=int, help="images in the COCO eval benchmark (default 5000, quick 200)")
+    parser.add_argument("--only", nargs="+", help="run only these parts: backbone detection detectron2 coco_eval "
+                                                  "train_cls efficiency")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per script")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    repeats = args.repeats or (2 if quick else 5)
+    coco_images = args.coco_images or (200 if quick else 5000)
+    parts = set(args.only or ["backbone", "detection", "detectron2", "coco_eval", "train_cls", "efficiency"])
+    out = args.out
+    runner = Runner(out, args.timeout)
+    started = time.time()
+    load_before = os.getloadavg()
+
+    if "backbone" in parts:
+        for arch in ("resnet18", "resnet50", "resnet101"):
+            text = runner.run(f"backbone_{arch}", [HERE / "backbone.py", "--arch", arch, "--batch", 2 if quick else 8,
+                                                   "--repeats", repeats, "--size", 160 if quick else 224])
+            batch, size = (2, 160) if quick else (8, 224)
+            for cells in table_rows(text):
+                label, ours, ref, ratio = cells[:4]
+                runner.add("backbone", f"{arch} bs{batch} {size}px: {label}", number(ours), number(ref), "img/s",
+                           number(ratio), "ref: torchvision")
+
+    if "detection" in parts:
+        size = ["192", "256"] if quick else ["512", "640"]
+        text = runner.run("detection", [HERE / "detection.py", "--repeats", repeats, "--size", *size, "--skip-eval"])
+        for cells in table_rows(text):
+            name, ref, ours, ratio = cells[:4]
+            runner.add("detection", f"{name}, 2 images {size[0]}x{size[1]}", number(ours), number(ref), "s",
+                       number(ratio), "ref: torchvision, same weights")
+
+    if "detectron2" in parts:
+        if importlib.util.find_spec("detectron2") is None:
+            runner.add("detection", "Mask R-CNN R50-FPN vs detectron2", None, None, "s", None,
+                       "skipped: detectron2 is not installed (scripts/install_detectron2.sh)")
+        else:
+            json_path = out / "logs" / "detectron2.json"
+            runner.run("detectron2", [HERE / "detectron2_vs_ours.py", "--repeats", repeats, "--images", 2,
+                                      "--short-side", 320 if quick else 512, "--out", json_path])
+            if json_path.is_file():
+                runner.add("detection", "Mask R-CNN R50-FPN vs detectron2 (see logs/detectron2.txt)", None, None,
+                           "s", None, json.dumps(json.loads(json_path.read_text()))[:300])
+
+    if "coco_eval" in parts:
+        json_path = out / "logs" / "coco_eval.json"
+        runner.run("coco_eval", [HERE / "coco_eval.py", "--images", coco_images, "--json", json_path])
+        if json_path.is_file():
+            for r in json.loads(json_path.read_text()):
+                runner.add("COCO eval", r["benchmark"], r["ours"], r["reference"], "s", r["speedup"],
+                           "12 stats identical" if r["identical_12_stats"] else "STATS DIFFER: " +
+                           ",".join(r["differing"]))
+
+    if "train_cls" in parts:
+        text = runner.run("train_cls", [HERE / "train_cls.py", "--images", 128 if quick else 512,
+                                        "--repeats", min(repeats, 3), "--out", out / "logs" / "train_cls_run"])
+        for cells in table_rows(text):
+            name, ours, ref, ratio = cells[:4]
+            area = "data pipeline" if name.startswith("data:") else "cls training"
+            runner.add(area, name, number(ours), number(ref), "img/s", number(ratio),
+                       "ref: PIL + torchvision transforms v2" + ("" if area == "data pipeline" else " + tv loop"))
+
+    if "efficiency" in parts:
+        json_path = out / "logs" / "efficiency.json"
+        eff_args = ["--repeats", max(2, repeats - 2), "--png", out / "efficiency.png", "--json", json_path]
+        if quick:
+            eff_args += ["--batch", 2, "--batches", 1, 2, 4, "--sizes", 128, 224, 320]
+        runner.run("efficiency", [HERE / "efficiency.py", *eff_args])
+        if json_path.is_file():
+            eff = json.loads(json_path.read_text())
+            for r in eff["rows"]:
+                runner.add("efficiency", r["benchmark"], r["gflops"], None, "GFLOP/s", None,
+                           f"{100 * r['fraction_of_peak']:.1f} % of the GEMM peak")
+
+    minutes = (time.time() - started) / 60
+    load_after = os.getloadavg()
+    lines = [
+        f"# Benchmarks ({'quick' if quick else 'full'} run)",
+        "",
+        f"- date: {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC; took {minutes:.1f} min",
+        f"- machine: {machine()}",
+        f"- load average (1 min) before / after: {load_before[0]:.1f} / {load_after[0]:.1f} "
+        f"(shared machine: absolute numbers are noisy, the ratios compare runs interleaved in the same process)",
+        f"- command: python benchmarks/run_all.py {' '.join(argv if argv is not None else sys.argv[1:])}",
+        "- speed-up = reference time / our time (> 1: ours is faster); img/s rows: ours / reference",
+        "",
+        "| area | benchmark | ours | reference | unit | speed-up | note |",
+        "|---|---|---:|---:|---|---:|---|",
+    ]
+
+    def fmt(value, digits=3):
+        return "–" if value is None else f"{value:.{digits}g}"
+
+    for area, bench, ours, ref, unit, speedup, note in runner.rows:
+        lines.append(f"| {area} | {bench} | {fmt(ours)} | {fmt(ref)} | {unit} | "
+                     f"{'–' if speedup is None else f'{speedup:.2f}x'} | {note} |")
+    if "efficiency" in parts:
+        lines += ["", "![ResNet-50 time vs batch and image size](efficiency.png)"]
+    if runner.failures:
+        lines += ["", "Failed parts: " + "; ".join(runner.failures)]
+    report = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ("benchmarks_quick.md" if quick else "benchmarks.md")).write_text(report)
+    print("\n" + report)
+    return 1 if runner.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
