@@ -162,10 +162,18 @@ def test_convert_weights_cli_end_to_end(tmp_path):
         images = torch.randn(1, 3, 64, 64)
         assert torch.allclose(ours.eval()(images), tv.eval()(images), atol=1e-5)
 
-    missing = _cli("--source", "torchvision", tmp_path / "nope.pth", tmp_path / "x.safetensors")
-    assert missing.returncode == 2 and "not found" in missing.stderr and "Traceback" not in missing.stderr
-    wrong = _cli("--source", "detectron2", tmp_path / "r18.pth", tmp_path / "x.safetensors")
-    assert wrong.returncode == 2 and "no ResNet backbone keys" in wrong.stderr
+
+
+def test_convert_weights_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "tools"))
+    from convert_weights import main  # in-process: the subprocess start-up is paid once, above
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    assert main(["--source", "torchvision", str(tmp_path / "nope.pth"), str(tmp_path / "x.safetensors")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["--source", "detectron2", str(tmp_path / "r18.pth"), str(tmp_path / "x.safetensors")]) == 2
+    assert "no ResNet backbone keys" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_dispatch_reaches_the_vgg_and_cifar_converters():
