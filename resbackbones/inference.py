@@ -146,7 +146,8 @@ class MkldnnResidualBlock(nn.Module):
 
 def _conv_fusable(conv: nn.Module) -> bool:
     return (
-        isinstance(conv, Conv2d) and conv.norm is None and (conv.activation is None or isinstance(conv.activation, nn.ReLU))
+        isinstance(conv, Conv2d) and conv.norm is None
+        and (conv.activation is None or isinstance(conv.activation, nn.ReLU))
         and conv.padding_mode == "zeros" and not isinstance(conv.padding, str) and conv.weight.device.type == "cpu"
         and conv.weight.dtype in (torch.float32, torch.bfloat16)
     )

@@ -57,7 +57,9 @@ def make_shortcut(
         raise ValueError(f"unknown shortcut {shortcut!r}; available: {', '.join(SHORTCUT_CHOICES)}")
     changes_shape = stride != 1 or in_channels != out_channels
     if shortcut == "A":
-        return ZeroPadShortcut(in_channels=in_channels, out_channels=out_channels, stride=stride) if changes_shape else None
+        if not changes_shape:
+            return None
+        return ZeroPadShortcut(in_channels=in_channels, out_channels=out_channels, stride=stride)
     if shortcut == "B" and not changes_shape:
         return None
     return Conv2d(

@@ -96,8 +96,8 @@ def check_compatible(meta: Optional[WeightsMetadata], model: nn.Module, *, input
     """
     if meta is None:
         return
-    model_stride = next((m.stride_in_1x1 for m in model.modules() if isinstance(getattr(m, "stride_in_1x1", None), bool)),
-                        None)
+    strides = [m.stride_in_1x1 for m in model.modules() if isinstance(getattr(m, "stride_in_1x1", None), bool)]
+    model_stride = strides[0] if strides else None
     problems = []
     if meta.stride_in_1x1 is not None and model_stride is not None and meta.stride_in_1x1 != model_stride:
         where = {True: "the 1x1 conv (caffe/detectron2 style)", False: "the 3x3 conv (torchvision style)"}
