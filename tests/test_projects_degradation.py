@@ -96,3 +96,17 @@ def test_summarize_all_four_models(tmp_path):
 def test_summarize_names_the_missing_run(tmp_path, capsys):
     assert summarize.main(["--runs", str(tmp_path), "--results", str(tmp_path / "out"), "--models", "plain56"]) == 2
     assert "plain56" in capsys.readouterr().err
+
+
+def test_summarize_compares_at_the_last_common_iteration(tmp_path):
+    """A run stopped early (not yet resumed) is compared with the others at the iteration all of them reached."""
+    runs = tmp_path / "runs"
+    for model, rows in {"plain20": [(40, 20.0, 22.0), (80, 35.0, 30.0)], "plain56": [(40, 15.0, 14.0)]}.items():
+        (runs / model).mkdir(parents=True)
+        lines = ["epoch,iter,train_top1,val_top1"] + [f"{i + 1},{it},{a},{b}" for i, (it, a, b) in enumerate(rows)]
+        (runs / model / "metrics.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert summarize.main(["--runs", str(runs), "--results", str(out), "--models", "plain20", "plain56"]) == 0
+    assert (out / "summary.csv").read_text().splitlines()[1:] == ["plain20,80,65.00,70.00", "plain56,40,85.00,86.00"]
+    assert (out / "common_iter.csv").read_text().splitlines()[1:] == ["plain20,40,80.00,78.00",
+                                                                       "plain56,40,85.00,86.00"]

@@ -7,6 +7,8 @@ Inputs: RUNS/<model>/metrics.csv for model in plain20, plain56, resnet20, resnet
 epoch, iter, train_top1, val_top1, ... in percent). Outputs in RESULTS/:
   summary.csv   model,iters,final_train_err,final_test_err   (errors in percent, last logged epoch)
   curves.csv    model,iter,train_err,test_err                 (every logged epoch: the data behind the plots)
+  common_iter.csv  the same columns as summary.csv at the last iteration that every run has reached (equal
+                   when all runs finished; the fair comparison when a run was stopped early and not yet resumed)
   fig6_cifar.png  paper Fig. 6 style: plain nets left, ResNets right; thin = training error, bold = test error
 Training error is the running error over each logged epoch (augmented images, train mode), as in the paper's plots.
 """
@@ -65,6 +67,22 @@ def write_summary(curves, results: Path) -> list:
     return summary
 
 
+def write_common(curves, results: Path) -> list:
+    """common_iter.csv: each model at the largest logged iteration (with a test error) that all models reached."""
+    tested = {m: {p[0]: p for p in c if p[2] is not None} for m, c in curves.items()}
+    common = set.intersection(*(set(points) for points in tested.values())) if tested else set()
+    rows = []
+    if common:
+        it = max(common)
+        rows = [{"model": m, "iters": it, "final_train_err": f"{tested[m][it][1]:.2f}",
+                 "final_test_err": f"{tested[m][it][2]:.2f}"} for m in curves]
+    with (results / "common_iter.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
 def plot(curves, path: Path) -> None:
     """Two panels like the paper's Fig. 6 (left: plain-20/56, right: ResNet-20/56); thin = train, bold = test."""
     import matplotlib
@@ -110,11 +128,15 @@ def main(argv=None) -> int:
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     summary = write_summary(curves, results)
+    common = write_common(curves, results)
     plot(curves, results / "fig6_cifar.png")
     for row in summary:
         paper = PAPER_TEST_ERR.get(row["model"])
         print(f"{row['model']:9s} {row['iters']:>6} it  train err {row['final_train_err']:>6} %  "
               f"test err {row['final_test_err']:>6} %" + (f"  (paper, full schedule: {paper} %)" if paper else ""))
+    if common and any(int(r["iters"]) != common[0]["iters"] for r in summary):
+        print(f"at the last common iteration {common[0]['iters']}: " + ", ".join(
+            f"{r['model']} train {r['final_train_err']} % / test {r['final_test_err']} %" for r in common))
     print(f"wrote {results / 'summary.csv'}, {results / 'curves.csv'}, {results / 'fig6_cifar.png'}")
     return 0
 
