@@ -7,7 +7,7 @@ solver.ims_per_batch is the TOTAL batch over all processes (each of N torchrun p
 solver.base_lr belongs to that total batch, so a config trains the same whatever the number of GPUs.
 """
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Tuple
+from typing import Literal, Tuple
 
 from .config import DetectorConfig
 
@@ -146,7 +146,3 @@ def default_iou_types(cfg: DetTrainConfig) -> Tuple[str, ...]:
     if cfg.test.iou_types:
         return tuple(cfg.test.iou_types)
     return ("bbox", "segm") if cfg.model.mask_head.enabled else ("bbox",)
-
-
-def optional_int(value: Optional[int]) -> int:
-    return int(value or 0)

@@ -8,7 +8,6 @@ Reuses engine/: device + autocast, distributed, optim (param groups, warm-up/ste
 with RNG states), metrics_log (CSV/JSONL/TensorBoard).
 """
 import json
-import math
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
@@ -25,7 +24,7 @@ from ..detection.train_config import DetTrainConfig, default_iou_types
 from .checkpoint import find_last_checkpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .det_curves import plot_det_curves
 from .device import autocast, grad_scaler, resolve_device
-from .distributed import init_distributed, unwrap
+from .distributed import init_distributed
 from .metrics_log import MetricsLogger
 from .optim import build_optimizer, make_lr_lambda
 
