@@ -24,7 +24,9 @@ import platform
 import re
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -99,7 +101,12 @@ def main(argv=None) -> int:
     parser.add_argument("--coco-images", type=int, help="images in the COCO eval benchmark (default 5000, quick 200)")
     parser.add_argument("--only", nargs="+", help="run only these parts: backbone detection detectron2 coco_eval "
                                                   "train_cls efficiency")
+    parser.add_argument("--backbone-batch", type=int, help="batch of the backbone rows (default 8, quick 2)")
+    parser.add_argument("--backbone-size", type=int, help="image side of the backbone rows (default 224, quick 160)")
+    parser.add_argument("--det-size", nargs=2, help="H W of the detection rows (default 512 640, quick 192 256)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per script")
+    parser.add_argument("--jobs", type=int, default=1, help="parts run at the same time (1: one after the other, "
+                                                             "the clean way to time; >1 only on a busy shared box)")
     args = parser.parse_args(argv)
     quick = args.quick
     repeats = args.repeats or (2 if quick else 5)
@@ -107,58 +114,64 @@ def main(argv=None) -> int:
     parts = set(args.only or ["backbone", "detection", "detectron2", "coco_eval", "train_cls", "efficiency"])
     out = args.out
     runner = Runner(out, args.timeout)
+    local = threading.local()
+
+    def add(*row):
+        local.rows.append(row)
+
     started = time.time()
     load_before = os.getloadavg()
 
-    if "backbone" in parts:
+    def part_backbone():
         for arch in ("resnet18", "resnet50", "resnet101"):
-            text = runner.run(f"backbone_{arch}", [HERE / "backbone.py", "--arch", arch, "--batch", 2 if quick else 8,
-                                                   "--repeats", repeats, "--size", 160 if quick else 224])
-            batch, size = (2, 160) if quick else (8, 224)
+            batch = args.backbone_batch or (2 if quick else 8)
+            size = args.backbone_size or (160 if quick else 224)
+            text = runner.run(f"backbone_{arch}", [HERE / "backbone.py", "--arch", arch, "--batch", batch,
+                                                   "--repeats", repeats, "--size", size])
             for cells in table_rows(text):
                 label, ours, ref, ratio = cells[:4]
-                runner.add("backbone", f"{arch} bs{batch} {size}px: {label}", number(ours), number(ref), "img/s",
-                           number(ratio), "ref: torchvision")
+                add("backbone", f"{arch} bs{batch} {size}px: {label}", number(ours), number(ref), "img/s",
+                    number(ratio), "ref: torchvision")
 
-    if "detection" in parts:
-        size = ["192", "256"] if quick else ["512", "640"]
+    def part_detection():
+        size = args.det_size or (["192", "256"] if quick else ["512", "640"])
         text = runner.run("detection", [HERE / "detection.py", "--repeats", repeats, "--size", *size, "--skip-eval"])
         for cells in table_rows(text):
             name, ref, ours, ratio = cells[:4]
-            runner.add("detection", f"{name}, 2 images {size[0]}x{size[1]}", number(ours), number(ref), "s",
-                       number(ratio), "ref: torchvision, same weights")
+            add("detection", f"{name}, 2 images {size[0]}x{size[1]}", number(ours), number(ref), "s",
+                number(ratio), "ref: torchvision, same weights")
 
-    if "detectron2" in parts:
+    def part_detectron2():
         if importlib.util.find_spec("detectron2") is None:
-            runner.add("detection", "Mask R-CNN R50-FPN vs detectron2", None, None, "s", None,
-                       "skipped: detectron2 is not installed (scripts/install_detectron2.sh)")
+            add("detection", "Mask R-CNN R50-FPN vs detectron2", None, None, "s", None,
+                "skipped: detectron2 is not installed (scripts/install_detectron2.sh)")
         else:
             json_path = out / "logs" / "detectron2.json"
             runner.run("detectron2", [HERE / "detectron2_vs_ours.py", "--repeats", repeats, "--images", 2,
                                       "--short-side", 320 if quick else 512, "--out", json_path])
             if json_path.is_file():
-                runner.add("detection", "Mask R-CNN R50-FPN vs detectron2 (see logs/detectron2.txt)", None, None,
-                           "s", None, json.dumps(json.loads(json_path.read_text()))[:300])
+                add("detection", "Mask R-CNN R50-FPN vs detectron2 (see logs/detectron2.txt)", None, None,
+                    "s", None, json.dumps(json.loads(json_path.read_text()))[:300])
 
-    if "coco_eval" in parts:
+    def part_coco_eval():
         json_path = out / "logs" / "coco_eval.json"
         runner.run("coco_eval", [HERE / "coco_eval.py", "--images", coco_images, "--json", json_path])
         if json_path.is_file():
             for r in json.loads(json_path.read_text()):
-                runner.add("COCO eval", r["benchmark"], r["ours"], r["reference"], "s", r["speedup"],
-                           "12 stats identical" if r["identical_12_stats"] else "STATS DIFFER: " +
-                           ",".join(r["differing"]))
+                add("COCO eval", r["benchmark"], r["ours"], r["reference"], "s", r["speedup"],
+                    "12 stats identical" if r["identical_12_stats"] else "STATS DIFFER: " +
+                    ",".join(r["differing"]))
 
-    if "train_cls" in parts:
+    def part_train_cls():
         text = runner.run("train_cls", [HERE / "train_cls.py", "--images", 128 if quick else 512,
                                         "--repeats", min(repeats, 3), "--out", out / "logs" / "train_cls_run"])
         for cells in table_rows(text):
             name, ours, ref, ratio = cells[:4]
             area = "data pipeline" if name.startswith("data:") else "cls training"
-            runner.add(area, name, number(ours), number(ref), "img/s", number(ratio),
-                       "ref: PIL + torchvision transforms v2" + ("" if area == "data pipeline" else " + tv loop"))
+            add(area, name, number(ours), number(ref), "img/s", number(ratio),
+                "ref: PIL + torchvision transforms v2" + ("" if area == "data pipeline" else " + tv loop"))
 
-    if "efficiency" in parts:
+    def part_efficiency():
         json_path = out / "logs" / "efficiency.json"
         eff_args = ["--repeats", max(2, repeats - 2), "--png", out / "efficiency.png", "--json", json_path]
         if quick:
@@ -167,8 +180,23 @@ def main(argv=None) -> int:
         if json_path.is_file():
             eff = json.loads(json_path.read_text())
             for r in eff["rows"]:
-                runner.add("efficiency", r["benchmark"], r["gflops"], None, "GFLOP/s", None,
-                           f"{100 * r['fraction_of_peak']:.1f} % of the GEMM peak")
+                add("efficiency", r["benchmark"], r["gflops"], None, "GFLOP/s", None,
+                    f"{100 * r['fraction_of_peak']:.1f} % of the GEMM peak")
+
+    chosen = [n for n in ("backbone", "detection", "detectron2", "coco_eval", "train_cls", "efficiency") if n in parts]
+    collected = {n: [] for n in chosen}
+    every = {"backbone": part_backbone, "detection": part_detection, "detectron2": part_detectron2,
+             "coco_eval": part_coco_eval, "train_cls": part_train_cls, "efficiency": part_efficiency}
+    functions = {n: every[n] for n in chosen}
+
+    def run_part(name):
+        local.rows = collected[name]
+        functions[name]()
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        list(pool.map(run_part, chosen))
+    for name in chosen:
+        runner.rows += collected[name]
 
     minutes = (time.time() - started) / 60
     load_after = os.getloadavg()
@@ -179,6 +207,7 @@ def main(argv=None) -> int:
         f"- machine: {machine()}",
         f"- load average (1 min) before / after: {load_before[0]:.1f} / {load_after[0]:.1f} "
         f"(shared machine: absolute numbers are noisy, the ratios compare runs interleaved in the same process)",
+        f"- parts run {args.jobs} at a time; each part interleaves ours and the reference in one process",
         f"- command: python benchmarks/run_all.py {' '.join(argv if argv is not None else sys.argv[1:])}",
         "- speed-up = reference time / our time (> 1: ours is faster); img/s rows: ours / reference",
         "",
