@@ -106,7 +106,8 @@ def plot(curves, path: Path) -> None:
         ax.set_title(f"CIFAR-10, {title}")
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_lines():  # a panel whose models were not run stays empty, without a legend
+            ax.legend(fontsize=8)
     axes[0].set_ylabel("error (%)")
     fig.suptitle("thin dashed: training error, bold: test error (paper Fig. 6 style)", fontsize=9)
     fig.tight_layout()
