@@ -67,13 +67,19 @@ def number(text: str) -> float:
 
 
 class Runner:
-    def __init__(self, out: Path, timeout: int):
-        self.out, self.timeout = out, timeout
+    def __init__(self, out: Path, timeout: int, collect: bool = False):
+        self.out, self.timeout, self.collect = out, timeout, collect
         (out / "logs").mkdir(parents=True, exist_ok=True)
         self.rows, self.failures = [], []
 
     def run(self, name: str, args, env=None) -> str:
         """Run one script; its output goes to logs/NAME.txt; a failure is recorded, not fatal."""
+        log = self.out / "logs" / f"{name}.txt"
+        if self.collect:  # table from the logs of an earlier (or interrupted) run
+            if not log.is_file():
+                self.failures.append(f"{name} (no log)")
+                return ""
+            return log.read_text()
         start = time.time()
         print(f"[run_all] {name}: {' '.join(str(a) for a in args)}", flush=True)
         try:
@@ -104,6 +110,7 @@ def main(argv=None) -> int:
     parser.add_argument("--backbone-batch", type=int, help="batch of the backbone rows (default 8, quick 2)")
     parser.add_argument("--backbone-size", type=int, help="image side of the backbone rows (default 224, quick 160)")
     parser.add_argument("--det-size", nargs=2, help="H W of the detection rows (default 512 640, quick 192 256)")
+    parser.add_argument("--collect", action="store_true", help="run nothing: build the table from OUT/logs")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per script")
     parser.add_argument("--jobs", type=int, default=1, help="parts run at the same time (1: one after the other, "
                                                              "the clean way to time; >1 only on a busy shared box)")
@@ -113,7 +120,7 @@ def main(argv=None) -> int:
     coco_images = args.coco_images or (200 if quick else 5000)
     parts = set(args.only or ["backbone", "detection", "detectron2", "coco_eval", "train_cls", "efficiency"])
     out = args.out
-    runner = Runner(out, args.timeout)
+    runner = Runner(out, args.timeout, collect=args.collect)
     local = threading.local()
 
     def add(*row):
@@ -128,6 +135,9 @@ def main(argv=None) -> int:
             size = args.backbone_size or (160 if quick else 224)
             text = runner.run(f"backbone_{arch}", [HERE / "backbone.py", "--arch", arch, "--batch", batch,
                                                    "--repeats", repeats, "--size", size])
+            measured = re.search(r"batch (\d+), (\d+)px", text)  # what the log says was run (--collect)
+            if measured:
+                batch, size = measured.groups()
             for cells in table_rows(text):
                 label, ours, ref, ratio = cells[:4]
                 add("backbone", f"{arch} bs{batch} {size}px: {label}", number(ours), number(ref), "img/s",
