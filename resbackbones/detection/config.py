@@ -123,6 +123,7 @@ class InputConfig:
     image_std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
     format: Literal["RGB", "BGR"] = "RGB"
     size_divisibility: int = 32
+    channels_last: bool = True  # NHWC batch: faster conv kernels on CPU and CUDA, same values up to rounding
 
 
 @dataclass

@@ -12,6 +12,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.ops import MultiScaleRoIAlign, roi_pool
 
 from ..layers import get_norm
+from .roi_align import FastMultiScaleRoIAlign
 
 
 class RoIPool(MultiScaleRoIAlign):
@@ -36,8 +37,8 @@ def roi_pooler(*, pooler_type: str, featmap_names: Sequence[str], strides: Seque
                sampling_ratio: int) -> MultiScaleRoIAlign:
     """RoIAlign over one or several levels (FPN assigns RoIs to levels by size), or RoIPool over one map."""
     if pooler_type == "RoIAlign":
-        return MultiScaleRoIAlign(featmap_names=list(featmap_names), output_size=output_size,
-                                  sampling_ratio=sampling_ratio)
+        return FastMultiScaleRoIAlign(featmap_names=list(featmap_names), output_size=output_size,
+                                      sampling_ratio=sampling_ratio)
     if pooler_type == "RoIPool":
         if len(featmap_names) != 1:
             raise ValueError(f"RoIPool pools one feature map, got {list(featmap_names)}; use RoIAlign for FPN")
