@@ -4,6 +4,8 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from .metrics_log import plot_panels
+
 LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 
 
@@ -13,38 +15,29 @@ def plot_det_curves(rows: List[Dict], path: os.PathLike, *, title: str = "") -> 
     evals = [r for r in rows if any(k.endswith("_AP") and r.get(k) is not None for k in r)]
     if not train and not evals:
         return None
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def draw_loss(ax_loss):
+        for key in LOSS_KEYS:
+            points = [(r["iter"], r[key]) for r in train if r.get(key) is not None and math.isfinite(r[key])]
+            if points:
+                ax_loss.plot(*zip(*points), linewidth=2.0 if key == "loss" else 1.0, label=key)
+        ax_loss.set_xlabel("iteration")
+        ax_loss.set_ylabel("loss")
+        ax_loss.set_yscale("log")
+        ax_loss.grid(alpha=0.3)
+        ax_loss.legend(fontsize=7)
 
-    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in LOSS_KEYS:
-        points = [(r["iter"], r[key]) for r in train if r.get(key) is not None and math.isfinite(r[key])]
-        if points:
-            ax_loss.plot(*zip(*points), linewidth=2.0 if key == "loss" else 1.0, label=key)
-    ax_loss.set_xlabel("iteration")
-    ax_loss.set_ylabel("loss")
-    ax_loss.set_yscale("log")
-    ax_loss.grid(alpha=0.3)
-    ax_loss.legend(fontsize=7)
-    for key in ("bbox_AP", "segm_AP", "bbox_AP50", "segm_AP50"):
-        points = [(r["iter"], r[key]) for r in evals if r.get(key) is not None]
-        if points:
-            ax_ap.plot(*zip(*points), "o-" if key.endswith("_AP") else "o--", label=key)
-    ax_ap.axhline(0.5, color="gray", linewidth=0.6, linestyle=":")
-    ax_ap.set_xlabel("iteration")
-    ax_ap.set_ylabel("COCO AP")
-    ax_ap.set_ylim(0, 1)
-    ax_ap.grid(alpha=0.3)
-    if evals:
-        ax_ap.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    def draw_ap(ax_ap):
+        for key in ("bbox_AP", "segm_AP", "bbox_AP50", "segm_AP50"):
+            points = [(r["iter"], r[key]) for r in evals if r.get(key) is not None]
+            if points:
+                ax_ap.plot(*zip(*points), "o-" if key.endswith("_AP") else "o--", label=key)
+        ax_ap.axhline(0.5, color="gray", linewidth=0.6, linestyle=":")
+        ax_ap.set_xlabel("iteration")
+        ax_ap.set_ylabel("COCO AP")
+        ax_ap.set_ylim(0, 1)
+        ax_ap.grid(alpha=0.3)
+        if evals:
+            ax_ap.legend(fontsize=7)
+
+    return plot_panels(path, [draw_loss, draw_ap], title=title, dpi=100)

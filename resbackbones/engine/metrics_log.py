@@ -8,7 +8,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 CSV_NAME = "metrics.csv"
 JSONL_NAME = "metrics.jsonl"
@@ -113,6 +113,32 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def plot_panels(path: os.PathLike, panels: Sequence[Callable], *, title: str = "", dpi: int = 110,
+                figsize: Tuple[float, float] = (10, 4)) -> Path:
+    """One PNG of side-by-side panels: panels[i](ax) draws on the i-th matplotlib Axes (left to right).
+
+    The figure gets `title` as its suptitle and is written atomically (hidden temp file next to `path`, then
+    rename), so a reader never sees a half-written PNG. Shared by the classification and detection curves.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=figsize, squeeze=False)
+    for draw, ax in zip(panels, axes[0]):
+        draw(ax)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def plot_error_curves(rows: List[Dict], path: os.PathLike, *, title: str = "", x_key: str = "epoch",
                       x_label: str = "epoch") -> Optional[Path]:
     """Paper-style plot (He et al. 2015, Fig. 1/4): train error (thin) and val error (bold) in %, plus train loss.
@@ -122,41 +148,31 @@ def plot_error_curves(rows: List[Dict], path: os.PathLike, *, title: str = "", x
     rows = [r for r in rows if r.get(x_key) is not None]
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     x = [r[x_key] for r in rows]
 
     def series(key):
         return [(100.0 - r[key]) if r.get(key) is not None else math.nan for r in rows]
 
-    fig, (ax_err, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_err.plot(x, series("train_top1"), "--", linewidth=1.2, color="tab:blue", label="train error")
-    if any(r.get("val_top1") is not None for r in rows):
-        ax_err.plot(x, series("val_top1"), "-", linewidth=2.2, color="tab:blue", label="val error (top-1)")
-        best = min(series("val_top1"))
-        ax_err.axhline(best, color="gray", linewidth=0.6, linestyle=":")
-        ax_err.text(x[0], best, f" best {best:.2f}%", va="bottom", fontsize=8, color="gray")
-    ax_err.set_xlabel(x_label)
-    ax_err.set_ylabel("error (%)")
-    ax_err.grid(alpha=0.3)
-    ax_err.legend()
-    ax_loss.plot(x, [r.get("train_loss", math.nan) for r in rows], "-", color="tab:red", label="train loss")
-    if any(r.get("val_loss") is not None for r in rows):
-        ax_loss.plot(x, [r.get("val_loss") if r.get("val_loss") is not None else math.nan for r in rows], "-",
-                     color="tab:green", label="val loss")
-    ax_loss.set_xlabel(x_label)
-    ax_loss.set_ylabel("loss")
-    ax_loss.grid(alpha=0.3)
-    ax_loss.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    def draw_error(ax_err):
+        ax_err.plot(x, series("train_top1"), "--", linewidth=1.2, color="tab:blue", label="train error")
+        if any(r.get("val_top1") is not None for r in rows):
+            ax_err.plot(x, series("val_top1"), "-", linewidth=2.2, color="tab:blue", label="val error (top-1)")
+            best = min(series("val_top1"))
+            ax_err.axhline(best, color="gray", linewidth=0.6, linestyle=":")
+            ax_err.text(x[0], best, f" best {best:.2f}%", va="bottom", fontsize=8, color="gray")
+        ax_err.set_xlabel(x_label)
+        ax_err.set_ylabel("error (%)")
+        ax_err.grid(alpha=0.3)
+        ax_err.legend()
+
+    def draw_loss(ax_loss):
+        ax_loss.plot(x, [r.get("train_loss", math.nan) for r in rows], "-", color="tab:red", label="train loss")
+        if any(r.get("val_loss") is not None for r in rows):
+            ax_loss.plot(x, [r.get("val_loss") if r.get("val_loss") is not None else math.nan for r in rows], "-",
+                         color="tab:green", label="val loss")
+        ax_loss.set_xlabel(x_label)
+        ax_loss.set_ylabel("loss")
+        ax_loss.grid(alpha=0.3)
+        ax_loss.legend()
+
+    return plot_panels(path, [draw_error, draw_loss], title=title, dpi=110)
