@@ -3,10 +3,10 @@
 A checkpoint is a dict of state dicts and plain values (model, optimizer, scheduler, scaler, EMA, the RNG states
 of python/numpy/torch/cuda, loop position). It is written to a temp file in the same folder, fsync'ed and
 renamed over the target, so a kill at any moment leaves either the old or the new file, never a torn one.
-Loading uses torch.load(weights_only=True): a file that carries pickled code is refused.
+Loading uses torch.load(weights_only=True) through weights.io.torch_load_refusing_code (the same refusal as for
+weights files): a file that carries pickled code is refused.
 """
 import os
-import pickle
 import random
 import re
 from pathlib import Path
@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 import torch
+
+from ..weights.io import torch_load_refusing_code
 
 PathLike = Union[str, os.PathLike]
 LAST = "last.pt"
@@ -80,15 +82,8 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"refused to load checkpoint {path}: it carries pickled objects that could run code; nothing was "
-            f"executed ({str(error).splitlines()[0]})"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a checkpoint?): {error}") from None
+    obj = torch_load_refusing_code(path, map_location, error=CheckpointError, what="checkpoint ",
+                                   file_kind="checkpoint", chain_read_errors=False)
     if not isinstance(obj, dict) or "model" not in obj:
         raise CheckpointError(f"{path} is not a training checkpoint (no 'model' entry)")
     return obj

@@ -2,7 +2,7 @@
 import os
 import pickle
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Dict, Mapping, Optional, Tuple, Type, Union
 
 import torch
 from safetensors import SafetensorError
@@ -55,6 +55,35 @@ def save(
     return path
 
 
+def torch_load_refusing_code(
+    path: PathLike,
+    map_location: Union[str, torch.device] = "cpu",
+    *,
+    error: Type[Exception] = WeightsError,
+    what: str = "",
+    file_kind: str = "torch file",
+    chain_read_errors: bool = True,
+):
+    """torch.load(path, weights_only=True), the one place where a file carrying pickled code is refused.
+
+    Raises `error` (WeightsError for weights, CheckpointError for training checkpoints) with one refusal message,
+    "refused to load <what><path>: ...", when the file holds pickled objects other than tensors/containers
+    (nothing is executed), and "cannot read <file_kind> <path> (truncated or not a <file_kind>?): ..." when it is
+    unreadable; with chain_read_errors=False the torch error is not attached as the cause.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise error(
+            f"refused to load {what}{path}: it carries pickled objects that are not plain tensors/containers, "
+            f"and loading them could run code. Nothing was executed. Details: {str(exc).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise error(f"cannot read {file_kind} {path} (truncated or not a {file_kind}?): {exc}") from (
+            exc if chain_read_errors else None)
+
+
 def load_with_metadata(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Tuple[StateDict, Dict[str, str]]:
     """Read (state_dict, metadata) from a safetensors or torch file; never executes pickled code.
 
@@ -74,15 +103,7 @@ def load_with_metadata(path: PathLike, map_location: Union[str, torch.device] = 
         except (SafetensorError, OSError) as error:
             raise WeightsError(f"cannot read safetensors file {path}: {error}") from error
         return state, meta
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise WeightsError(
-            f"refused to load {path}: it carries pickled objects that are not plain tensors/containers, "
-            f"and loading them could run code. Nothing was executed. Details: {str(error).splitlines()[0]}"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise WeightsError(f"cannot read torch file {path} (truncated or not a torch file?): {error}") from error
+    obj = torch_load_refusing_code(path, map_location)
     return _unwrap(obj, path)
 
 
