@@ -9,6 +9,7 @@ solver.base_lr belongs to that total batch, so a config trains the same whatever
 from dataclasses import dataclass, field
 from typing import Literal, Tuple
 
+from ..engine.solver_config import OptimizerName, SolverSettings
 from .config import DetectorConfig
 
 
@@ -50,15 +51,16 @@ class DataConfig:
 
 
 @dataclass
-class SolverConfig:
+class SolverConfig(SolverSettings):
     """SGD (or AdamW) + linear warm-up + step (or cosine) decay, all in iterations.
 
     ims_per_batch: total images per iteration over all processes. steps: iterations where lr *= gamma.
     clip_grad_norm: max global gradient norm (0 = no clipping). norm_bias_decay: weight decay on norm weights and
-    biases too (detectron2's default does; false exempts them).
+    biases too (detectron2's default does; false exempts them). The fields shared with classification's solver
+    are listed in engine/solver_config.py.
     """
 
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: OptimizerName = "sgd"
     base_lr: float = 0.02
     momentum: float = 0.9
     nesterov: bool = False

@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Literal, Optional, Tuple
 
 from ..data.cls_transforms import CIFAR_MEAN, CIFAR_STD
+from .solver_config import OptimizerName, SolverSettings
 
 
 @dataclass
@@ -46,8 +47,10 @@ class DataConfig:
 
 
 @dataclass
-class SolverConfig:
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+class SolverConfig(SolverSettings):
+    """Classification solver; the fields shared with detection's solver are listed in engine/solver_config.py."""
+
+    optimizer: OptimizerName = "sgd"
     batch_size: int = 128                      # global batch over all processes
     lr: float = 0.1                            # lr at reference_batch_size; scaled linearly with batch_size
     reference_batch_size: int = 128

@@ -10,6 +10,8 @@ from typing import Callable, Dict, List, Sequence
 import torch
 from torch import nn
 
+from .solver_config import SolverSettings
+
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 SCHEDULES = ("step", "cosine", "constant")
 WARMUP_METHODS = ("constant", "linear")
@@ -47,6 +49,12 @@ def build_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     raise ValueError(f"unknown optimizer {name!r}; choose sgd or adamw")
+
+
+def build_optimizer_for(model: nn.Module, solver: SolverSettings, *, lr: float) -> torch.optim.Optimizer:
+    """build_optimizer from a solver section of either config (classification or detection); `lr` is the
+    caller's, since the sections derive it differently (solver.lr scaled by batch size vs solver.base_lr)."""
+    return build_optimizer(model, lr=lr, **solver.optimizer_kwargs())
 
 
 def make_lr_lambda(
