@@ -1,7 +1,10 @@
 """A diverging run (learning rate 1e20, no warm-up) through the real tools: training stops at the first non-finite
 loss with exit status 3 and a message naming the iteration, and the checkpoint of the last finite step stays
 loadable (finite weights, the iteration before the failure). tests/test_engine_trainer.py checks the same for
-ClsTrainer in-process; here it is the command lines of both tools (train_cls saving every iteration)."""
+ClsTrainer in-process; here it is the command lines of both tools (train_cls saving every iteration).
+
+A finite loss with non-finite gradients (forced by a hook that writes inf into one parameter's gradient) stops both
+tools the same way, before the optimizer step, naming the iteration and that parameter."""
 import importlib.util
 import os
 import subprocess
@@ -31,17 +34,30 @@ def test_train_cls_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path):
     line = result.stderr.strip().splitlines()[-1]
     # Either the loss itself is non-finite, or a finite loss came with non-finite gradients and the weights
     # went bad: then the checkpoint is not written either.
-    assert any(w in line for w in ("loss is nan", "loss is inf", "weights became non-finite")), line
+    assert any(w in line for w in ("loss is nan", "loss is inf", "gradients are non-finite",
+                                   "weights became non-finite")), line
     assert "last good checkpoint is kept" in line and "last.pt" in line, line
     failed_at = int(line.split("iteration ")[1].split()[0].rstrip(",;("))
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert state["global_iter"] == failed_at - 1 and _finite(state["model"])
 
 
-def test_train_det_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("reliability_nan_train_det", REPO / "tools" / "train_det.py")
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"reliability_nan_{name}", REPO / "tools" / f"{name}.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def _poison(model, pick):
+    """Make one parameter's gradient inf from now on (the loss stays finite); returns the parameter's name."""
+    name, param = pick([(n, p) for n, p in model.named_parameters() if p.requires_grad])
+    param.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    return name
+
+
+def test_train_det_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    tool = _tool("train_det")
     out = tmp_path / "out"
     code = tool.main(["--config", str(REPO / "configs" / "quickstart.yaml"), "--output", str(out), "--device", "cpu",
                       "data.train.num_images=4", f"data.train.root={tmp_path / 'train'}", "data.val.num_images=2",
@@ -49,8 +65,67 @@ def test_train_det_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path, cap
                       "solver.warmup_iters=0", "solver.max_iter=4", "train.checkpoint_period=1",
                       "train.progress=false"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 3 and len(err) == 1 and "loss is nan" in err[0] or "loss is inf" in err[0], (code, err)
+    assert code == 3 and len(err) == 1, (code, err)
+    assert any(w in err[0] for w in ("loss is nan", "loss is inf", "gradients are non-finite")), err
     failed_at = int(err[0].split("iteration ")[1].split()[0])
     state = torch.load(out / "last.pt", weights_only=True)
     # The failing step is not saved: the checkpoint is the last finite one (iterations count completed steps).
     assert state["iteration"] == failed_at and _finite(state["model"]), (state["iteration"], failed_at)
+
+
+def test_train_det_stops_on_non_finite_gradients_of_a_finite_loss(tmp_path, capsys, monkeypatch):
+    from resbackbones.engine.det_trainer import DetTrainer
+
+    poisoned = []
+    train_step = DetTrainer.train_step
+
+    def poisoned_at_2(self, images, targets):
+        if self.iteration == 2 and not poisoned:  # the third step: two checkpoints written before it
+            poisoned.append(_poison(self.model, lambda named: next(
+                (n, p) for n, p in named if n.startswith("roi_heads.box_predictor.cls_score"))))
+        return train_step(self, images, targets)
+
+    monkeypatch.setattr(DetTrainer, "train_step", poisoned_at_2)
+    out = tmp_path / "out"
+    # quickstart.yaml clips gradients (solver.clip_grad_norm): the check runs on the norm the clipping computes.
+    code = _tool("train_det").main([
+        "--config", str(REPO / "configs" / "quickstart.yaml"), "--output", str(out), "--device", "cpu",
+        "data.train.num_images=4", f"data.train.root={tmp_path / 'train'}", "data.val.num_images=2",
+        f"data.val.root={tmp_path / 'val'}", "solver.ims_per_batch=2", "solver.max_iter=4",
+        "train.checkpoint_period=1", "train.progress=false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1, (code, err)
+    line = err[0]
+    assert line.startswith("error: gradients are non-finite at iteration 2 ("), line
+    assert f"first non-finite gradient: {poisoned[0]};" in line and "loss " in line, line
+    assert f"the last good checkpoint is kept: {out / 'last.pt'}" in line, line
+    state = load_checkpoint(out / "last.pt")
+    assert state["iteration"] == 2 and _finite(state["model"])
+    assert all(_finite(buffers) for buffers in state["optimizer"]["state"].values())  # momentum too
+
+
+def test_train_cls_stops_on_non_finite_gradients_of_a_finite_loss(tmp_path, capsys, monkeypatch):
+    from resbackbones.engine.cls_trainer import ClsTrainer
+
+    poisoned = []
+    check_finite = ClsTrainer._check_finite  # runs on the loss of every step, just before its backward
+
+    def poisoned_after_2(self, loss):
+        check_finite(self, loss)
+        if self.global_iter == 2 and not poisoned:  # the third step; no gradient clipping configured
+            poisoned.append(_poison(self.model, lambda named: named[len(named) // 2]))
+
+    monkeypatch.setattr(ClsTrainer, "_check_finite", poisoned_after_2)
+    data = write_image_folder(tmp_path / "shapes", train_per_class=4, val_per_class=1)
+    out = tmp_path / "out"
+    code = _tool("train_cls").main([
+        "--data", str(data), "--output", str(out), "--epochs", "1", "--batch-size", "8", "--workers", "0",
+        "--device", "cpu", "model.arch=cifar_resnet", "model.options={depth: 8, widths: [4, 8, 8]}",
+        "train.checkpoint_period=1", "train.progress=false", "train.tensorboard=false", "train.threads=1"])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 3, line
+    assert line.startswith("error: gradients are non-finite at epoch 1, iteration 3 ("), line
+    assert f"first non-finite gradient: {poisoned[0]};" in line, line
+    assert f"the last good checkpoint is kept: {out / 'checkpoints' / 'last.pt'}" in line, line
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert state["global_iter"] == 2 and _finite(state["model"])

@@ -9,7 +9,8 @@
     python tools/train_cls.py ... --export backbone.safetensors          # backbone-only weights for detection
     python tools/train_cls.py ... solver.lr=0.05 solver.steps=[30,60]    # any config key=value
 
-Exit codes: 0 ok, 2 user error (config, data, weights: one line on stderr), 3 training diverged (NaN/inf loss).
+Exit codes: 0 ok, 2 user error (config, data, weights: one line on stderr), 3 training diverged (NaN/inf loss or
+gradients), 130 interrupted.
 """
 import argparse
 import os
@@ -22,9 +23,10 @@ from resbackbones.config import ConfigError, load_config  # noqa: E402
 from resbackbones.data.errors import DataError  # noqa: E402
 from resbackbones.engine.checkpoint import CheckpointError  # noqa: E402
 from resbackbones.engine.cls_config import ClsConfig  # noqa: E402
+from resbackbones.engine.tool_errors import run_tool  # noqa: E402
 from resbackbones.weights.errors import WeightsError  # noqa: E402
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, WeightsError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, WeightsError)  # exit 2, like any ValueError (run_tool)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,57 +86,35 @@ def _quote(value) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = build_config(args)
-        if args.eval_only and not (args.weights or args.resume):
-            raise ConfigError("--eval-only needs --weights FILE (or --resume to evaluate the last checkpoint)")
-        from resbackbones.engine.cls_trainer import ClsTrainer, TrainingDiverged, export_backbone
+    # Exit codes and "error: ..." lines come from run_tool, shared with tools/train_det.py.
+    return run_tool(lambda: _run(args), interrupt_hint="interrupted; resume with --resume", user_errors=USER_ERRORS)
 
-        try:
-            trainer = ClsTrainer(cfg, resume=args.resume, build_train=not args.eval_only or bool(args.resume))
-            if args.eval_only:
-                metrics = trainer.evaluate()
-                if trainer.is_main:
-                    print(f"top-1 {metrics['val_top1']:.2f} %  top-5 {metrics['val_top5']:.2f} %  "
-                          f"loss {metrics['val_loss']:.4f}  ({metrics['val_count']} images, "
-                          f"{cfg.model.arch}, {args.weights or 'last checkpoint'})")
-            else:
-                metrics = trainer.fit()
-            if args.export and trainer.is_main:
-                model = trainer.ema.module if trainer.ema is not None else trainer.model
-                meta = {"arch": cfg.model.arch, "source": "resbackbones tools/train_cls.py",
-                        "num_classes": str(trainer.num_classes), "color_order": "RGB", "input_range": "0-1",
-                        "mean": str(tuple(cfg.data.mean)), "std": str(tuple(cfg.data.std)),
-                        "val_top1": f"{metrics.get('val_top1', float('nan')):.2f}",
-                        "epochs": str(trainer.epoch), "data": str(cfg.data.root or "synthetic")}
-                path = export_backbone(model, args.export, metadata=meta)
-                print(f"exported backbone weights to {path}")
-        except TrainingDiverged as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 3
-        finally:
-            from resbackbones.engine.distributed import cleanup
 
-            cleanup()
-    except USER_ERRORS as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except ValueError as error:  # invalid option values reaching builders (device name, amp on CPU, ...)
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; resume with --resume", file=sys.stderr)
-        return 130
+def _run(args: argparse.Namespace) -> int:
+    cfg = build_config(args)
+    if args.eval_only and not (args.weights or args.resume):
+        raise ConfigError("--eval-only needs --weights FILE (or --resume to evaluate the last checkpoint)")
+    from resbackbones.engine.cls_trainer import ClsTrainer, export_backbone
+
+    trainer = ClsTrainer(cfg, resume=args.resume, build_train=not args.eval_only or bool(args.resume))
+    if args.eval_only:
+        metrics = trainer.evaluate()
+        if trainer.is_main:
+            print(f"top-1 {metrics['val_top1']:.2f} %  top-5 {metrics['val_top5']:.2f} %  "
+                  f"loss {metrics['val_loss']:.4f}  ({metrics['val_count']} images, "
+                  f"{cfg.model.arch}, {args.weights or 'last checkpoint'})")
+    else:
+        metrics = trainer.fit()
+    if args.export and trainer.is_main:
+        model = trainer.ema.module if trainer.ema is not None else trainer.model
+        meta = {"arch": cfg.model.arch, "source": "resbackbones tools/train_cls.py",
+                "num_classes": str(trainer.num_classes), "color_order": "RGB", "input_range": "0-1",
+                "mean": str(tuple(cfg.data.mean)), "std": str(tuple(cfg.data.std)),
+                "val_top1": f"{metrics.get('val_top1', float('nan')):.2f}",
+                "epochs": str(trainer.epoch), "data": str(cfg.data.root or "synthetic")}
+        path = export_backbone(model, args.export, metadata=meta)
+        print(f"exported backbone weights to {path}")
     return 0
-
-
-def _one_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if any(line.startswith("Original Traceback") for line in lines):
-        # Raised in a DataLoader worker: the original message is the traceback's last line, "Type: message".
-        last = lines[-1]
-        return last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
-    return "; ".join(lines) if lines else type(error).__name__
 
 
 if __name__ == "__main__":

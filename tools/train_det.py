@@ -10,7 +10,7 @@
 --weights: backbone weights for training (a .safetensors from tools/train_cls.py --export, or a converted
 torchvision / detectron2 checkpoint; model.backbone.weights), or with --eval-only a checkpoint of this tool.
 Writes OUTPUT/{config.yaml, last.pt, metrics.csv, metrics.jsonl, tensorboard/, curves.png, eval.json}.
-Exit codes: 0 ok, 2 user error (one line on stderr), 3 training diverged (NaN/inf loss).
+Exit codes: 0 ok, 2 user error (one line on stderr), 3 training diverged (NaN/inf loss or gradients).
 """
 import argparse
 import json
@@ -23,9 +23,11 @@ from resbackbones.config import ConfigError, load_config  # noqa: E402
 from resbackbones.data.errors import DataError  # noqa: E402
 from resbackbones.detection.train_config import DetTrainConfig  # noqa: E402
 from resbackbones.engine.checkpoint import CheckpointError  # noqa: E402
+from resbackbones.engine.tool_errors import run_tool  # noqa: E402
 from resbackbones.evaluation.coco import CocoEvalError  # noqa: E402
 from resbackbones.weights.errors import WeightsError  # noqa: E402
 
+# Exit 2 with one line (as any ValueError, see run_tool).
 USER_ERRORS = (ConfigError, DataError, CheckpointError, WeightsError, CocoEvalError, FileNotFoundError)
 
 
@@ -59,39 +61,27 @@ def build_config(args: argparse.Namespace) -> DetTrainConfig:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = build_config(args)
-        from resbackbones.engine.det_trainer import DetTrainer, TrainingDiverged
-        from resbackbones.engine.distributed import cleanup
+    # Exit codes and "error: ..." lines come from run_tool, shared with tools/train_cls.py.
+    return run_tool(lambda: _run(args), interrupt_hint="interrupted; continue with --resume", user_errors=USER_ERRORS)
 
-        try:
-            if args.eval_only:
-                checkpoint = args.weights or str(Path(cfg.train.output_dir) / "last.pt")
-                trainer = DetTrainer(cfg, eval_only=True, checkpoint=checkpoint)
-                result = trainer.evaluate()
-                if trainer.dist.is_main:
-                    (Path(cfg.train.output_dir) / "eval.json").write_text(json.dumps(result, indent=2))
-            else:
-                trainer = DetTrainer(cfg, resume=args.resume)
-                if trainer.dist.is_main and trainer.train_set is not None:
-                    print(trainer.train_set.describe())
-                result = trainer.fit()
-            if trainer.dist.is_main:
-                _print_result(result, trainer)
-        except TrainingDiverged as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 3
-        finally:
-            cleanup()
-    except USER_ERRORS as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except ValueError as error:  # invalid values reaching builders (unknown backbone, amp on CPU, class count)
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume", file=sys.stderr)
-        return 130
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = build_config(args)
+    from resbackbones.engine.det_trainer import DetTrainer
+
+    if args.eval_only:
+        checkpoint = args.weights or str(Path(cfg.train.output_dir) / "last.pt")
+        trainer = DetTrainer(cfg, eval_only=True, checkpoint=checkpoint)
+        result = trainer.evaluate()
+        if trainer.dist.is_main:
+            (Path(cfg.train.output_dir) / "eval.json").write_text(json.dumps(result, indent=2))
+    else:
+        trainer = DetTrainer(cfg, resume=args.resume)
+        if trainer.dist.is_main and trainer.train_set is not None:
+            print(trainer.train_set.describe())
+        result = trainer.fit()
+    if trainer.dist.is_main:
+        _print_result(result, trainer)
     return 0
 
 
@@ -99,11 +89,6 @@ def _print_result(result, trainer) -> None:
     parts = [f"{t} AP {100 * result[t]['AP']:.1f}" for t in trainer.iou_types if t in result]
     print(f"iteration {trainer.iteration}, train {trainer.train_seconds:.0f} s: " + ", ".join(parts)
           + f"  ({trainer.output / 'eval.json'})")
-
-
-def _one_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return "; ".join(lines) if lines else type(error).__name__
 
 
 if __name__ == "__main__":

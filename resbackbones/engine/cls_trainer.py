@@ -12,7 +12,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NoReturn, Optional, Sequence
 
 import numpy as np
 import torch
@@ -35,13 +35,10 @@ from .device import amp_dtype, autocast, grad_scaler, resolve_device, set_determ
 from .ema import ModelEMA
 from .metrics_log import CURVES_NAME, MetricsLogger, plot_error_curves
 from .optim import build_optimizer, build_scheduler, weight_penalty
+from .tool_errors import TrainingDiverged, clip_and_check_grads  # TrainingDiverged: also imported from here
 
 METRIC_COLUMNS = ("epoch", "iter", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr",
                   "epoch_time_s", "images_per_s")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; training stopped and the last good checkpoint was kept."""
 
 
 def _set_threads(threads: int, device: torch.device, *, deterministic: bool, verbose: bool) -> None:
@@ -248,12 +245,8 @@ class ClsTrainer:
         # weights, so all ranks stop here together).
         bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:
-            last = self.output_dir / "checkpoints" / "last.pt"
-            kept = f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written yet"
-            raise TrainingDiverged(
-                f"weights became non-finite at iteration {self.global_iter} ({bad[0]} and "
-                f"{len(bad) - 1} more; lr {self.optimizer.param_groups[0]['lr']:.4g}); training stopped, {kept}. "
-                f"Try a lower solver.lr, warm-up, solver.clip_grad_norm or amp=none.")
+            self._diverged(f"weights became non-finite at iteration {self.global_iter}",
+                           f"{bad[0]} and {len(bad) - 1} more")
         if self.is_main:
             self.checkpoints.save(self.state_dict(), metrics=metrics, epoch=self.epoch)
         dist_utils.barrier()
@@ -280,12 +273,17 @@ class ClsTrainer:
             torch.distributed.all_reduce(reduce_on)
             bad = reduce_on
         if bad.item() > 0:
-            last = self.output_dir / "checkpoints" / "last.pt"
-            kept = f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written yet"
-            raise TrainingDiverged(
-                f"loss is {loss.item()} at epoch {self.epoch + 1}, iteration {self.global_iter + 1} "
-                f"(lr {self.optimizer.param_groups[0]['lr']:.4g}); training stopped, {kept}. "
-                f"Try a lower solver.lr, warm-up, solver.clip_grad_norm or amp=none.")
+            self._diverged(f"loss is {loss.item()} at epoch {self.epoch + 1}, iteration {self.global_iter + 1}")
+
+    def _diverged(self, what: str, detail: str = "") -> NoReturn:
+        """Raise TrainingDiverged with the one message shape of every divergence check (scripts and tests parse
+        "iteration N" and "last good checkpoint is kept: PATH"): "<what> (<detail>; lr X); training stopped, ..."."""
+        last = self.output_dir / "checkpoints" / "last.pt"
+        kept = f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written yet"
+        lr = f"lr {self.optimizer.param_groups[0]['lr']:.4g}"
+        raise TrainingDiverged(
+            f"{what} ({detail + '; ' if detail else ''}{lr}); training stopped, {kept}. "
+            f"Try a lower solver.lr, warm-up, solver.clip_grad_norm or amp=none.")
 
     def train_one_epoch(self) -> Dict[str, float]:
         cfg = self.cfg
@@ -323,8 +321,13 @@ class ClsTrainer:
                 self.scaler.update()
             else:
                 loss.backward()
-                if cfg.solver.clip_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.solver.clip_grad_norm)
+                # Checked before the step, so the weights never take NaN/inf from a finite loss's gradients (fp16
+                # AMP above: the GradScaler skips such steps itself). DDP has averaged the gradients, so every
+                # rank sees the same verdict and all stop together.
+                problem = clip_and_check_grads(self.model, cfg.solver.clip_grad_norm)
+                if problem is not None:
+                    self._diverged(f"gradients are non-finite at epoch {self.epoch + 1}, iteration "
+                                   f"{self.global_iter + 1}", f"{problem}; loss {loss.item():.4g}")
                 self.optimizer.step()
             self.scheduler.step()
             if self.ema is not None:

@@ -27,12 +27,9 @@ from .device import autocast, grad_scaler, resolve_device
 from .distributed import init_distributed
 from .metrics_log import MetricsLogger
 from .optim import build_optimizer, make_lr_lambda
+from .tool_errors import TrainingDiverged, clip_and_check_grads  # TrainingDiverged: also imported from here
 
 LAST = "last.pt"
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the message names the iteration and the loss terms."""
 
 
 class IterationSampler(torch.utils.data.Sampler):
@@ -193,8 +190,16 @@ class DetTrainer:
             self.scaler.update()
         else:
             loss.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            # A finite loss can still give NaN/inf gradients; stepping on them would ruin the weights. (With a
+            # GradScaler, above, inf gradients are routine: the scaler skips that step and lowers its scale.)
+            problem = clip_and_check_grads(self.model, clip)
+            if problem is not None:
+                last = self.output / LAST
+                kept = (f"the last good checkpoint is kept: {last}" if last.is_file()
+                        else "no checkpoint was written yet")
+                raise TrainingDiverged(f"gradients are non-finite at iteration {self.iteration} ({problem}; loss "
+                                       f"{loss.item():.4g}); {kept}; lower solver.base_lr or raise "
+                                       f"solver.warmup_iters")
             self.optimizer.step()
         self.scheduler.step()
         row = {k: float(v.detach()) for k, v in losses.items()}
