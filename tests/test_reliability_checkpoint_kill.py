@@ -9,6 +9,8 @@ SIGKILLs its own process at the n-th save of last.pt:
   after_rename   os.replace has run, the folder fsync has not.
 The shim appends the global_iter of every *completed* save to saves.log, so after each kill the test knows which
 state last.pt must hold: the previous save for the first two points, the new one for the third.
+The first two kills leave the killed writer's temp file (".last.pt.tmp-<pid>"); the next run's first save removes
+it (its writer is gone), so no stale temp file remains after the resumed run.
 """
 import csv
 import os
@@ -104,23 +106,27 @@ def test_kill9_inside_checkpoint_writes(tmp_path):
     plan = [("mid_write", 2), ("before_rename", 2), ("after_rename", 2)]
     for attempt, (mode, nth) in enumerate(plan):
         cmd = [sys.executable, str(shim), TOOL, *tool_args(data, out)] + (["--resume"] if attempt else [])
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                             env=dict(env, KILL_MODE=mode, KILL_AT=str(nth), KILL_LOG=str(log)))
-        assert run.returncode == -signal.SIGKILL, (mode, run.returncode, run.stderr[-3000:])
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(env, KILL_MODE=mode, KILL_AT=str(nth), KILL_LOG=str(log)))
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == -signal.SIGKILL, (mode, proc.returncode, stderr[-3000:])
         completed = [int(x) for x in log.read_text().split()]
         # Never missing, never torn: weights_only load works and holds the last *completed* save.
         state = load_checkpoint(last)
         assert state["global_iter"] == completed[-1], (mode, state["global_iter"], completed)
         if mode == "after_rename":
             assert completed[-1] > completed[-2]
-    leftovers = sorted(p.name for p in last.parent.iterdir() if ".tmp-" in p.name)
-    # The temp files of the killed writers stay behind (named by pid); resume must not be confused by them.
-    assert len(leftovers) >= 2, leftovers
+        # Killed before the rename: its temp file (named by its pid) stays behind; the previous killed writer's
+        # was removed by this run's first save. Resume must not be confused by either.
+        leftovers = sorted(p.name for p in last.parent.iterdir() if ".tmp-" in p.name)
+        assert leftovers == ([] if mode == "after_rename" else [f".last.pt.tmp-{proc.pid}"]), (mode, leftovers)
 
     final = subprocess.run([sys.executable, TOOL, *tool_args(data, out), "--resume"], capture_output=True,
                            text=True, env=env, timeout=600)
     assert final.returncode == 0, final.stderr[-3000:]
     assert "resumed from" in final.stdout
+    stale = sorted(p.name for p in last.parent.iterdir() if ".tmp-" in p.name)
+    assert not stale, stale
 
     ref_state = torch.load(tmp_path / "ref" / "checkpoints" / "last.pt", weights_only=True)
     got_state = torch.load(last, weights_only=True)

@@ -3,12 +3,15 @@
 A checkpoint is a dict of state dicts and plain values (model, optimizer, scheduler, scaler, EMA, the RNG states
 of python/numpy/torch/cuda, loop position). It is written to a temp file in the same folder, fsync'ed and
 renamed over the target, so a kill at any moment leaves either the old or the new file, never a torn one.
+The temp file (".<name>.tmp-<pid>") of a writer killed mid-write is removed by the next save into that folder
+once no process has that pid (remove_stale_temp_files).
 Loading uses torch.load(weights_only=True) through weights.io.torch_load_refusing_code (the same refusal as for
 weights files): a file that carries pickled code is refused.
 """
 import os
 import random
 import re
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -21,6 +24,8 @@ PathLike = Union[str, os.PathLike]
 LAST = "last.pt"
 BEST = "best.pt"
 _EPOCH_FILE = re.compile(r"^(epoch|iter)_(\d+)\.pt$")
+_TEMP_FILE = re.compile(r"^\.(?P<target>.+\.pt)\.tmp-(?P<pid>\d+)$")  # save_atomic's temp names
+_LOADED_AT = time.time()  # this process wrote no temp file before: one with our pid and an older mtime is stale
 
 
 class CheckpointError(ValueError):
@@ -52,10 +57,63 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    except (OSError, OverflowError):  # not a valid pid here
+        return False
+    return True
+
+
+def remove_stale_temp_files(folder: PathLike) -> List[Path]:
+    """Delete the temp files that killed checkpoint writers (SIGKILL, OOM killer) left in `folder`.
+
+    Only save_atomic's own temp names (".<name>.pt.tmp-<pid>") are considered, and one is removed only when its
+    writer is gone: no process has that pid, or the pid is this process's and the file is older than this module
+    (a killed writer whose pid we reuse, as after a container restart). A live pid is left alone, even when it
+    was reused by an unrelated process. The pid test is only meaningful on the machine that wrote the file, so
+    this runs in the process that writes the checkpoints (save_atomic calls it: rank 0 under DDP, where only
+    rank 0 writes). Returns the removed paths.
+    """
+    removed: List[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    me = os.getpid()
+    for entry in entries:
+        match = _TEMP_FILE.match(entry.name)
+        if not match:
+            continue
+        pid = int(match.group("pid"))
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if pid == me:
+                # 1 s of slack: file times come from a coarse clock that may lag time.time() a little.
+                stale = entry.stat(follow_symlinks=False).st_mtime < _LOADED_AT - 1.0
+            else:
+                stale = not _process_alive(pid)
+            if stale:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:  # gone already, or not ours to delete: never let cleaning fail a save
+            pass
+    return removed
+
+
 def save_atomic(obj: Dict[str, Any], path: PathLike) -> Path:
-    """torch.save to `path` via temp file + fsync + rename (+ fsync of the folder so the rename is durable)."""
+    """torch.save to `path` via temp file + fsync + rename (+ fsync of the folder so the rename is durable).
+
+    First removes the temp files of dead writers from the folder (remove_stale_temp_files).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path.parent)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
