@@ -12,19 +12,13 @@ state last.pt must hold: the previous save for the first two points, the new one
 The first two kills leave the killed writer's temp file (".last.pt.tmp-<pid>"); the next run's first save removes
 it (its writer is gone), so no stale temp file remains after the resumed run.
 """
-import csv
-import os
 import signal
 import subprocess
 import sys
 
-import torch
-
-from conftest import REPO
+from helpers_training import TOOL, assert_same_checkpoint, assert_same_metrics, run_ok, train_env
 from resbackbones.data.synthetic_cls import write_image_folder
 from resbackbones.engine.checkpoint import load_checkpoint
-
-TOOL = str(REPO / "tools" / "train_cls.py")
 
 KILL_SHIM = r'''
 import io, os, runpy, signal, sys
@@ -77,28 +71,11 @@ def tool_args(data, out):
             "train.tensorboard=false", "ema.enabled=true", "ema.warmup_steps=3"]
 
 
-def flat(state, prefix=""):
-    out = {}
-    if isinstance(state, torch.Tensor):
-        out[prefix] = state
-    elif isinstance(state, dict):
-        for key, value in state.items():
-            out.update(flat(value, f"{prefix}/{key}"))
-    elif isinstance(state, (list, tuple)):
-        for i, value in enumerate(state):
-            out.update(flat(value, f"{prefix}/{i}"))
-    return out
-
-
 def test_kill9_inside_checkpoint_writes(tmp_path):
     data = write_image_folder(tmp_path / "shapes", train_per_class=12, val_per_class=3)  # 7 it/epoch of 16
     shim = tmp_path / "kill_shim.py"
     shim.write_text(KILL_SHIM)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-
-    reference = subprocess.run([sys.executable, TOOL, *tool_args(data, tmp_path / "ref")], capture_output=True,
-                               text=True, env=env, timeout=600)
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    run_ok([sys.executable, TOOL, *tool_args(data, tmp_path / "ref")])
 
     out = tmp_path / "killed"
     last = out / "checkpoints" / "last.pt"
@@ -107,7 +84,7 @@ def test_kill9_inside_checkpoint_writes(tmp_path):
     for attempt, (mode, nth) in enumerate(plan):
         cmd = [sys.executable, str(shim), TOOL, *tool_args(data, out)] + (["--resume"] if attempt else [])
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=dict(env, KILL_MODE=mode, KILL_AT=str(nth), KILL_LOG=str(log)))
+                                env=train_env(KILL_MODE=mode, KILL_AT=str(nth), KILL_LOG=str(log)))
         _, stderr = proc.communicate(timeout=600)
         assert proc.returncode == -signal.SIGKILL, (mode, proc.returncode, stderr[-3000:])
         completed = [int(x) for x in log.read_text().split()]
@@ -121,23 +98,12 @@ def test_kill9_inside_checkpoint_writes(tmp_path):
         leftovers = sorted(p.name for p in last.parent.iterdir() if ".tmp-" in p.name)
         assert leftovers == ([] if mode == "after_rename" else [f".last.pt.tmp-{proc.pid}"]), (mode, leftovers)
 
-    final = subprocess.run([sys.executable, TOOL, *tool_args(data, out), "--resume"], capture_output=True,
-                           text=True, env=env, timeout=600)
-    assert final.returncode == 0, final.stderr[-3000:]
+    final = run_ok([sys.executable, TOOL, *tool_args(data, out), "--resume"])
     assert "resumed from" in final.stdout
     stale = sorted(p.name for p in last.parent.iterdir() if ".tmp-" in p.name)
     assert not stale, stale
 
-    ref_state = torch.load(tmp_path / "ref" / "checkpoints" / "last.pt", weights_only=True)
-    got_state = torch.load(last, weights_only=True)
-    assert got_state["global_iter"] == ref_state["global_iter"] == 14
-    for part in ("model", "optimizer", "ema", "scheduler"):
-        ref, got = flat(ref_state[part]), flat(got_state[part])
-        assert ref.keys() == got.keys(), part
-        differing = [k for k in ref if not torch.equal(ref[k], got[k])]
-        assert not differing, f"{part}: {differing[:5]}"
-    ref_rows = list(csv.DictReader(open(tmp_path / "ref" / "metrics.csv")))
-    got_rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert [r["epoch"] for r in got_rows] == ["1", "2"]
-    for column in ("train_loss", "train_top1", "val_top1", "val_loss", "lr"):
-        assert [r[column] for r in ref_rows] == [r[column] for r in got_rows], column
+    assert_same_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt", last,
+                           ("model", "optimizer", "ema", "scheduler"), global_iter=14)
+    assert_same_metrics(tmp_path / "ref", out, epochs=["1", "2"],
+                        columns=("train_loss", "train_top1", "val_top1", "val_loss", "lr"))

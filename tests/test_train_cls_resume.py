@@ -4,20 +4,15 @@ Both runs are tools/train_cls.py subprocesses on a tiny synthetic ImageFolder (w
 4-iteration checkpoint period, so kills land both mid-epoch and at epoch ends. Every tensor of the final
 model, optimizer and EMA state is compared with torch.equal, and the per-epoch train losses must match exactly.
 """
-import csv
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-import torch
 
-from conftest import REPO
+from helpers_training import TOOL, assert_same_checkpoint, assert_same_metrics, run_ok, train_env
 from resbackbones.data.synthetic_cls import write_image_folder
-
-TOOL = str(REPO / "tools" / "train_cls.py")
 
 
 def args_for(data, out):
@@ -27,24 +22,6 @@ def args_for(data, out):
             "ema.enabled=true", "ema.warmup_steps=5", "solver.label_smoothing=0.1", "solver.clip_grad_norm=5.0"]
 
 
-def env():
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-
-
-def flat(state, prefix=""):
-    """Every tensor in a nested checkpoint (dicts/lists), keyed by path."""
-    out = {}
-    if isinstance(state, torch.Tensor):
-        out[prefix] = state
-    elif isinstance(state, dict):
-        for key, value in state.items():
-            out.update(flat(value, f"{prefix}/{key}"))
-    elif isinstance(state, (list, tuple)):
-        for i, value in enumerate(state):
-            out.update(flat(value, f"{prefix}/{i}"))
-    return out
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     # 10 classes x 12 = 120 train images -> 7 iterations/epoch of 16.
@@ -52,16 +29,14 @@ def data(tmp_path_factory):
 
 
 def test_kill9_and_resume_is_bit_identical(data, tmp_path):
-    reference = subprocess.run(args_for(data, tmp_path / "ref"), capture_output=True, text=True, env=env(),
-                               timeout=600)
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    run_ok(args_for(data, tmp_path / "ref"))
 
     out = tmp_path / "killed"
     last = out / "checkpoints" / "last.pt"
     kills, seen = 0, 0.0
     for attempt in range(6):
         cmd = args_for(data, out) + (["--resume"] if attempt else [])
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=train_env())
         # Kill as soon as a checkpoint newer than the one we resumed from appears.
         while proc.poll() is None:
             if last.is_file() and last.stat().st_mtime > seen and kills < 2:
@@ -78,16 +53,7 @@ def test_kill9_and_resume_is_bit_identical(data, tmp_path):
     assert proc.returncode == 0 and kills == 2, (kills, proc.returncode)
     assert "resumed from" in proc.stdout.read()
 
-    ref_state = torch.load(tmp_path / "ref" / "checkpoints" / "last.pt", weights_only=True)
-    got_state = torch.load(last, weights_only=True)
-    assert got_state["global_iter"] == ref_state["global_iter"] == 21
-    for part in ("model", "optimizer", "ema", "scheduler"):
-        ref, got = flat(ref_state[part]), flat(got_state[part])
-        assert ref.keys() == got.keys(), part
-        differing = [k for k in ref if not torch.equal(ref[k], got[k])]
-        assert not differing, f"{part}: {differing[:5]}"
-    ref_rows = list(csv.DictReader(open(tmp_path / "ref" / "metrics.csv")))
-    got_rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert [r["epoch"] for r in got_rows] == ["1", "2", "3"]
-    for column in ("train_loss", "train_top1", "val_top1", "val_loss", "lr"):
-        assert [r[column] for r in ref_rows] == [r[column] for r in got_rows], column
+    assert_same_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt", last,
+                           ("model", "optimizer", "ema", "scheduler"), global_iter=21)
+    assert_same_metrics(tmp_path / "ref", out, epochs=["1", "2", "3"],
+                        columns=("train_loss", "train_top1", "val_top1", "val_loss", "lr"))
