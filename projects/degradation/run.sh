@@ -21,10 +21,9 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 cd "$ROOT"
-PY="${PYTHON:-}"
-if [[ -z "$PY" ]]; then
-  if [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"; else PY=python; fi
-fi
+# shellcheck source=../_common.sh
+source "$HERE/../_common.sh"   # rb_python, rb_train_each (the resume/DONE-marker loop)
+PY="$(rb_python "$ROOT")"
 CIFAR10="${CIFAR10:-$ROOT/../shared/data/cifar10}"
 RUNS="${DEG_RUNS:-$HERE/runs}"
 RESULTS="${DEG_RESULTS:-$HERE/results}"
@@ -42,23 +41,11 @@ extra=()
 [[ -n "${DEG_VAL_SUBSET:-}" ]] && extra+=("data.val_subset=$DEG_VAL_SUBSET")
 [[ -n "${DEG_THREADS:-}" ]] && extra+=("train.threads=$DEG_THREADS")
 
-for model in $MODELS; do
-  out="$RUNS/$model"
-  if [[ -f "$out/DONE" ]]; then
-    echo "== $model: already finished ($out/DONE); delete that file to retrain"
-    continue
-  fi
-  resume=()
-  if [[ -f "$out/checkpoints/last.pt" ]]; then
-    resume=(--resume)
-    echo "== $model: resuming from $out/checkpoints/last.pt"
-  else
-    echo "== $model: training"
-  fi
-  start=$(date +%s)
-  "$PY" tools/train_cls.py --config "$HERE/configs/cifar_$model.yaml" --data "$CIFAR10" --output "$out" \
-    ${resume[@]+"${resume[@]}"} ${extra[@]+"${extra[@]}"}
-  echo "$(( $(date +%s) - start ))" > "$out/DONE"   # wall seconds of the last (resumed) session
-done
+train_one() {  # train_one MODEL OUT
+  "$PY" tools/train_cls.py --config "$HERE/configs/cifar_$1.yaml" --data "$CIFAR10" --output "$2" \
+    ${RB_RESUME[@]+"${RB_RESUME[@]}"} ${extra[@]+"${extra[@]}"}
+}
+# shellcheck disable=SC2086  # MODELS is a word list
+rb_train_each "$RUNS" checkpoints/last.pt seconds train_one $MODELS
 
 "$PY" "$HERE/summarize.py" --runs "$RUNS" --results "$RESULTS" --models $MODELS

@@ -22,10 +22,9 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 cd "$ROOT"
-PY="${PYTHON:-}"
-if [[ -z "$PY" ]]; then
-  if [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"; else PY=python; fi
-fi
+# shellcheck source=../_common.sh
+source "$HERE/../_common.sh"   # rb_python, rb_train_each (the resume/DONE-marker loop)
+PY="$(rb_python "$ROOT")"
 BCCD="${BCCD:-$ROOT/../shared/data/bccd}"
 RUNS="${VVR_RUNS:-$HERE/runs}"
 RESULTS="${VVR_RESULTS:-$HERE/results}"
@@ -50,22 +49,11 @@ fi
 [[ -n "${VVR_MIN_SIZE:-}" ]] && extra+=("model.input.min_size=[$VVR_MIN_SIZE]" "model.input.max_size=$(( VVR_MIN_SIZE * 7 / 5 ))")
 [[ -n "${VVR_THREADS:-}" ]] && extra+=("train.num_threads=$VVR_THREADS")
 
-for backbone in $BACKBONES; do
-  out="$RUNS/$backbone"
-  if [[ -f "$out/DONE" ]]; then
-    echo "== $backbone: already finished ($out/DONE); delete that file to retrain"
-    continue
-  fi
-  resume=()
-  if [[ -f "$out/last.pt" ]]; then
-    resume=(--resume)
-    echo "== $backbone: resuming from $out/last.pt"
-  else
-    echo "== $backbone: training"
-  fi
-  "$PY" tools/train_det.py --config "$HERE/configs/bccd_$backbone.yaml" --output "$out" \
-    ${resume[@]+"${resume[@]}"} "${extra[@]}"
-  date -u +%FT%TZ > "$out/DONE"
-done
+train_one() {  # train_one BACKBONE OUT
+  "$PY" tools/train_det.py --config "$HERE/configs/bccd_$1.yaml" --output "$2" \
+    ${RB_RESUME[@]+"${RB_RESUME[@]}"} "${extra[@]}"
+}
+# shellcheck disable=SC2086  # BACKBONES is a word list
+rb_train_each "$RUNS" last.pt date train_one $BACKBONES
 
 "$PY" "$HERE/summarize.py" --runs "$RUNS" --results "$RESULTS" --backbones $BACKBONES
