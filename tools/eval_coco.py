@@ -40,8 +40,6 @@ def parse_args(argv=None):
 
 def run_checkpoint(args) -> str:
     """Build the model of --config, load --checkpoint, detect on every --gt image; returns the results json path."""
-    import pickle
-
     import torch
 
     from resbackbones.config import ConfigError, load_config
@@ -50,6 +48,7 @@ def run_checkpoint(args) -> str:
     from resbackbones.detection.train_config import DetTrainConfig
     from resbackbones.evaluation.coco_results import category_mapping, to_coco_results
     from resbackbones.weights import WeightsError, load_state_dict
+    from resbackbones.weights.io import torch_load_refusing_code
 
     if not args.config or not args.images:
         raise CocoEvalError("--checkpoint needs --config (its training config) and --images (the --gt image folder)")
@@ -60,12 +59,10 @@ def run_checkpoint(args) -> str:
     gt = load_json(args.gt, "ground-truth")
     try:
         cfg = load_config(DetTrainConfig, args.config, overrides=list(args.opts) + ["model.backbone.weights="])
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        state = torch_load_refusing_code(args.checkpoint, error=CocoEvalError, what="checkpoint ",
+                                         file_kind="checkpoint")
         model = build_detector(cfg.model)
         load_state_dict(model, state.get("model", state), source=str(args.checkpoint))
-    except pickle.UnpicklingError:  # weights_only refused a pickled global: nothing ran
-        raise CocoEvalError(f"refused to load checkpoint {args.checkpoint}: it carries pickled objects that could "
-                            f"run code; nothing was executed") from None
     except (ConfigError, WeightsError, RuntimeError) as error:
         raise CocoEvalError(str(error).splitlines()[0]) from None
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else

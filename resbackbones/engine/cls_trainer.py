@@ -34,7 +34,7 @@ from ..evaluation.classification import evaluate_classifier
 from .device import amp_dtype, autocast, grad_scaler, resolve_device, set_deterministic
 from .ema import ModelEMA
 from .metrics_log import CURVES_NAME, MetricsLogger, plot_error_curves
-from .optim import build_optimizer, build_scheduler, weight_penalty
+from .optim import build_optimizer_for, build_scheduler, weight_penalty
 from .tool_errors import TrainingDiverged, clip_and_check_grads  # TrainingDiverged: also imported from here
 
 METRIC_COLUMNS = ("epoch", "iter", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr",
@@ -189,9 +189,7 @@ class ClsTrainer:
     def _build_solver(self) -> None:
         s = self.cfg.solver
         self.lr = s.lr * s.batch_size / s.reference_batch_size if s.reference_batch_size else s.lr
-        self.optimizer = build_optimizer(self.model, name=s.optimizer, lr=self.lr, momentum=s.momentum,
-                                         weight_decay=s.weight_decay, nesterov=s.nesterov,
-                                         norm_bias_decay=s.norm_bias_decay)
+        self.optimizer = build_optimizer_for(self.model, s, lr=self.lr)
         self.schedule = self._schedule_iters()
         self.max_iter = self.schedule["max_iter"]
         self.epochs = math.ceil(self.max_iter / self.iters_per_epoch)

@@ -26,7 +26,7 @@ from .det_curves import plot_det_curves
 from .device import autocast, grad_scaler, resolve_device
 from .distributed import init_distributed
 from .metrics_log import MetricsLogger
-from .optim import build_optimizer, make_lr_lambda
+from .optim import build_optimizer_for, make_lr_lambda
 from .tool_errors import TrainingDiverged, clip_and_check_grads  # TrainingDiverged: also imported from here
 
 LAST = "last.pt"
@@ -84,9 +84,7 @@ class DetTrainer:
             self._check_classes(self.train_set, "train")
         self._check_classes(self.val_set, "val")
         self.model = build_detector(cfg.model).to(self.device)
-        self.optimizer = build_optimizer(self.model, name=cfg.solver.optimizer, lr=cfg.solver.base_lr,
-                                         momentum=cfg.solver.momentum, weight_decay=cfg.solver.weight_decay,
-                                         nesterov=cfg.solver.nesterov, norm_bias_decay=cfg.solver.norm_bias_decay)
+        self.optimizer = build_optimizer_for(self.model, cfg.solver, lr=cfg.solver.base_lr)
         s = cfg.solver
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, make_lr_lambda(
             max_iter=s.max_iter, policy=s.policy, steps=s.steps, gamma=s.gamma, warmup_iters=s.warmup_iters,
