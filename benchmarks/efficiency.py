@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""How close our ResNet-50 forward gets to this machine's fp32 matrix-multiply peak, and how its time grows with
-batch size and image size.
+"""How close our ResNet-50 forward gets to this machine's fp32 (and bf16) matrix-multiply peak, and how its time
+grows with batch size and image size.
 
-1. GEMM peak: torch.mm of two N x N fp32 matrices (default 2048), best of several calls, 2 N^3 FLOPs each.
+1. GEMM peak: torch.mm of two N x N fp32 (bf16) matrices (default 2048), best of several calls, 2 N^3 FLOPs each.
+   The bf16 peak over torchvision's eager fp32 GFLOP/s bounds what any bf16 inference path can gain over it.
 2. ResNet-50 forward (eval, fp32, eager, and our fast inference path): FLOPs = 2 x MACs from
    resbackbones.utils.flops.count_macs (convolutions + linear, the papers' convention: 4.1 G MACs at 224 px);
    achieved GFLOP/s = FLOPs / median time; the fraction of the GEMM peak says how much the convolutions lose
@@ -37,10 +38,10 @@ def median_time(fn, *, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def gemm_gflops(n: int, repeats: int) -> float:
-    """Best fp32 GFLOP/s of torch.mm on n x n matrices (best, not median: the peak the hardware can reach)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
+def gemm_gflops(n: int, repeats: int, dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of torch.mm on n x n matrices of `dtype` (best, not median: the peak the hardware can reach)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    out = torch.empty(n, n, dtype=dtype)
     torch.mm(a, b, out=out)
     best = float("inf")
     for _ in range(max(3, repeats)):
@@ -69,13 +70,16 @@ def main(argv=None) -> int:
 
     model = rb.build_classifier("resnet50").eval()
     fast = rb.optimize_for_inference(model)
+    fast_bf16 = rb.optimize_for_inference(model, dtype=torch.bfloat16)
     macs_224 = count_macs(model, (1, 3, 224, 224))
     peak = gemm_gflops(args.gemm_size, args.repeats)
+    peak_bf16 = gemm_gflops(args.gemm_size, args.repeats, torch.bfloat16)
 
     images = torch.randn(args.batch, 3, 224, 224)
     with torch.inference_mode():
         eager_s = median_time(lambda: model(images), warmup=args.warmup, repeats=args.repeats)
         fast_s = median_time(lambda: fast(images), warmup=args.warmup, repeats=args.repeats)
+        bf16_s = median_time(lambda: fast_bf16(images), warmup=args.warmup, repeats=args.repeats)
     flops = 2 * macs_224 * args.batch
     rows = [
         {"benchmark": f"fp32 GEMM peak (torch.mm {args.gemm_size}^2)", "gflops": peak, "fraction_of_peak": 1.0},
@@ -83,6 +87,11 @@ def main(argv=None) -> int:
          "fraction_of_peak": flops / eager_s / 1e9 / peak, "seconds": eager_s},
         {"benchmark": f"ResNet-50 forward fp32 fast path, batch {args.batch}, 224 px",
          "gflops": flops / fast_s / 1e9, "fraction_of_peak": flops / fast_s / 1e9 / peak, "seconds": fast_s},
+        {"benchmark": f"bf16 GEMM peak (torch.mm {args.gemm_size}^2), as a fraction of the fp32 peak",
+         "gflops": peak_bf16, "fraction_of_peak": peak_bf16 / peak},
+        {"benchmark": f"ResNet-50 forward bf16 fast path, batch {args.batch}, 224 px (vs fp32 peak)",
+         "gflops": flops / bf16_s / 1e9, "fraction_of_peak": flops / bf16_s / 1e9 / peak, "seconds": bf16_s,
+         "fraction_of_bf16_peak": flops / bf16_s / 1e9 / peak_bf16},
     ]
 
     batch_times, size_times = [], []
@@ -95,10 +104,14 @@ def main(argv=None) -> int:
             size_times.append(median_time(lambda: model(x), warmup=args.warmup, repeats=args.repeats))
 
     print(f"ResNet-50: {macs_224 / 1e9:.2f} G MACs per 224 px image; {torch.get_num_threads()} torch threads")
-    print(f"| {'measure':<56} | {'GFLOP/s':>8} | {'of GEMM peak':>12} |")
-    print(f"|{'-' * 58}|{'-' * 10}|{'-' * 14}|")
+    print(f"| {'measure':<66} | {'GFLOP/s':>8} | {'of GEMM peak':>12} |")
+    print(f"|{'-' * 68}|{'-' * 10}|{'-' * 14}|")
     for r in rows:
-        print(f"| {r['benchmark']:<56} | {r['gflops']:>8.1f} | {100 * r['fraction_of_peak']:>11.1f}% |")
+        print(f"| {r['benchmark']:<66} | {r['gflops']:>8.1f} | {100 * r['fraction_of_peak']:>11.1f}% |")
+    eager_gflops = rows[1]["gflops"]
+    print(f"\nbf16 fast path: {100 * rows[4]['fraction_of_bf16_peak']:.1f} % of the bf16 GEMM peak; the bf16 peak is "
+          f"{peak_bf16 / eager_gflops:.2f}x the eager fp32 forward's GFLOP/s (the most any bf16 path can gain over "
+          f"it), the fast path gains {eager_s / bf16_s:.2f}x")
     print("\nbatch sweep (224 px): " + ", ".join(f"bs{b} {t:.3f}s ({b / t:.1f} img/s)"
                                               for b, t in zip(args.batches, batch_times)))
     print(f"size sweep (batch {args.size_batch}): " + ", ".join(f"{s}px {t:.3f}s" for s, t in zip(args.sizes, size_times)))

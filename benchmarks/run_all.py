@@ -7,7 +7,7 @@ same inputs (median of repeats after warm-up, computed by the individual scripts
   detectron2_vs_ours.py  Mask R-CNN vs detectron2 (only when detectron2 is importable)
   coco_eval.py      COCO bbox + segm evaluation vs pycocotools and faster-coco-eval, 12 stats identical
   train_cls.py      classification training and data pipelines vs torchvision (transforms v2, PIL)
-  efficiency.py     ResNet-50 GFLOP/s vs the measured fp32 GEMM peak; time vs batch / image size (PNG)
+  efficiency.py     ResNet-50 GFLOP/s vs the measured fp32 / bf16 GEMM peaks; time vs batch / image size (PNG)
 
     python benchmarks/run_all.py                 # full run (tens of minutes on 2 CPU cores)
     python benchmarks/run_all.py --quick         # small sizes, a few minutes: checks that everything runs
@@ -67,8 +67,8 @@ def number(text: str) -> float:
 
 
 class Runner:
-    def __init__(self, out: Path, timeout: int, collect: bool = False):
-        self.out, self.timeout, self.collect = out, timeout, collect
+    def __init__(self, out: Path, timeout: int, collect: bool = False, missing_ok: bool = False):
+        self.out, self.timeout, self.collect, self.missing_ok = out, timeout, collect, missing_ok
         (out / "logs").mkdir(parents=True, exist_ok=True)
         self.rows, self.failures = [], []
 
@@ -77,7 +77,8 @@ class Runner:
         log = self.out / "logs" / f"{name}.txt"
         if self.collect:  # table from the logs of an earlier (or interrupted) run
             if not log.is_file():
-                self.failures.append(f"{name} (no log)")
+                if not self.missing_ok:
+                    self.failures.append(f"{name} (no log)")
                 return ""
             return log.read_text()
         start = time.time()
@@ -118,9 +119,12 @@ def main(argv=None) -> int:
     quick = args.quick
     repeats = args.repeats or (2 if quick else 5)
     coco_images = args.coco_images or (200 if quick else 5000)
-    parts = set(args.only or ["backbone", "detection", "detectron2", "coco_eval", "train_cls", "efficiency"])
+    every_part = ["backbone", "detection", "detectron2", "coco_eval", "train_cls", "efficiency"]
+    parts = set(args.only or every_part)
     out = args.out
     runner = Runner(out, args.timeout, collect=args.collect)
+    # With --only, the other parts' rows come from their logs of an earlier run, so the table stays whole.
+    from_logs = Runner(out, args.timeout, collect=True, missing_ok=True)
     local = threading.local()
 
     def add(*row):
@@ -133,7 +137,7 @@ def main(argv=None) -> int:
         for arch in ("resnet18", "resnet50", "resnet101"):
             batch = args.backbone_batch or (2 if quick else 8)
             size = args.backbone_size or (160 if quick else 224)
-            text = runner.run(f"backbone_{arch}", [HERE / "backbone.py", "--arch", arch, "--batch", batch,
+            text = local.runner.run(f"backbone_{arch}", [HERE / "backbone.py", "--arch", arch, "--batch", batch,
                                                    "--repeats", repeats, "--size", size])
             measured = re.search(r"batch (\d+), (\d+)px", text)  # what the log says was run (--collect)
             if measured:
@@ -145,7 +149,7 @@ def main(argv=None) -> int:
 
     def part_detection():
         size = args.det_size or (["192", "256"] if quick else ["512", "640"])
-        text = runner.run("detection", [HERE / "detection.py", "--repeats", repeats, "--size", *size, "--skip-eval"])
+        text = local.runner.run("detection", [HERE / "detection.py", "--repeats", repeats, "--size", *size, "--skip-eval"])
         for cells in table_rows(text):
             name, ref, ours, ratio = cells[:4]
             add("detection", f"{name}, 2 images {size[0]}x{size[1]}", number(ours), number(ref), "s",
@@ -156,7 +160,7 @@ def main(argv=None) -> int:
             add("detection", "Mask R-CNN R50-FPN vs detectron2", None, None, "s", None,
                 "skipped: detectron2 is not installed (scripts/install_detectron2.sh)")
         else:
-            text = runner.run("detectron2", [HERE / "detectron2_vs_ours.py", "--repeats", repeats, "--images", 2,
+            text = local.runner.run("detectron2", [HERE / "detectron2_vs_ours.py", "--repeats", repeats, "--images", 2,
                                              "--short-side", 320 if quick else 512])
             rows = [line.split() for line in text.splitlines() if line.startswith("[median]")]
             times = {" ".join(r[1:-5]): (float(r[-4]), float(r[-3])) for r in rows[1:]}  # model: (train s, infer s)
@@ -170,7 +174,7 @@ def main(argv=None) -> int:
 
     def part_coco_eval():
         json_path = out / "logs" / "coco_eval.json"
-        runner.run("coco_eval", [HERE / "coco_eval.py", "--images", coco_images, "--json", json_path])
+        local.runner.run("coco_eval", [HERE / "coco_eval.py", "--images", coco_images, "--json", json_path])
         if json_path.is_file():
             for r in json.loads(json_path.read_text()):
                 add("COCO eval", r["benchmark"], r["ours"], r["reference"], "s", r["speedup"],
@@ -178,7 +182,7 @@ def main(argv=None) -> int:
                     ",".join(r["differing"]))
 
     def part_train_cls():
-        text = runner.run("train_cls", [HERE / "train_cls.py", "--images", 128 if quick else 512,
+        text = local.runner.run("train_cls", [HERE / "train_cls.py", "--images", 128 if quick else 512,
                                         "--repeats", min(repeats, 3), "--out", out / "logs" / "train_cls_run"])
         for cells in table_rows(text):
             name, ours, ref, ratio = cells[:4]
@@ -191,14 +195,16 @@ def main(argv=None) -> int:
         eff_args = ["--repeats", max(2, repeats - 2), "--png", out / "efficiency.png", "--json", json_path]
         if quick:
             eff_args += ["--batch", 2, "--batches", 1, 2, 4, "--sizes", 128, 224, 320]
-        runner.run("efficiency", [HERE / "efficiency.py", *eff_args])
+        local.runner.run("efficiency", [HERE / "efficiency.py", *eff_args])
         if json_path.is_file():
             eff = json.loads(json_path.read_text())
             for r in eff["rows"]:
-                add("efficiency", r["benchmark"], r["gflops"], None, "GFLOP/s", None,
-                    f"{100 * r['fraction_of_peak']:.1f} % of the GEMM peak")
+                note = f"{100 * r['fraction_of_peak']:.1f} % of the fp32 GEMM peak"
+                if "fraction_of_bf16_peak" in r:
+                    note += f", {100 * r['fraction_of_bf16_peak']:.1f} % of the bf16 GEMM peak"
+                add("efficiency", r["benchmark"], r["gflops"], None, "GFLOP/s", None, note)
 
-    chosen = [n for n in ("backbone", "detection", "detectron2", "coco_eval", "train_cls", "efficiency") if n in parts]
+    chosen = every_part
     collected = {n: [] for n in chosen}
     every = {"backbone": part_backbone, "detection": part_detection, "detectron2": part_detectron2,
              "coco_eval": part_coco_eval, "train_cls": part_train_cls, "efficiency": part_efficiency}
@@ -206,10 +212,14 @@ def main(argv=None) -> int:
 
     def run_part(name):
         local.rows = collected[name]
+        local.runner = runner if name in parts else from_logs
         functions[name]()
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        list(pool.map(run_part, chosen))
+        list(pool.map(run_part, [n for n in chosen if n in parts]))
+    for name in chosen:
+        if name not in parts:
+            run_part(name)
     for name in chosen:
         runner.rows += collected[name]
 
@@ -224,6 +234,8 @@ def main(argv=None) -> int:
         f"(shared machine: absolute numbers are noisy, the ratios compare runs interleaved in the same process)",
         f"- parts run {args.jobs} at a time; each part interleaves ours and the reference in one process",
         f"- command: python benchmarks/run_all.py {' '.join(argv if argv is not None else sys.argv[1:])}",
+        *([f"- measured by this command: {', '.join(n for n in every_part if n in parts)}; the other rows come "
+           f"from their logs of an earlier run (logs/)"] if args.only and not args.collect else []),
         "- speed-up = reference time / our time (> 1: ours is faster); img/s rows: ours / reference",
         "",
         "| area | benchmark | ours | reference | unit | speed-up | note |",
@@ -236,7 +248,7 @@ def main(argv=None) -> int:
     for area, bench, ours, ref, unit, speedup, note in runner.rows:
         lines.append(f"| {area} | {bench} | {fmt(ours)} | {fmt(ref)} | {unit} | "
                      f"{'–' if speedup is None else f'{speedup:.2f}x'} | {note} |")
-    if "efficiency" in parts:
+    if collected["efficiency"]:
         lines += ["", "![ResNet-50 time vs batch and image size](efficiency.png)"]
     if runner.failures:
         lines += ["", "Failed parts: " + "; ".join(runner.failures)]
