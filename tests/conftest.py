@@ -24,6 +24,18 @@ def require_shared(relative: str) -> Path:
     return path
 
 
+def require_detectron2() -> None:
+    """Skip the calling test module when detectron2 is not installed; under CI (CI=true) fail instead, since CI
+    installs it (scripts/install_detectron2.sh) and a silent skip would hide a broken install."""
+    try:
+        import detectron2  # noqa: F401
+    except ImportError as error:
+        if ON_CI:
+            pytest.fail(f"detectron2 is not installed ({error}); CI must run scripts/install_detectron2.sh first")
+        pytest.skip("detectron2 is not installed (scripts/install_detectron2.sh installs it)",
+                    allow_module_level=True)
+
+
 @pytest.fixture
 def shared_path():
     return require_shared

@@ -6,20 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ON_CI, REPO
+from conftest import REPO, require_detectron2
 
 
-def _require_detectron2():
-    try:
-        import detectron2  # noqa: F401
-    except ImportError as error:
-        if ON_CI:
-            pytest.fail(f"detectron2 is not installed ({error}); CI must run scripts/install_detectron2.sh first")
-        pytest.skip("detectron2 is not installed (scripts/install_detectron2.sh installs it)",
-                    allow_module_level=True)
-
-
-_require_detectron2()
+require_detectron2()
 
 from detectron2.config import LazyConfig, get_cfg, instantiate  # noqa: E402
 from detectron2.model_zoo import get_config_file  # noqa: E402

@@ -6,20 +6,10 @@ import pickle
 import pytest
 import torch
 
-from conftest import ON_CI
+from conftest import require_detectron2
 
 
-def _require_detectron2():
-    try:
-        import detectron2  # noqa: F401
-    except ImportError as error:
-        if ON_CI:
-            pytest.fail(f"detectron2 is not installed ({error}); CI must run scripts/install_detectron2.sh first")
-        pytest.skip("detectron2 is not installed (scripts/install_detectron2.sh installs it)",
-                    allow_module_level=True)
-
-
-_require_detectron2()
+require_detectron2()
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
