@@ -23,14 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import resbackbones as rb  # noqa: E402
 from resbackbones.detection import DetectorConfig  # noqa: E402
-from resbackbones.weights.convert_torchvision import from_torchvision  # noqa: E402
-
-
-def _tv_to_ours(state):
-    body = {k[len("backbone.body."):]: v for k, v in state.items() if k.startswith("backbone.body.")}
-    ours = {"backbone.body." + k[len("backbone."):]: v for k, v in from_torchvision(body).items()}
-    ours.update({k: v for k, v in state.items() if not k.startswith("backbone.body.")})
-    return ours
+from resbackbones.weights.convert_torchvision import detector_from_torchvision  # noqa: E402
 
 
 def _models(mask: bool, size, device):
@@ -44,7 +37,7 @@ def _models(mask: bool, size, device):
     cfg.mask_head.enabled = mask
     cfg.input.min_size, cfg.input.max_size = (min(h, w),), max(h, w)
     ours = rb.build_detector(cfg)
-    ours.load_state_dict(_tv_to_ours(tv.state_dict()))
+    ours.load_state_dict(detector_from_torchvision(tv.state_dict()))
     return tv.to(device), ours.to(device)
 
 

@@ -14,7 +14,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 import resbackbones as rb
 from resbackbones.detection import DetectorConfig
-from resbackbones.weights.convert_torchvision import from_torchvision
+from resbackbones.weights import WeightsError
+from resbackbones.weights.convert_torchvision import detector_from_torchvision
 
 # Small, fast settings applied identically to both models.
 TV_KWARGS = dict(min_size=256, max_size=320, box_score_thresh=0.0, box_detections_per_img=50,
@@ -35,14 +36,6 @@ def _our_config(*, mask: bool, norm: str, freeze_at: int) -> DetectorConfig:
     cfg.rpn.pre_nms_top_n_test, cfg.rpn.post_nms_top_n_test = 300, 200
     cfg.roi_heads.batch_size_per_image = 64
     return cfg
-
-
-def tv_detector_to_ours(tv_state):
-    """torchvision detector state dict -> ours: backbone.body.* via from_torchvision, everything else as is."""
-    body = {k[len("backbone.body."):]: v for k, v in tv_state.items() if k.startswith("backbone.body.")}
-    ours = {"backbone.body." + k[len("backbone."):]: v for k, v in from_torchvision(body).items()}
-    ours.update({k: v for k, v in tv_state.items() if not k.startswith("backbone.body.")})
-    return ours
 
 
 def _inputs():
@@ -81,7 +74,7 @@ def _pair(mask: bool):
     tv = builder(weights=None, weights_backbone=None, **TV_KWARGS)
     _calibrate_bn(tv, images)
     ours = rb.build_detector(_our_config(mask=mask, norm="BN", freeze_at=0))
-    ours.load_state_dict(tv_detector_to_ours(tv.state_dict()), strict=True)
+    ours.load_state_dict(detector_from_torchvision(tv.state_dict()), strict=True)
     return tv, ours, images, targets
 
 
@@ -119,12 +112,12 @@ def test_frozen_bn_layout_matches_torchvision_pretrained_layout():
     state = {k: v for k, v in tv_bn.state_dict().items() if not k.endswith("num_batches_tracked")}
     tv.load_state_dict(state, strict=True)
     ours = rb.build_detector(_our_config(mask=True, norm="FrozenBN", freeze_at=2))
-    ours.load_state_dict(tv_detector_to_ours(tv.state_dict()), strict=True)
+    ours.load_state_dict(detector_from_torchvision(tv.state_dict()), strict=True)
 
     tv_trainable = {k for k, p in tv.named_parameters() if p.requires_grad}
     our_trainable = {k for k, p in ours.named_parameters() if p.requires_grad}
     full = tv.state_dict()
-    tagged = tv_detector_to_ours({k: torch.tensor([i]) for i, k in enumerate(full)})
+    tagged = detector_from_torchvision({k: torch.tensor([i]) for i, k in enumerate(full)})
     ours_name_of = {list(full)[int(v)]: k for k, v in tagged.items()}
     assert our_trainable == {ours_name_of[k] for k in tv_trainable}
 
@@ -177,3 +170,8 @@ def test_channels_last_equals_nchw_in_float64():
     expected_losses, got_losses = _losses(nchw, images, targets), _losses(nhwc, images, targets)
     for key in expected_losses:
         torch.testing.assert_close(got_losses[key], expected_losses[key], rtol=1e-9, atol=1e-12)
+
+
+def test_detector_from_torchvision_refuses_a_non_detector_state_dict():
+    with pytest.raises(WeightsError, match=r"no backbone\.body\.\* keys; first keys found: conv1\.weight"):
+        detector_from_torchvision(resnet50().state_dict())

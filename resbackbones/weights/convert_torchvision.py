@@ -79,6 +79,25 @@ def from_torchvision(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.
     return converted
 
 
+def detector_from_torchvision(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename a torchvision R-CNN state dict (fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn, ...: a ResNet-FPN
+    backbone) to rb.build_detector's names (layout "fpn").
+
+    backbone.body.* (the ResNet) is renamed as from_torchvision does, to backbone.body.stages.*; the FPN, RPN and
+    RoI heads are torchvision's own modules in both models, so their keys stay. Raises WeightsError when the state
+    dict has no backbone.body.* keys.
+    """
+    state_dict = _strip_module_prefix(state_dict)
+    prefix = "backbone.body."
+    body = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not body:
+        raise WeightsError("not a torchvision R-CNN state dict: no backbone.body.* keys; first keys found: "
+                           f"{', '.join(list(state_dict)[:5])}")
+    converted = {prefix + k[len("backbone."):]: v for k, v in from_torchvision(body).items()}
+    converted.update({k: v for k, v in state_dict.items() if not k.startswith(prefix)})
+    return converted
+
+
 def _strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     # (Distributed)DataParallel checkpoints prefix every key with "module.".
     if state_dict and all(k.startswith("module.") for k in state_dict):
