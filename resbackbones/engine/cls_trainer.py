@@ -35,7 +35,7 @@ from .device import amp_dtype, autocast, grad_scaler, resolve_device, set_determ
 from .ema import ModelEMA
 from .metrics_log import CURVES_NAME, MetricsLogger, plot_error_curves
 from .optim import build_optimizer_for, build_scheduler, weight_penalty
-from .tool_errors import TrainingDiverged, clip_and_check_grads  # TrainingDiverged: also imported from here
+from .tool_errors import TrainingDiverged, clip_and_check_grads, kept_checkpoint_note  # TrainingDiverged: also imported from here
 
 METRIC_COLUMNS = ("epoch", "iter", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr",
                   "epoch_time_s", "images_per_s")
@@ -276,8 +276,7 @@ class ClsTrainer:
     def _diverged(self, what: str, detail: str = "") -> NoReturn:
         """Raise TrainingDiverged with the one message shape of every divergence check (scripts and tests parse
         "iteration N" and "last good checkpoint is kept: PATH"): "<what> (<detail>; lr X); training stopped, ..."."""
-        last = self.output_dir / "checkpoints" / "last.pt"
-        kept = f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written yet"
+        kept = kept_checkpoint_note(self.output_dir / "checkpoints" / "last.pt")
         lr = f"lr {self.optimizer.param_groups[0]['lr']:.4g}"
         raise TrainingDiverged(
             f"{what} ({detail + '; ' if detail else ''}{lr}); training stopped, {kept}. "

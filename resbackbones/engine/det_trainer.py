@@ -27,7 +27,7 @@ from .device import autocast, grad_scaler, resolve_device
 from .distributed import init_distributed
 from .metrics_log import MetricsLogger
 from .optim import build_optimizer_for, make_lr_lambda
-from .tool_errors import TrainingDiverged, clip_and_check_grads  # TrainingDiverged: also imported from here
+from .tool_errors import TrainingDiverged, clip_and_check_grads, kept_checkpoint_note  # TrainingDiverged: also imported from here
 
 LAST = "last.pt"
 
@@ -192,12 +192,9 @@ class DetTrainer:
             # GradScaler, above, inf gradients are routine: the scaler skips that step and lowers its scale.)
             problem = clip_and_check_grads(self.model, clip)
             if problem is not None:
-                last = self.output / LAST
-                kept = (f"the last good checkpoint is kept: {last}" if last.is_file()
-                        else "no checkpoint was written yet")
                 raise TrainingDiverged(f"gradients are non-finite at iteration {self.iteration} ({problem}; loss "
-                                       f"{loss.item():.4g}); {kept}; lower solver.base_lr or raise "
-                                       f"solver.warmup_iters")
+                                       f"{loss.item():.4g}); {kept_checkpoint_note(self.output / LAST)}; lower "
+                                       f"solver.base_lr or raise solver.warmup_iters")
             self.optimizer.step()
         self.scheduler.step()
         row = {k: float(v.detach()) for k, v in losses.items()}

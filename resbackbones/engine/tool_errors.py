@@ -10,7 +10,9 @@ The divergence side lives here too: one `TrainingDiverged` class raised by both 
 engine.cls_trainer and engine.det_trainer), and `clip_and_check_grads`, the non-finite gradient check both
 trainers run before the optimizer step.
 """
+import os
 import sys
+from pathlib import Path
 from typing import Callable, Optional, Tuple, Type
 
 import torch
@@ -23,6 +25,13 @@ class TrainingDiverged(RuntimeError):
     The message names the iteration (and the loss terms or the first bad parameter); the tools print it as
     "error: <message>" and exit with status 3.
     """
+
+
+def kept_checkpoint_note(last: os.PathLike) -> str:
+    """The divergence messages' statement about the last checkpoint (scripts parse "last good checkpoint is
+    kept: PATH"): both trainers stop before writing a bad state, so the file on disk is the last good one."""
+    return (f"the last good checkpoint is kept: {last}" if Path(last).is_file()
+            else "no checkpoint was written yet")
 
 
 def one_line(error: BaseException) -> str:
