@@ -127,24 +127,19 @@ def sparse_roi_align(levels: List[Level], rois: Tensor, level_of_roi: Tensor, ou
 
     levels: [(features [N, C, H_l, W_l], spatial_scale_l)]; level_of_roi [R] in 0..len(levels)-1.
     """
-    indices, weights = [], []
-    offset = 0
-    for level, (feature, scale) in enumerate(levels):
-        n, _, h, w = feature.shape
-        # Taps of every RoI at every level would be wasted work: compute a level's taps for its own RoIs only,
-        # then scatter them back into RoI order.
-        idx = torch.where(level_of_roi == level)[0]
-        index, weight = bilinear_taps(rois[idx], scale, output_size, sampling_ratio, h, w)
-        indices.append((idx, index + offset))
-        weights.append(weight)
-        offset += n * h * w
     bins = output_size[0] * output_size[1]
     taps = sampling_ratio * sampling_ratio * 4
     index = torch.empty(rois.shape[0], bins, taps, dtype=torch.long, device=rois.device)
     weight = torch.empty(rois.shape[0], bins, taps, dtype=rois.dtype, device=rois.device)
-    for (idx, level_index), level_weight in zip(indices, weights):
-        index[idx] = level_index.view(-1, bins, taps)
+    offset = 0  # of the level's first row in the concatenated features
+    for level, (feature, scale) in enumerate(levels):
+        n, _, h, w = feature.shape
+        # Taps of every RoI at every level would be wasted work: each level computes the taps of its own RoIs.
+        idx = torch.where(level_of_roi == level)[0]
+        level_index, level_weight = bilinear_taps(rois[idx], scale, output_size, sampling_ratio, h, w)
+        index[idx] = (level_index + offset).view(-1, bins, taps)
         weight[idx] = level_weight.view(-1, bins, taps)
+        offset += n * h * w
     return _SparseRoIAlign.apply(index.view(-1, taps), weight.view(-1, taps), tuple(output_size),
                                  *[f for f, _ in levels])
 
