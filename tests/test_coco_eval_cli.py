@@ -108,3 +108,9 @@ def test_checkpoint_form_runs_the_model_then_evaluates(tmp_path, capsys):
     code, _, err = _main(capsys, "--checkpoint", tmp_path / "missing.pt", "--config", tmp_path / "cfg.yaml",
                          "--gt", GT, "--images", images)
     assert code == 2 and "checkpoint file not found" in err
+    code, _, err = _main(capsys, "--checkpoint", tmp_path / "last.pt", "--config", tmp_path / "cfg.yaml",
+                         "--gt", GT, "--images", images, "--device", "cuda:99")
+    assert code == 2 and "cuda:99" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = _main(capsys, "--checkpoint", tmp_path / "last.pt", "--config", tmp_path / "cfg.yaml",
+                         "--gt", GT, "--images", images, "--device", "gpu0")
+    assert code == 2 and "unknown device 'gpu0'" in err, err

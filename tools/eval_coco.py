@@ -46,6 +46,7 @@ def run_checkpoint(args) -> str:
     from resbackbones.data.folders import read_image
     from resbackbones.detection.builder import build_detector
     from resbackbones.detection.train_config import DetTrainConfig
+    from resbackbones.engine.device import resolve_device
     from resbackbones.evaluation.coco_results import category_mapping, to_coco_results
     from resbackbones.weights import WeightsError, load_state_dict
     from resbackbones.weights.io import torch_load_refusing_code
@@ -65,8 +66,10 @@ def run_checkpoint(args) -> str:
         load_state_dict(model, state.get("model", state), source=str(args.checkpoint))
     except (ConfigError, WeightsError, RuntimeError) as error:
         raise CocoEvalError(str(error).splitlines()[0]) from None
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:  # unknown device, or CUDA asked for on a machine without it
+        raise CocoEvalError(str(error)) from None
     model.to(device).eval()
     mapping = category_mapping(gt["categories"])
     results = []
