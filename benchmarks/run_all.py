@@ -204,11 +204,9 @@ def main(argv=None) -> int:
                     note += f", {100 * r['fraction_of_bf16_peak']:.1f} % of the bf16 GEMM peak"
                 add("efficiency", r["benchmark"], r["gflops"], None, "GFLOP/s", None, note)
 
-    chosen = every_part
-    collected = {n: [] for n in chosen}
-    every = {"backbone": part_backbone, "detection": part_detection, "detectron2": part_detectron2,
-             "coco_eval": part_coco_eval, "train_cls": part_train_cls, "efficiency": part_efficiency}
-    functions = {n: every[n] for n in chosen}
+    collected = {n: [] for n in every_part}
+    functions = {"backbone": part_backbone, "detection": part_detection, "detectron2": part_detectron2,
+                 "coco_eval": part_coco_eval, "train_cls": part_train_cls, "efficiency": part_efficiency}
 
     def run_part(name):
         local.rows = collected[name]
@@ -216,11 +214,10 @@ def main(argv=None) -> int:
         functions[name]()
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        list(pool.map(run_part, [n for n in chosen if n in parts]))
-    for name in chosen:
+        list(pool.map(run_part, [n for n in every_part if n in parts]))
+    for name in every_part:
         if name not in parts:
             run_part(name)
-    for name in chosen:
         runner.rows += collected[name]
 
     minutes = (time.time() - started) / 60
