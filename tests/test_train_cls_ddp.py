@@ -5,6 +5,7 @@ them global, runs only on GPUs in PyTorch). The model therefore uses GroupNorm (
 depend on the batch, so the only difference left is the order of floating-point sums in the gradient all-reduce.
 Data order and augmentation depend only on (seed, epoch, sample index): rank r of 2 gets samples r, r+2, ... of
 the same permutation, so the two ranks' half-batches together are exactly the single-process batch.
+Both runs are fp32 (train.amp=none): under bf16 autocast the two half-batches round differently from one batch.
 """
 import csv
 import os
@@ -20,7 +21,7 @@ from resbackbones.data.synthetic_cls import write_image_folder
 TOOL = str(REPO / "tools" / "train_cls.py")
 COMMON = ["--epochs", "2", "--batch-size", "16", "--workers", "0", "--device", "cpu", "model.arch=cifar_resnet",
           "model.options={depth: 8, widths: [8, 8, 16], norm: GN}", "train.progress=false",
-          "train.tensorboard=false", "solver.lr=0.05"]
+          "train.tensorboard=false", "solver.lr=0.05", "train.amp=none"]
 
 
 def env():

@@ -79,6 +79,7 @@ def _run(args: argparse.Namespace) -> int:
         trainer = DetTrainer(cfg, resume=args.resume)
         if trainer.dist.is_main and trainer.train_set is not None:
             print(trainer.train_set.describe())
+            print(f"amp: {trainer.amp} ({trainer.amp_reason})", flush=True)
         result = trainer.fit()
     if trainer.dist.is_main:
         _print_result(result, trainer)

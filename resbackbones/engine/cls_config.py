@@ -94,7 +94,9 @@ class EMAConfig:
 class TrainConfig:
     output_dir: str = "output/cls_default"
     device: str = "auto"
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    # auto: bf16 on CPUs with native bf16 and on CUDA GPUs of compute capability >= 8.0, fp16 on older GPUs,
+    # none otherwise (engine/device.resolve_amp); none / bf16 / fp16 force a mode.
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     seed: int = 0
     deterministic: bool = False
     eval_period: int = 1                       # epochs between evaluations (the last epoch always evaluates)

@@ -31,7 +31,7 @@ from .checkpoint import CheckpointManager, find_last_checkpoint, load_checkpoint
 from .cls_config import ClsConfig
 from .data_loading import ResumableSampler, make_loader
 from ..evaluation.classification import evaluate_classifier
-from .device import amp_dtype, autocast, grad_scaler, resolve_device, set_deterministic
+from .device import amp_dtype, autocast, grad_scaler, resolve_amp, resolve_device, set_deterministic
 from .ema import ModelEMA
 from .metrics_log import CURVES_NAME, MetricsLogger, plot_error_curves
 from .optim import build_optimizer_for, build_scheduler, weight_penalty
@@ -72,6 +72,7 @@ class ClsTrainer:
         self.cfg = cfg
         self.output_dir = Path(cfg.train.output_dir)
         self.device = resolve_device(cfg.train.device)
+        self.amp, self.amp_reason = resolve_amp(cfg.train.amp, self.device)
         self.dist = dist_utils.init_distributed(self.device)
         self.is_main = self.dist.is_main
         _set_threads(cfg.train.threads, self.device, deterministic=cfg.train.deterministic, verbose=self.is_main)
@@ -194,7 +195,7 @@ class ClsTrainer:
         self.max_iter = self.schedule["max_iter"]
         self.epochs = math.ceil(self.max_iter / self.iters_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, **self.schedule)
-        self.scaler = grad_scaler(self.device, self.cfg.train.amp)
+        self.scaler = grad_scaler(self.device, self.amp)
         if self.cfg.ema.enabled:
             self.ema = ModelEMA(self.model, decay=self.cfg.ema.decay, warmup_steps=self.cfg.ema.warmup_steps)
 
@@ -304,7 +305,7 @@ class ClsTrainer:
             if self.iter_in_epoch >= iters_this_epoch:
                 break
             images, targets = self._to_device(images, targets)
-            with autocast(self.device, cfg.train.amp):
+            with autocast(self.device, self.amp):
                 logits = self.train_model(images)
             loss = self._loss(logits, targets)
             self._check_finite(loss)
@@ -375,10 +376,8 @@ class ClsTrainer:
         Evaluates the EMA weights when EMA is enabled. Ten-crop batches [N, 10, 3, h, w] average the crops' logits.
         """
         model = model if model is not None else (self.ema.module if self.ema is not None else self.model)
-        if self.device.type == "cpu" and self.cfg.train.amp == "fp16":
-            raise ValueError("amp=fp16 is for CUDA; on CPU use amp=bf16 or amp=none")
         metrics = evaluate_classifier(model, self.val_loader, self.device,
-                                      autocast_dtype=amp_dtype(self.cfg.train.amp),
+                                      autocast_dtype=amp_dtype(self.amp),
                                       channels_last=self.cfg.model.channels_last)
         return {"val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"],
                 "val_count": metrics["count"]}
@@ -391,6 +390,7 @@ class ClsTrainer:
                   f"{self.epochs} epochs x {self.iters_per_epoch} it, batch {cfg.solver.batch_size} "
                   f"({self.dist.world_size} process(es)), lr {self.lr:g}, device {self.device}, "
                   f"output {self.output_dir}", flush=True)
+            print(f"amp: {self.amp} ({self.amp_reason})", flush=True)
         row: Dict[str, float] = {}
         while self.global_iter < self.max_iter:
             stats = self.train_one_epoch()

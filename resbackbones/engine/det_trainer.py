@@ -23,7 +23,7 @@ from ..detection.builder import build_detector
 from ..detection.train_config import DetTrainConfig, default_iou_types
 from .checkpoint import find_last_checkpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .det_curves import plot_det_curves
-from .device import autocast, grad_scaler, resolve_device
+from .device import autocast, grad_scaler, resolve_amp, resolve_device
 from .distributed import init_distributed
 from .metrics_log import MetricsLogger
 from .optim import build_optimizer_for, make_lr_lambda
@@ -65,8 +65,8 @@ class DetTrainer:
             torch.set_num_threads(tcfg.num_threads)
         self.device = resolve_device(tcfg.device)
         self.dist = init_distributed(self.device)
-        self.amp = ("fp16" if self.device.type == "cuda" else "none") if tcfg.amp == "auto" else tcfg.amp
-        autocast(self.device, self.amp)  # validates amp for this device (fp16 on CPU is refused) before any work
+        # Validated for this device (fp16 on CPU is refused) before any work.
+        self.amp, self.amp_reason = resolve_amp(tcfg.amp, self.device)
         torch.manual_seed(tcfg.seed + self.dist.rank)
         self.output = Path(tcfg.output_dir)
         self.iou_types = default_iou_types(cfg)
