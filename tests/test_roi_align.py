@@ -93,14 +93,48 @@ def test_one_level_equals_roi_align():
     torch.testing.assert_close(g_ours, g_ref, rtol=0, atol=1e-12)
 
 
-def test_unsupported_cases_use_torchvision_unchanged():
-    """Adaptive sampling (ratio 0) and bfloat16 features (CPU autocast) take torchvision's kernel: identical results."""
+def test_adaptive_sampling_uses_torchvision_unchanged():
+    """Adaptive sampling (ratio 0) takes torchvision's kernel: identical results."""
     boxes = _boxes(torch.float32)
     feats = _features(torch.float32)
     ref = MultiScaleRoIAlign(LEVELS, 7, 0)(feats, boxes, [IMAGE, IMAGE])
     assert torch.equal(FastMultiScaleRoIAlign(LEVELS, 7, 0)(feats, boxes, [IMAGE, IMAGE]), ref)
-    half = {k: v.bfloat16() for k, v in feats.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_reduced_precision_features_are_pooled_in_float32(dtype, channels_last):
+    """bf16 / fp16 features (CPU autocast) take the sparse path with float32 maths: output and gradients are
+    torchvision's float32 result on the same (rounded) features, rounded once to the features' dtype (error <= half
+    an ulp), with or without autocast (autocast must not push the product itself down to bf16)."""
+    boxes = _boxes(torch.float32)
+    low = {k: v.to(dtype) for k, v in _features(torch.float32, channels_last=channels_last).items()}
+    wide = {k: v.float().requires_grad_() for k, v in low.items()}
+    ref = MultiScaleRoIAlign(LEVELS, 7, 2)(wide, boxes, [IMAGE, IMAGE])
+    probe = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    ref_grads = torch.autograd.grad((ref * probe.float()).sum(), list(wide.values()))
+    half_ulp = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -11  # relative, round to nearest
+
+    def within_rounding(ours, reference, atol):
+        return bool(((ours.float() - reference).abs() <= half_ulp * reference.abs() + atol).all())
+
+    for autocast in (False, True):
+        inputs = {k: v.clone().requires_grad_() for k, v in low.items()}
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            ours = FastMultiScaleRoIAlign(LEVELS, 7, 2)(inputs, boxes, [IMAGE, IMAGE])
+        grads = torch.autograd.grad((ours * probe).sum(), list(inputs.values()))
+        assert ours.dtype == dtype and all(g.dtype == dtype for g in grads)
+        assert within_rounding(ours, ref, 1e-6), f"values, autocast={autocast}"
+        for level, g_ref, g_ours in zip(LEVELS, ref_grads, grads):
+            assert within_rounding(g_ours, g_ref, 1e-5), f"gradient of {level}, autocast={autocast}"
+
+
+def test_bfloat16_matches_torchvision_autocast_kernel():
+    """Under CPU autocast torchvision computes roi_align in float32 and rounds to bf16: ours agrees to 1 bf16 ulp."""
+    boxes = _boxes(torch.float32)
+    half = {k: v.bfloat16() for k, v in _features(torch.float32).items()}
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ref = MultiScaleRoIAlign(LEVELS, 7, 2)(half, boxes, [IMAGE, IMAGE])
         ours = FastMultiScaleRoIAlign(LEVELS, 7, 2)(half, boxes, [IMAGE, IMAGE])
-    assert torch.equal(ours, ref)
+    assert ours.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), ref.float(), rtol=2.0 ** -7, atol=1e-6)

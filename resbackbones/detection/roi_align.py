@@ -10,8 +10,11 @@ rows of C channels (channels_last order, so a channels_last input is read withou
 
 The sampling rule (bin grid, the -1 / size bounds, clamping at the border, min RoI size 1, aligned=False) is
 torchvision's roi_align CPU kernel's, so outputs agree to float rounding (the summation order differs).
-Used on CPU for float32/float64 with a fixed sampling_ratio > 0; other cases (CUDA, adaptive sampling ratio, half
-precision, scripting/tracing) go to torchvision's op unchanged.
+bfloat16 / float16 features (CPU autocast) are read into the float32 rows the product needs anyway (one pass that
+also does the level concatenation), the taps are computed from float32 RoIs and the sums accumulate in float32: the
+result is torchvision's autocast roi_align (float32 maths, output in the features' dtype) up to float rounding.
+Used on CPU for float32/float64/bfloat16/float16 with a fixed sampling_ratio > 0; other cases (CUDA, adaptive
+sampling ratio, scripting/tracing) go to torchvision's op unchanged.
 """
 from typing import Dict, List, Tuple
 
@@ -22,6 +25,7 @@ from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setu
 
 # One feature level: (feature map [N, C, H, W], spatial scale = 1 / stride).
 Level = Tuple[Tensor, float]
+_SPARSE_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def _axis_taps(coord: Tensor, size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -89,43 +93,71 @@ def _sparse(rows: Tensor, cols: Tensor, values: Tensor, shape: Tuple[int, int]) 
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, shape, check_invariants=False)
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the sparse product runs in for features of `dtype`: float64 stays, everything else float32 (bf16 /
+    fp16 sums of up to 16 taps would lose the precision torchvision's kernel keeps)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _as_rows(tensors: List[Tensor], dtype: torch.dtype) -> Tensor:
+    """[N, C, H, W] tensors -> one [sum N * H * W, C] matrix of `dtype` (rows in NHWC order).
+
+    One tensor already of `dtype` in channels_last memory is returned as a view (no copy); otherwise each tensor is
+    copied once into its slice, converting the dtype in the same pass.
+    """
+    channels = tensors[0].shape[1]
+    if len(tensors) == 1 and tensors[0].dtype == dtype:
+        return tensors[0].permute(0, 2, 3, 1).reshape(-1, channels)
+    total = sum(t.shape[0] * t.shape[2] * t.shape[3] for t in tensors)
+    rows = torch.empty(total, channels, dtype=dtype, device=tensors[0].device)
+    start = 0
+    for t in tensors:
+        n, _, h, w = t.shape
+        rows[start:start + n * h * w].view(n, h, w, channels).copy_(t.permute(0, 2, 3, 1))
+        start += n * h * w
+    return rows
+
+
 class _SparseRoIAlign(torch.autograd.Function):
     """out [R, C, PH, PW] = S @ F over every level's features, grads via S^T (no grad to the box coordinates,
-    as in torchvision: proposals are detached)."""
+    as in torchvision: proposals are detached). S and the product are in the weights' dtype (float32 / float64);
+    the output and the feature gradients are in the features' dtype."""
 
     @staticmethod
     def forward(ctx, index: Tensor, weight: Tensor, output_size: Tuple[int, int], *features: Tensor) -> Tensor:
         channels = features[0].shape[1]
-        rows_of = [f.permute(0, 2, 3, 1).reshape(-1, channels) for f in features]
-        flat = rows_of[0] if len(rows_of) == 1 else torch.cat(rows_of)
+        flat = _as_rows(list(features), weight.dtype)
         row = torch.arange(index.shape[0], device=index.device).repeat_interleave(index.shape[1])
         ctx.save_for_backward(index, weight, row)
         ctx.shapes = [f.shape for f in features]
+        ctx.dtype = features[0].dtype
         ctx.total = flat.shape[0]
-        out = torch.sparse.mm(_sparse(row, index.reshape(-1), weight.reshape(-1), (index.shape[0], flat.shape[0])),
-                              flat)
+        with torch.autocast("cpu", enabled=False):  # autocast would run the product itself in bf16
+            out = torch.sparse.mm(_sparse(row, index.reshape(-1), weight.reshape(-1), (index.shape[0], flat.shape[0])),
+                                  flat)
         num_rois = index.shape[0] // (output_size[0] * output_size[1])
-        return out.reshape(num_rois, output_size[0], output_size[1], channels).permute(0, 3, 1, 2)
+        return out.reshape(num_rois, output_size[0], output_size[1], channels).permute(0, 3, 1, 2).to(ctx.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         index, weight, row = ctx.saved_tensors
-        channels = grad.shape[1]
-        grad_rows = grad.permute(0, 2, 3, 1).reshape(-1, channels)
-        flat = torch.sparse.mm(_sparse(index.reshape(-1), row, weight.reshape(-1), (ctx.total, index.shape[0])),
-                               grad_rows)
+        grad_rows = _as_rows([grad], weight.dtype)
+        with torch.autocast("cpu", enabled=False):
+            flat = torch.sparse.mm(_sparse(index.reshape(-1), row, weight.reshape(-1), (ctx.total, index.shape[0])),
+                                   grad_rows)
         grads, start = [], 0
         for n, c, h, w in ctx.shapes:
-            grads.append(flat[start:start + n * h * w].reshape(n, h, w, c).permute(0, 3, 1, 2))
+            grads.append(flat[start:start + n * h * w].reshape(n, h, w, c).permute(0, 3, 1, 2).to(ctx.dtype))
             start += n * h * w
         return (None, None, None, *grads)
 
 
 def sparse_roi_align(levels: List[Level], rois: Tensor, level_of_roi: Tensor, output_size: Tuple[int, int],
                      sampling_ratio: int) -> Tensor:
-    """RoIAlign (aligned=False) of rois [R, 5] from their assigned levels -> [R, C, PH, PW] (CPU, float).
+    """RoIAlign (aligned=False) of rois [R, 5] from their assigned levels -> [R, C, PH, PW] (CPU).
 
-    levels: [(features [N, C, H_l, W_l], spatial_scale_l)]; level_of_roi [R] in 0..len(levels)-1.
+    levels: [(features [N, C, H_l, W_l], spatial_scale_l)]; level_of_roi [R] in 0..len(levels)-1. rois float32 or
+    float64: the taps and the sums are computed in that dtype; the output has the features' dtype.
     """
     bins = output_size[0] * output_size[1]
     taps = sampling_ratio * sampling_ratio * 4
@@ -154,7 +186,7 @@ class FastMultiScaleRoIAlign(MultiScaleRoIAlign):
     def _use_sparse(self, features: List[Tensor]) -> bool:
         f = features[0]
         return (not torch.jit.is_scripting() and not torch.jit.is_tracing() and f.device.type == "cpu"
-                and all(x.dtype in (torch.float32, torch.float64) and x.dtype == f.dtype for x in features)
+                and all(x.dtype in _SPARSE_DTYPES and x.dtype == f.dtype for x in features)
                 and self.sampling_ratio > 0)
 
     def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
@@ -164,7 +196,8 @@ class FastMultiScaleRoIAlign(MultiScaleRoIAlign):
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
                                                           self.canonical_level)
-        rois = _convert_to_roi_format(boxes).to(features[0].dtype)
+        # RoI corners in float32 even for bf16 features: bf16 would move a 500-pixel coordinate by up to 2 px.
+        rois = _convert_to_roi_format(boxes).to(compute_dtype(features[0].dtype))
         if len(features) == 1:
             level_of_roi = torch.zeros(rois.shape[0], dtype=torch.long)
         else:
