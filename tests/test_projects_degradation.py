@@ -1,4 +1,5 @@
-"""projects/degradation: run.sh trains with tools/train_cls.py, resumes, and writes the summary table + curves.
+"""projects/degradation: run.sh trains with tools/train_cls.py, resumes, publishes each final model as a
+self-describing .safetensors and writes the summary table + curves.
 
 A tiny schedule (2 epochs of 2 iterations, two of the four nets) on a 120-image CIFAR-10 folder cut from the real
 test.tar; the summarizer itself is also checked on all four models with known metrics.
@@ -10,6 +11,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
 from conftest import REPO, require_shared
 
 PROJECT = REPO / "projects" / "degradation"
@@ -52,12 +54,16 @@ def test_run_sh_tiny_schedule_trains_resumes_and_summarizes(tmp_path):
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     with (tmp_path / "results" / "summary.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["model", "iters", "final_train_err", "final_test_err"]
+    assert list(rows[0]) == ["model", "iters", "final_train_err", "final_test_err", "eval_train_err",
+                             "eval_test_err", "train_wall_s"]
     assert [r["model"] for r in rows] == ["plain20", "resnet20"]
     for row in rows:
         assert int(row["iters"]) == 4  # 2 epochs x (32 images / batch 16)
-        assert 0.0 <= float(row["final_train_err"]) <= 100.0 and 0.0 <= float(row["final_test_err"]) <= 100.0
+        for key in ("final_train_err", "final_test_err", "eval_train_err", "eval_test_err"):
+            assert 0.0 <= float(row[key]) <= 100.0, (key, row)
     assert (tmp_path / "results" / "fig6_cifar.png").stat().st_size > 10_000
+    _check_published(tmp_path / "results" / "checkpoints" / "resnet20.safetensors", "cifar_resnet20",
+                     rows[1]["eval_test_err"])
 
     # Finished models are skipped; an unfinished one (no DONE marker, a checkpoint) resumes with --resume.
     (tmp_path / "runs" / "resnet20" / "DONE").unlink()
@@ -67,6 +73,21 @@ def test_run_sh_tiny_schedule_trains_resumes_and_summarizes(tmp_path):
     assert "resnet20: resuming" in second.stdout
     with (tmp_path / "results" / "summary.csv").open() as handle:
         assert [r["iters"] for r in csv.DictReader(handle)] == ["4", "4"]
+
+
+def _check_published(path: Path, arch: str, test_err: str) -> None:
+    """The published file rebuilds its model from its own metadata and carries its eval-mode numbers."""
+    import resbackbones as rb
+
+    state, raw = rb.weights.load_with_metadata(path)
+    meta = rb.weights.WeightsMetadata.from_dict(raw)
+    assert (meta.arch, meta.num_classes, meta.input_format, meta.pixel_scale) == (arch, 10, "RGB", 1.0)
+    assert meta.pixel_mean == pytest.approx((0.4914, 0.4822, 0.4465)) and len(meta.pixel_std) == 3
+    model = rb.build_classifier(meta.arch, num_classes=meta.num_classes)
+    model.load_state_dict(state)  # strict: every tensor present, nothing extra
+    assert float(raw["test_top1"]) == pytest.approx(100.0 - float(test_err), abs=0.005)
+    assert raw["test_count"] == "40" and raw["train_count"] == "80" and raw["test500_count"] == "2"
+    assert raw["epochs"] == "2" and raw["iterations"] == "4" and int(raw["train_wall_s"]) >= 0
 
 
 def test_run_sh_names_a_missing_dataset(tmp_path):
@@ -88,7 +109,8 @@ def test_summarize_all_four_models(tmp_path):
     with (tmp_path / "out" / "summary.csv").open() as handle:
         rows = {r["model"]: r for r in csv.DictReader(handle)}
     assert list(rows) == ["plain20", "plain56", "resnet20", "resnet56"]
-    assert rows["plain56"] == {"model": "plain56", "iters": "80", "final_train_err": "40.00", "final_test_err": "44.00"}
+    assert rows["plain56"] == {"model": "plain56", "iters": "80", "final_train_err": "40.00", "final_test_err": "44.00",
+                               "eval_train_err": "", "eval_test_err": "", "train_wall_s": ""}
     curves = (tmp_path / "out" / "curves.csv").read_text().splitlines()
     assert curves[0] == "model,iter,train_err,test_err" and "plain20,40,80.00," in curves
 
@@ -107,6 +129,6 @@ def test_summarize_compares_at_the_last_common_iteration(tmp_path):
         (runs / model / "metrics.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     assert summarize.main(["--runs", str(runs), "--results", str(out), "--models", "plain20", "plain56"]) == 0
-    assert (out / "summary.csv").read_text().splitlines()[1:] == ["plain20,80,65.00,70.00", "plain56,40,85.00,86.00"]
+    assert (out / "summary.csv").read_text().splitlines()[1:] == ["plain20,80,65.00,70.00,,,", "plain56,40,85.00,86.00,,,"]
     assert (out / "common_iter.csv").read_text().splitlines()[1:] == ["plain20,40,80.00,78.00",
                                                                        "plain56,40,85.00,86.00"]

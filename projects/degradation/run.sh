@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Degradation experiment (He et al. 2015, Fig. 6 / Table 6): plain-20, plain-56, ResNet-20, ResNet-56 on CIFAR-10
-# with tools/train_cls.py and the CPU-scaled paper recipe (configs/cifar_cpu_base.yaml), then the table and curves.
+# with tools/train_cls.py and one protocol for the four (configs/cifar_cpu_base.yaml), then each final model is
+# published (publish.py: results/checkpoints/<model>.safetensors, evaluated in eval mode on all train and test
+# images) and the table and curves are written.
 #
 #   bash projects/degradation/run.sh                       # all four, then results/summary.csv + results/*.png
 #   CIFAR10=/path/to/cifar10 bash projects/degradation/run.sh
@@ -11,11 +13,12 @@
 #   DEG_RUNS          where the runs are written (git-ignored)                  [projects/degradation/runs]
 #   DEG_RESULTS       where summary.csv and the PNGs are written                [projects/degradation/results]
 #   DEG_MODELS        subset of "plain20 plain56 resnet20 resnet56"
-#   DEG_EPOCHS        logged epochs per run                                     [config: 8]
-#   DEG_TRAIN_SUBSET  train images per logged epoch                              [config: 1280 = 40 iterations]
-#   DEG_VAL_SUBSET    test images evaluated after each epoch                     [config: 500]
-#   DEG_BATCH         batch size (lr stays 0.1)                                  [config: 32]
-#   DEG_THREADS       torch CPU threads                                          [config: 1]
+#   DEG_PROTOCOL      "paper": the paper's full schedule (configs/paper/, 64k iterations; a GPU job)  [CPU protocol]
+#   DEG_EPOCHS        epochs per run                                            [config: 20]
+#   DEG_TRAIN_SUBSET  train images per epoch                                    [config: all 50,000]
+#   DEG_VAL_SUBSET    test images evaluated after each epoch                    [config: all 10,000]
+#   DEG_BATCH         batch size (lr stays 0.1)                                 [config: 128]
+#   DEG_THREADS       torch CPU threads                                         [config: torch's default]
 #   PYTHON            interpreter                                                [.venv/bin/python if present]
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,8 +28,8 @@ cd "$ROOT"
 source "$HERE/../_common.sh"   # rb_python, rb_train_each (the resume/DONE-marker loop)
 PY="$(rb_python "$ROOT")"
 CIFAR10="${CIFAR10:-$ROOT/../shared/data/cifar10}"
-RUNS="${DEG_RUNS:-$HERE/runs}"
-RESULTS="${DEG_RESULTS:-$HERE/results}"
+RUNS="${DEG_RUNS:-$HERE/runs${DEG_PROTOCOL:+/$DEG_PROTOCOL}}"
+RESULTS="${DEG_RESULTS:-$HERE/results${DEG_PROTOCOL:+/$DEG_PROTOCOL}}"
 MODELS="${DEG_MODELS:-plain20 plain56 resnet20 resnet56}"
 
 if [[ ! -e "$CIFAR10" ]]; then
@@ -41,11 +44,24 @@ extra=()
 [[ -n "${DEG_VAL_SUBSET:-}" ]] && extra+=("data.val_subset=$DEG_VAL_SUBSET")
 [[ -n "${DEG_THREADS:-}" ]] && extra+=("train.threads=$DEG_THREADS")
 
+CONFIGS="$HERE/configs${DEG_PROTOCOL:+/$DEG_PROTOCOL}"
+if [[ ! -f "$CONFIGS/cifar_resnet20.yaml" ]]; then
+  echo "error: DEG_PROTOCOL='${DEG_PROTOCOL:-}' has no configs in $CONFIGS (use 'paper' or leave it unset)" >&2
+  exit 2
+fi
+
 train_one() {  # train_one MODEL OUT
-  "$PY" tools/train_cls.py --config "$HERE/configs/cifar_$1.yaml" --data "$CIFAR10" --output "$2" \
+  "$PY" tools/train_cls.py --config "$CONFIGS/cifar_$1.yaml" --data "$CIFAR10" --output "$2" \
     ${RB_RESUME[@]+"${RB_RESUME[@]}"} ${extra[@]+"${extra[@]}"}
 }
 # shellcheck disable=SC2086  # MODELS is a word list
 rb_train_each "$RUNS" checkpoints/last.pt seconds train_one $MODELS
+
+for model in $MODELS; do  # publish each final model once (again when its run has a newer checkpoint)
+  published="$RESULTS/checkpoints/$model.safetensors"
+  if [[ ! -f "$published" || "$RUNS/$model/checkpoints/last.pt" -nt "$published" ]]; then
+    "$PY" "$HERE/publish.py" --run "$RUNS/$model" --out "$published" --data "$CIFAR10"
+  fi
+done
 
 "$PY" "$HERE/summarize.py" --runs "$RUNS" --results "$RESULTS" --models $MODELS

@@ -4,13 +4,19 @@
     python projects/degradation/summarize.py --runs output/degradation --results projects/degradation/results
 
 Inputs: RUNS/<model>/metrics.csv for model in plain20, plain56, resnet20, resnet56 (one row per epoch, columns
-epoch, iter, train_top1, val_top1, ... in percent). Outputs in RESULTS/:
-  summary.csv   model,iters,final_train_err,final_test_err   (errors in percent, last logged epoch)
+epoch, iter, train_top1, val_top1, ... in percent), and, when present, the published weights
+RESULTS/checkpoints/<model>.safetensors (publish.py) whose metadata holds the final model's accuracy in eval mode.
+Outputs in RESULTS/:
+  summary.csv   model,iters,final_train_err,final_test_err,eval_train_err,eval_test_err,train_wall_s
+                (errors in percent; final_*: last logged epoch, training error over its augmented images in train
+                mode; eval_*: the published final weights in eval mode, fp32, no augmentation, on all training /
+                test images - the numbers the degradation claims are checked on; empty before publishing)
   curves.csv    model,iter,train_err,test_err                 (every logged epoch: the data behind the plots)
-  common_iter.csv  the same columns as summary.csv at the last iteration that every run has reached (equal
+  common_iter.csv  summary.csv's first four columns at the last iteration that every run has reached (equal
                    when all runs finished; the fair comparison when a run was stopped early and not yet resumed)
-  fig6_cifar.png  paper Fig. 6 style: plain nets left, ResNets right; thin = training error, bold = test error
-Training error is the running error over each logged epoch (augmented images, train mode), as in the paper's plots.
+  fig6_cifar.png  paper Fig. 6 style: plain nets left, ResNets right; solid = training error, dashed = test error
+Training error in the curves is the running error over each logged epoch (augmented images, train mode), as in
+the paper's plots.
 """
 import argparse
 import csv
@@ -18,7 +24,9 @@ import sys
 from pathlib import Path
 
 MODELS = ("plain20", "plain56", "resnet20", "resnet56")
-SUMMARY_COLUMNS = ("model", "iters", "final_train_err", "final_test_err")
+SUMMARY_COLUMNS = ("model", "iters", "final_train_err", "final_test_err", "eval_train_err", "eval_test_err",
+                   "train_wall_s")
+COMMON_COLUMNS = SUMMARY_COLUMNS[:4]
 PAPER_TEST_ERR = {"resnet20": 8.75, "resnet56": 6.97}  # He et al. 2015, Table 6 (original CIFAR-10 test set)
 
 
@@ -44,16 +52,33 @@ def read_curve(path: Path):
     return curve
 
 
+def published_errors(path: Path) -> dict:
+    """eval_train_err / eval_test_err / train_wall_s from a publish.py file's metadata ({} when not published)."""
+    if not path.is_file():
+        return {}
+    from resbackbones.weights import load_with_metadata
+
+    _, meta = load_with_metadata(path)
+    try:
+        return {"eval_train_err": f"{100.0 - float(meta['train_top1']):.2f}",
+                "eval_test_err": f"{100.0 - float(meta['test_top1']):.2f}", "train_wall_s": meta["train_wall_s"]}
+    except KeyError as missing:
+        raise SummaryError(f"{path} lacks the metadata key {missing}: publish it with projects/degradation/publish.py")
+
+
 def write_summary(curves, results: Path) -> list:
-    """summary.csv (last logged epoch of each run) and curves.csv; returns the summary rows."""
+    """summary.csv (last logged epoch of each run + the published weights' eval numbers) and curves.csv."""
     summary = []
     for model, curve in curves.items():
         tested = [point for point in curve if point[2] is not None]
         if not tested:
             raise SummaryError(f"run {model} has no test evaluation in its metrics.csv")
         it, train_err, test_err = tested[-1]
-        summary.append({"model": model, "iters": it, "final_train_err": f"{train_err:.2f}",
-                        "final_test_err": f"{test_err:.2f}"})
+        row = dict.fromkeys(SUMMARY_COLUMNS, "")
+        row.update({"model": model, "iters": it, "final_train_err": f"{train_err:.2f}",
+                    "final_test_err": f"{test_err:.2f}"})
+        row.update(published_errors(results / "checkpoints" / f"{model}.safetensors"))
+        summary.append(row)
     with (results / "summary.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
@@ -77,14 +102,29 @@ def write_common(curves, results: Path) -> list:
         rows = [{"model": m, "iters": it, "final_train_err": f"{tested[m][it][1]:.2f}",
                  "final_test_err": f"{tested[m][it][2]:.2f}"} for m in curves]
     with (results / "common_iter.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=COMMON_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     return rows
 
 
+def check_claims(summary):
+    """The paper's three CIFAR-10 claims on the published weights (eval mode) -> [(claim, holds)]; [] if unpublished."""
+    err = {r["model"]: r for r in summary if r.get("eval_train_err")}
+    claims = []
+
+    def compare(kind, deeper, shallower, text):
+        if deeper in err and shallower in err:
+            claims.append((text, float(err[deeper][kind]) > float(err[shallower][kind])))
+
+    compare("eval_train_err", "plain56", "plain20", "plain-56 has higher training error than plain-20 (degradation)")
+    compare("eval_train_err", "resnet20", "resnet56", "ResNet-56 has lower training error than ResNet-20")
+    compare("eval_test_err", "resnet20", "resnet56", "ResNet-56 has lower test error than ResNet-20")
+    return claims
+
+
 def plot(curves, path: Path) -> None:
-    """Two panels like the paper's Fig. 6 (left: plain-20/56, right: ResNet-20/56); thin = train, bold = test."""
+    """Two panels like the paper's Fig. 6 (left: plain-20/56, right: ResNet-20/56); solid = train, dashed = test."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,18 +138,18 @@ def plot(curves, path: Path) -> None:
             if not curve:
                 continue
             its = [p[0] for p in curve]
-            ax.plot(its, [p[1] for p in curve], color=colors[depth], linewidth=0.9, linestyle="--",
+            ax.plot(its, [p[1] for p in curve], color=colors[depth], linewidth=1.6,
                     label=f"{family}-{depth} train")
             tested = [p for p in curve if p[2] is not None]
-            ax.plot([p[0] for p in tested], [p[2] for p in tested], color=colors[depth], linewidth=2.4,
-                    label=f"{family}-{depth} test")
+            ax.plot([p[0] for p in tested], [p[2] for p in tested], color=colors[depth], linewidth=1.6,
+                    linestyle="--", label=f"{family}-{depth} test")
         ax.set_title(f"CIFAR-10, {title}")
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
         if ax.get_lines():  # a panel whose models were not run stays empty, without a legend
             ax.legend(fontsize=8)
     axes[0].set_ylabel("error (%)")
-    fig.suptitle("thin dashed: training error, bold: test error (paper Fig. 6 style)", fontsize=9)
+    fig.suptitle("solid: training error (augmented, train mode), dashed: test error (paper Fig. 6 style)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -138,6 +178,8 @@ def main(argv=None) -> int:
     if common and any(int(r["iters"]) != common[0]["iters"] for r in summary):
         print(f"at the last common iteration {common[0]['iters']}: " + ", ".join(
             f"{r['model']} train {r['final_train_err']} % / test {r['final_test_err']} %" for r in common))
+    for claim, holds in check_claims(summary):
+        print(f"{'holds' if holds else 'NOT shown'}: {claim}")
     print(f"wrote {results / 'summary.csv'}, {results / 'curves.csv'}, {results / 'fig6_cifar.png'}")
     return 0
 
