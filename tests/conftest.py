@@ -11,6 +11,9 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Nothing downloads during tests: "torchvision:<ENUM>" weights resolve only from files a test places in its own
+# TORCH_HOME (subprocesses inherit this).
+os.environ["RESBACKBONES_OFFLINE"] = "1"
 
 
 def require_shared(relative: str) -> Path:

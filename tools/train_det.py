@@ -7,8 +7,10 @@
     python tools/train_det.py --config C --eval-only --weights OUTPUT/last.pt   # COCO bbox (+ segm) stats
     python tools/train_det.py --config C solver.max_iter=200 solver.base_lr=0.01   # any config key=value
 
---weights: backbone weights for training (a .safetensors from tools/train_cls.py --export, or a converted
-torchvision / detectron2 checkpoint; model.backbone.weights), or with --eval-only a checkpoint of this tool.
+--weights: backbone weights for training (model.backbone.weights): torchvision:<ENUM> (e.g. torchvision:IMAGENET1K_V1,
+from torchvision's cache in $TORCH_HOME, downloaded unless RESBACKBONES_OFFLINE=1) or a file (tools/train_cls.py
+--export or checkpoint, ours, torchvision .pth, detectron2 .pkl); their metadata sets the input normalisation.
+With --eval-only: a checkpoint of this tool.
 Writes OUTPUT/{config.yaml, last.pt, metrics.csv, metrics.jsonl, tensorboard/, curves.png, eval.json}.
 Exit codes: 0 ok, 2 user error (one line on stderr), 3 training diverged (NaN/inf loss or gradients).
 """

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .base import Backbone
-from .registry import build_backbone
+from .registry import WeightsReference, build_backbone, check_options
 
 LOGITS = "logits"
 
@@ -46,15 +46,26 @@ class FeatureClassifier(Classifier):
 
 
 def build_classifier(
-    name: str, num_classes: int = 1000, *, out_features: Optional[Sequence[str]] = None, **options
+    name: str, num_classes: int = 1000, *, out_features: Optional[Sequence[str]] = None,
+    weights: Optional[WeightsReference] = None, **options
 ) -> Classifier:
     """Build `name` with its classification head.
 
     out_features None -> forward returns logits [N, num_classes]; a sequence of stage names and/or "logits" ->
     forward returns a dict with those entries. Other options go to the backbone builder (norm, freeze_at, ...).
+    weights: as for build_backbone; the backbone loads strictly, the head's tensors load where their shapes fit
+    (ImageNet weights into a 10-class model: the last layer stays initialised, for fine-tuning).
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"build_classifier({name!r}): num_classes must be a positive int, got {num_classes!r}")
+    resolved = None
+    if weights:
+        # weights/ reads the backbone tables (VGG conv counts), so it is imported here, not at module level.
+        from ..weights.pretrained import adopt_conventions, load_classifier
+        from ..weights.resolve import resolve_weights
+
+        resolved = resolve_weights(weights, arch=name)
+        options = adopt_conventions(name, resolved, options, check_options(name, options))
     backbone = build_backbone(name, out_features=None, **options)
     stages = backbone.stage_names
     wanted = list(out_features) if out_features is not None else [LOGITS]
@@ -65,6 +76,7 @@ def build_classifier(
     backbone_features = [s for s in stages if s in wanted] + [stages[-1]]
     backbone.select_out_features(backbone_features)
     head = backbone.build_classifier_head(num_classes)
-    if out_features is None:
-        return Classifier(backbone, head)
-    return FeatureClassifier(backbone, head, wanted)
+    model = Classifier(backbone, head) if out_features is None else FeatureClassifier(backbone, head, wanted)
+    if resolved is not None:
+        load_classifier(model, resolved, name=name)
+    return model

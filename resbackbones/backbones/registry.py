@@ -1,8 +1,9 @@
 """Name -> builder table for every backbone, with errors that list the valid choices."""
 import difflib
 import inspect
+import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 from .base import Backbone
 
@@ -16,6 +17,7 @@ class BackboneEntry:
 
 
 _REGISTRY: Dict[str, BackboneEntry] = {}
+WeightsReference = Union[str, os.PathLike]
 
 
 def register_backbone(name: str, *, family: str, description: str = ""):
@@ -51,12 +53,8 @@ def builder_options(name: str) -> List[str]:
     return [p for p, spec in params.items() if spec.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
-def build_backbone(name: str, **options) -> Backbone:
-    """Build a registered backbone, e.g. build_backbone("resnet50", out_features=("res4", "res5"), freeze_at=2).
-
-    An unknown name or option raises ValueError listing what is valid.
-    """
-    entry = get_entry(name)
+def check_options(name: str, options: Mapping[str, Any]) -> List[str]:
+    """The valid builder options of `name`; ValueError listing them (and the closest) for any unknown one."""
     valid = builder_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
@@ -65,7 +63,31 @@ def build_backbone(name: str, **options) -> Backbone:
             close = difflib.get_close_matches(key, valid, n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ValueError(f"backbone {name!r}: unknown option(s) {', '.join(hints)}; valid: {', '.join(valid)}")
-    return entry.builder(**options)
+    return valid
+
+
+def build_backbone(name: str, *, weights: Optional[WeightsReference] = None, **options) -> Backbone:
+    """Build a registered backbone, e.g. build_backbone("resnet50", out_features=("res4", "res5"), freeze_at=2).
+
+    weights: None / "" (random init), "torchvision:<ENUM>" (e.g. "torchvision:IMAGENET1K_V2", "torchvision:DEFAULT";
+    torchvision's cache under $TORCH_HOME, downloaded unless RESBACKBONES_OFFLINE=1) or a file (ours, torchvision
+    .pth, detectron2 .pkl, a tools/train_cls.py checkpoint or --export); see rb.weights.resolve_weights. Loaded
+    strictly; the weights' stride placement is adopted unless stride_in_1x1 is given, and their WeightsMetadata is
+    kept as `backbone.weights_metadata`. An unknown name or option raises ValueError listing what is valid; bad
+    weights raise rb.weights.WeightsError.
+    """
+    entry = get_entry(name)
+    valid = check_options(name, options)
+    if not weights:
+        return entry.builder(**options)
+    # weights/ reads the backbone tables (VGG conv counts), so it is imported here, not at module level.
+    from ..weights.pretrained import adopt_conventions, load_backbone
+    from ..weights.resolve import resolve_weights
+
+    resolved = resolve_weights(weights, arch=name)
+    backbone = entry.builder(**adopt_conventions(name, resolved, options, valid))
+    load_backbone(backbone, resolved, name=name)
+    return backbone
 
 
 def _ensure_registered() -> None:

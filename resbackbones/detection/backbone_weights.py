@@ -1,91 +1,65 @@
-"""Load backbone weights into a detector's backbone from any of the layouts users have, strictly.
+"""What a detector takes from its backbone weights: the input conventions, and whether it can train at all.
 
-Accepted (after rb.weights.load, which never runs pickled code):
-  backbone state dict        stages.res2.0.conv1.weight ...      (tools/train_cls.py --export)
-  classifier state dict      backbone.stages.* + head.*          (head dropped)
-  torchvision ResNet / VGG   conv1.weight, layer1.0... / features.0.weight   (converted with rb.weights' converter)
-  torchvision detector       backbone.body.conv1.weight ...      (backbone part converted; FPN/heads ignored)
-  detectron2 (converted)     stem.conv1.weight, res2.0... or backbone.bottom_up.res2...
-  our detector checkpoint    backbone.body.stages.*
-Stages the detector does not build (e.g. a classifier's res5 under a res4-only model) are dropped; every other
-difference (missing, unexpected key, shape) is an error listing the keys and both shapes.
+Reading the weights (files of every format, "torchvision:<ENUM>") is rb.weights.resolve_weights' job, reached
+through rb.build_backbone(name, weights=...); here we only use the WeightsMetadata it leaves on the backbone.
 """
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Optional, Tuple
 
-import torch
+from ..config import ConfigError
+from ..weights import WeightsError, WeightsMetadata
+from ..weights.metadata import IMAGENET_MEAN, IMAGENET_STD
 
-from ..backbones import Backbone
-from ..weights import WeightsError, load_state_dict, load_with_metadata
-
-StateDict = Dict[str, torch.Tensor]
-
-
-def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+Triple = Tuple[float, float, float]
+# A model with no weights metadata and no explicit setting: torchvision's ImageNet convention.
+DEFAULT_FORMAT = "RGB"
 
 
-def to_backbone_state(state: Mapping[str, torch.Tensor], *, source: str = "weights") -> StateDict:
-    """Any accepted layout -> {"stages.<stage>....": tensor} (our Backbone's own names)."""
-    state = dict(state)
-    if state and all(k.startswith("module.") for k in state):
-        state = _strip(state, "module.")
-    if any(k.startswith("backbone.body.") for k in state):
-        state = _strip(state, "backbone.body.")  # a detector checkpoint: ours or torchvision's
-    elif any(k.startswith("backbone.bottom_up.") for k in state):
-        state = {"stages." + k: v for k, v in _strip(state, "backbone.bottom_up.").items()}  # detectron2 model
-    if "conv1.weight" in state or any(k.startswith("features.") for k in state):
-        from ..weights.convert_torchvision import from_torchvision
-
-        state = from_torchvision(state)
-    if any(k.startswith("backbone.") for k in state):
-        state = _strip(state, "backbone.")  # a classifier: drop head.*
-    if state and not any(k.startswith("stages.") for k in state):
-        if any(k.startswith(("stem.", "res2.")) for k in state):
-            state = {"stages." + k: v for k, v in state.items()}  # detectron2 backbone names
-        else:
-            raise WeightsError(
-                f"{source}: not a backbone/classifier/torchvision/detectron2 state dict; first keys: "
-                f"{', '.join(list(state)[:5])}"
-            )
-    return {k: v for k, v in state.items() if k.startswith("stages.")}
+def _close(a, b) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= 1e-3 * max(1.0, abs(y)) for x, y in zip(a, b))
 
 
-def check_preprocessing(metadata: Mapping[str, str], *, backbone: Backbone, image_mean: Sequence[float],
-                        image_std: Sequence[float], input_format: str, source: str) -> None:
-    """Refuse weights whose recorded preprocessing differs from the detector's (a silent ~10 AP loss otherwise).
+def input_conventions(icfg, meta: Optional[WeightsMetadata], *, source: str = "") -> Tuple[Triple, Triple, str]:
+    """(image_mean, image_std, format) for the detector's transform, in [0, 1] units of images in that order.
 
-    Reads rb.weights' metadata (rb.input_format, rb.pixel_mean/std/scale, rb.stride_in_1x1; see
-    resbackbones/weights/metadata.py): channel order and stride placement must match (check_compatible), and
-    pixel_mean/std, converted to [0, 1] units, must equal model.input.image_mean/std. No metadata: nothing checked.
+    icfg: the config's model.input (None in image_mean / image_std / format = not set). Each unset value comes from
+    the weights' metadata, else torchvision's ImageNet RGB convention. A value set in the config that conflicts
+    with the metadata raises WeightsError naming both (a silent mismatch costs ~10 AP).
     """
-    from ..weights.metadata import WeightsMetadata, check_compatible
+    recorded = None
+    if meta is not None:
+        recorded = {"format": meta.input_format,
+                    "image_mean": tuple(v / meta.pixel_scale for v in meta.pixel_mean),
+                    "image_std": tuple(v / meta.pixel_scale for v in meta.pixel_std)}
+    fallback = {"format": DEFAULT_FORMAT, "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD}
+    chosen = {}
+    for key in ("image_mean", "image_std", "format"):
+        explicit = getattr(icfg, key)
+        if explicit is None:
+            chosen[key] = (recorded or fallback)[key]
+            continue
+        if recorded is not None:
+            same = explicit == recorded[key] if key == "format" else _close(explicit, recorded[key])
+            if not same:
+                shown = recorded[key] if key == "format" else [round(v, 5) for v in recorded[key]]
+                raise WeightsError(
+                    f"model.input.{key} is {explicit if key == 'format' else list(explicit)} but the backbone "
+                    f"weights {source} ({meta.source} {meta.arch}) expect {shown} ({meta.input_format} input, 0-1 "
+                    f"units): remove model.input.{key} (it follows the weights) or give weights trained that way"
+                )
+        chosen[key] = tuple(explicit) if key != "format" else explicit
+    return tuple(chosen["image_mean"]), tuple(chosen["image_std"]), chosen["format"]
 
-    meta = WeightsMetadata.from_dict(metadata)
-    if meta is None:
-        return
-    check_compatible(meta, backbone, input_format=input_format, source=source)
-    for key, recorded, expected in (("image_mean", meta.pixel_mean, image_mean), ("image_std", meta.pixel_std, image_std)):
-        recorded = [v / meta.pixel_scale for v in recorded]
-        if len(recorded) != len(expected) or any(abs(a - b) > 1e-3 for a, b in zip(recorded, expected)):
-            raise WeightsError(
-                f"{source} ({meta.source} {meta.arch}) expects {meta.input_format} input normalised with "
-                f"{key[6:]} {[round(v, 5) for v in recorded]} (0-1 units) but model.input.{key} is {list(expected)}"
-            )
 
+def refuse_untrainable_backbone(cfg) -> None:
+    """Refuse to train a randomly initialised backbone with FrozenBN (cfg: the DetectorConfig).
 
-def load_backbone_weights(backbone: Backbone, path: str, *, image_mean: Optional[Sequence[float]] = None,
-                          image_std: Optional[Sequence[float]] = None, input_format: str = "RGB") -> Backbone:
-    """Read `path` (.safetensors or torch file) and load it strictly into `backbone` (see module doc)."""
-    state, metadata = load_with_metadata(path)
-    if image_mean is not None and image_std is not None:
-        check_preprocessing(metadata, backbone=backbone, image_mean=image_mean, image_std=image_std,
-                            input_format=input_format, source=str(path))
-    state = to_backbone_state(state, source=str(path))
-    built = set(backbone.stage_names)
-    expected = backbone.state_dict()
-    state = {
-        k: v for k, v in state.items()
-        if k.split(".")[1] in built and not (k.endswith("num_batches_tracked") and k not in expected)
-    }
-    load_state_dict(backbone, state, strict=True, source=str(path))
-    return backbone
+    FrozenBN of a fresh backbone is the identity (mean 0, var 1, weight 1, bias 0), so nothing normalises the
+    residual sums: ResNet-101's res4 reaches mean |x| ~ 2e4 before the first step and training diverges at once.
+    """
+    bcfg = cfg.backbone
+    if bcfg.norm == "FrozenBN" and not bcfg.weights:
+        raise ConfigError(
+            "model.backbone.norm is FrozenBN but model.backbone.weights is empty: frozen statistics of a random "
+            "backbone normalise nothing and training diverges at iteration 1; set model.backbone.norm to BN or GN, "
+            "or give model.backbone.weights (e.g. torchvision:IMAGENET1K_V1, or a tools/train_cls.py --export file)"
+        )

@@ -6,7 +6,8 @@ from torchvision.models.detection import FasterRCNN
 
 from ..backbones import build_backbone
 from ..necks import FPN, BackboneWithFPN
-from .backbone_weights import load_backbone_weights
+from ..weights import weights_metadata
+from .backbone_weights import input_conventions
 from .c4 import split_res5
 from .config import DetectorConfig
 from .heads import Res5Head, box_head, mask_head, roi_pooler
@@ -47,11 +48,9 @@ def build_detector(cfg: Union[DetectorConfig, Mapping[str, Any]]) -> FasterRCNN:
     elif layout == "single" and len(out_features) != 1:
         raise ValueError(f"model.layout 'single' needs exactly one model.backbone.out_features, got {list(out_features)}")
     backbone = build_backbone(bcfg.name, out_features=out_features, norm=bcfg.norm, freeze_at=bcfg.freeze_at,
-                              **dict(bcfg.options))
+                              weights=bcfg.weights or None, **dict(bcfg.options))
     icfg = cfg.input
-    if bcfg.weights:
-        load_backbone_weights(backbone, bcfg.weights, image_mean=icfg.image_mean, image_std=icfg.image_std,
-                              input_format=icfg.format)
+    image_mean, image_std, input_format = input_conventions(icfg, weights_metadata(backbone), source=bcfg.weights)
 
     res5, res5_channels = None, 0
     if layout == "fpn":
@@ -89,8 +88,8 @@ def build_detector(cfg: Union[DetectorConfig, Mapping[str, Any]]) -> FasterRCNN:
             reduced = mcfg.conv_dim
         mask_kwargs = dict(mask_roi_pool=mask_pool, mask_head=m_head, mask_head_dim=m_dim, mask_dim_reduced=reduced)
 
-    transform = DetectionTransform(min_size=tuple(icfg.min_size), max_size=icfg.max_size, image_mean=icfg.image_mean,
-                                   image_std=icfg.image_std, input_format=icfg.format,
+    transform = DetectionTransform(min_size=tuple(icfg.min_size), max_size=icfg.max_size, image_mean=image_mean,
+                                   image_std=image_std, input_format=input_format,
                                    size_divisible=icfg.size_divisibility, channels_last=icfg.channels_last)
     rpn_opts = dataclasses.asdict(cfg.rpn)
     roi_opts = {k: v for k, v in dataclasses.asdict(rcfg).items()

@@ -1,7 +1,8 @@
 """Typed schema of a detection MODEL (the `model:` section of a training config), read by build_detector.
 
 Defaults are torchvision's fasterrcnn_resnet50_fpn / Detectron's R50-FPN 1x settings. Units: pixels of the
-resized network input; image_mean/std in [0, 1] units of RGB (or BGR, see `input.format`) images in [0, 1].
+resized network input; image_mean/std in [0, 1] units of RGB (or BGR, see `input.format`) images in [0, 1],
+taken from the backbone weights' metadata unless set.
 
     from resbackbones.config import load_config
     cfg = load_config(DetectorConfig, "model.yaml", overrides=["roi_heads.batch_size_per_image=128"])
@@ -17,8 +18,10 @@ LAYOUTS = ("fpn", "c4", "single")
 class BackboneConfig:
     """Which registered backbone, how it is built, and which weights it starts from.
 
-    weights: "" (random init), a .safetensors from `tools/train_cls.py --export` (keys = backbone state dict),
-      a classifier state dict (backbone.* + head.*), or a torchvision ResNet/VGG checkpoint (converted on load).
+    weights: "" (random init), "torchvision:<ENUM>" (e.g. torchvision:IMAGENET1K_V1, torchvision:DEFAULT: the file
+      in torchvision's cache under $TORCH_HOME, downloaded unless RESBACKBONES_OFFLINE=1), or a file: a
+      tools/train_cls.py --export or checkpoint, our .safetensors, a torchvision .pth, a detectron2 .pkl (see
+      rb.weights.resolve_weights). Its metadata sets model.input's normalisation and channel order.
     options: extra keyword options for the backbone builder (e.g. {stride_in_1x1: true, res5_dilation: 2}).
     """
 
@@ -112,16 +115,18 @@ class InputConfig:
     """Resizing and normalisation done inside the model (torchvision's GeneralizedRCNNTransform).
 
     min_size: one size, or several to draw from per batch during training (multi-scale). Images given to the model
-    are float [3, H, W] in [0, 1] and in `format` channel order; image_mean/std must be the convention the backbone
-    weights were trained with (torchvision ImageNet: RGB mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225);
-    detectron2/caffe2 MSRA weights: BGR, mean (103.53, 116.28, 123.675) / 255, std (1 / 255,) * 3).
+    are float [3, H, W] RGB in [0, 1]; `format` BGR flips them before normalising. image_mean/std ([0, 1] units,
+    `format` order) and format: null (the default) = the convention the backbone weights record (torchvision
+    ImageNet: RGB mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225); detectron2/caffe2 MSRA: BGR, mean
+    (103.53, 116.28, 123.675) / 255, std (1 / 255,) * 3; a tools/train_cls.py export: its training mean/std), else
+    ImageNet RGB. A value set here that conflicts with the weights is refused naming both.
     """
 
     min_size: Tuple[int, ...] = (800,)
     max_size: int = 1333
-    image_mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
-    image_std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
-    format: Literal["RGB", "BGR"] = "RGB"
+    image_mean: Optional[Tuple[float, float, float]] = None
+    image_std: Optional[Tuple[float, float, float]] = None
+    format: Optional[Literal["RGB", "BGR"]] = None
     size_divisibility: int = 32
     channels_last: bool = True  # NHWC batch: faster conv kernels on CPU and CUDA, same values up to rounding
 

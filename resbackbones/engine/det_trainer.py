@@ -17,8 +17,9 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import dump_yaml
-from ..data.det_datasets import build_det_dataset
+from ..data.det_datasets import build_det_dataset, check_data_paths
 from ..data.det_transforms import build_det_transforms, collate_detection
+from ..detection.backbone_weights import refuse_untrainable_backbone
 from ..detection.builder import build_detector
 from ..detection.train_config import DetTrainConfig, default_iou_types
 from .checkpoint import find_last_checkpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
@@ -60,6 +61,9 @@ class DetTrainer:
     def __init__(self, cfg: DetTrainConfig, *, resume: bool = False, eval_only: bool = False,
                  checkpoint: str = ""):
         self.cfg = cfg
+        if not eval_only:
+            refuse_untrainable_backbone(cfg.model)  # before any data is read: a config mistake, exit 2
+        check_data_paths({"val": cfg.data.val} if eval_only else {"train": cfg.data.train, "val": cfg.data.val})
         tcfg = cfg.train
         if tcfg.num_threads:
             torch.set_num_threads(tcfg.num_threads)

@@ -1,4 +1,5 @@
-"""Weights are data: safetensors/torch I/O without pickled code, converters from torchvision/detectron2/CIFAR."""
+"""Weights are data: safetensors/torch I/O without pickled code, converters from torchvision/detectron2/CIFAR,
+and resolve_weights: any reference (file or "torchvision:<ENUM>") -> our state dict + WeightsMetadata."""
 from .errors import WeightsError
 from .io import load, load_with_metadata, save
 from .matching import check_state_dict, load_state_dict
@@ -7,5 +8,8 @@ from .convert_detectron2 import from_detectron2  # noqa: F401
 from .convert_torchvision import from_torchvision  # noqa: F401
 from .convert_cifar import from_cifar_checkpoint  # noqa: F401
 from .metadata import WeightsMetadata, check_compatible, load_into  # noqa: F401
+from .resolve import ResolvedWeights, resolve_weights  # noqa: F401
+from .pretrained import weights_metadata  # noqa: F401
 
-__all__ = ["WeightsError", "check_state_dict", "load", "load_state_dict", "load_with_metadata", "save"]
+__all__ = ["ResolvedWeights", "WeightsError", "WeightsMetadata", "check_state_dict", "load", "load_state_dict",
+           "load_with_metadata", "resolve_weights", "save", "weights_metadata"]

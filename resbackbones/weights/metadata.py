@@ -82,6 +82,24 @@ class WeightsMetadata:
                    notes="MSRA caffe2 weights: stride in the 1x1 conv; BGR in 0-255; use norm='FrozenBN'")
 
 
+    @classmethod
+    def from_train_cls(cls, config: Mapping, *, num_classes: Optional[int],
+                       extra: Optional[Mapping[str, str]] = None) -> Optional["WeightsMetadata"]:
+        """What tools/train_cls.py trained with, from its config as a dict (config.to_dict(ClsConfig)): the arch,
+        RGB images in 0-1 normalised by data.mean/std, stride placement from model.options. None when `config` is
+        not a classification training config (no data.mean/std, e.g. a detector checkpoint's)."""
+        data, model = config.get("data") or {}, config.get("model") or {}
+        if "mean" not in data or "std" not in data or "arch" not in model:
+            return None
+        arch = str(model["arch"])
+        options = model.get("options") or {}
+        stride = bool(options.get("stride_in_1x1", False)) if _has_bottleneck(arch) else None
+        notes = f"tools/train_cls.py: recipe {data.get('recipe')}, crop {data.get('crop_size')} px, options {dict(options)}"
+        return cls(arch=arch, source="resbackbones train_cls", input_format="RGB", pixel_mean=tuple(data["mean"]),
+                   pixel_std=tuple(data["std"]), pixel_scale=1.0, stride_in_1x1=stride, num_classes=num_classes,
+                   notes=notes, extra={str(k): str(v) for k, v in (extra or {}).items()})
+
+
 def _has_bottleneck(arch: str) -> bool:
     return any(arch.startswith(p) for p in ("resnet50", "resnet101", "resnet152", "resnext", "wide_resnet",
                                             "plain50", "plain101", "plain152"))
