@@ -64,17 +64,25 @@ def test_default_config_is_the_synthetic_run(monkeypatch, tmp_path):
 
 
 def test_init_weights_from_exported_backbone_and_from_checkpoint(data, tmp_path):
+    """--export writes full WeightsMetadata; build_classifier(weights=) reads the export and the checkpoint."""
     import resbackbones as rb
-    from resbackbones.engine.cls_trainer import export_backbone, load_init_weights
+    from resbackbones.weights import WeightsMetadata
 
     trainer = ClsTrainer(tiny_cfg(data, tmp_path / "a"))
     trainer.train_one_epoch()
-    export_backbone(trainer.model, tmp_path / "bb.safetensors", metadata={"arch": "cifar_resnet"})
-    fresh = rb.build_classifier("cifar_resnet", num_classes=10, depth=8, widths=[4, 8, 8])
-    load_init_weights(fresh, str(tmp_path / "bb.safetensors"))
+    path = trainer.export_backbone(str(tmp_path / "bb.safetensors"), metrics={"val_top1": 12.5})
+    _, raw = rb.weights.load_with_metadata(path)
+    meta = WeightsMetadata.from_dict(raw)
+    assert (meta.arch, meta.source, meta.input_format, meta.pixel_scale, meta.num_classes) == (
+        "cifar_resnet", "resbackbones train_cls", "RGB", 1.0, 10)
+    assert meta.pixel_mean == pytest.approx((0.4914, 0.4822, 0.4465)) and meta.stride_in_1x1 is None
+    assert (meta.extra["val_top1"], meta.extra["iterations"], meta.extra["data"]) == ("12.50", str(trainer.global_iter), str(data))
+    fresh = rb.build_classifier("cifar_resnet", num_classes=10, depth=8, widths=[4, 8, 8], weights=str(path))
     for key, value in trainer.model.backbone.state_dict().items():
         assert torch.equal(fresh.backbone.state_dict()[key], value)
+    assert fresh.weights_metadata == meta
     trainer._save(metrics={"val_top1": 1.0})
-    other = rb.build_classifier("cifar_resnet", num_classes=10, depth=8, widths=[4, 8, 8])
-    load_init_weights(other, str(tmp_path / "a" / "checkpoints" / "last.pt"))
+    checkpoint = str(tmp_path / "a" / "checkpoints" / "last.pt")
+    other = rb.build_classifier("cifar_resnet", num_classes=10, depth=8, widths=[4, 8, 8], weights=checkpoint)
     assert all(torch.equal(other.state_dict()[k], v) for k, v in trainer.model.state_dict().items())
+    assert (other.weights_metadata.source, other.weights_metadata.pixel_std) == (meta.source, meta.pixel_std)

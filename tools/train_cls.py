@@ -43,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                         help="resume from CKPT, or from OUTPUT/checkpoints/last.pt when no path is given")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate --weights on the val split")
-    parser.add_argument("--weights", help="initial weights (.safetensors / .pt, classifier or backbone-only)")
+    parser.add_argument("--weights", help="initial weights: a file (ours, a checkpoint, torchvision .pth, detectron2 "
+                        ".pkl) or torchvision:<ENUM>; the head loads where its shape fits")
     parser.add_argument("--export", metavar="FILE", help="write backbone-only weights of the final model to FILE")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.lr=0.05")
     # Intermixed: key=value overrides may come before, between or after the flags.
@@ -94,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     if args.eval_only and not (args.weights or args.resume):
         raise ConfigError("--eval-only needs --weights FILE (or --resume to evaluate the last checkpoint)")
-    from resbackbones.engine.cls_trainer import ClsTrainer, export_backbone
+    from resbackbones.engine.cls_trainer import ClsTrainer
 
     trainer = ClsTrainer(cfg, resume=args.resume, build_train=not args.eval_only or bool(args.resume))
     if args.eval_only:
@@ -106,14 +107,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         metrics = trainer.fit()
     if args.export and trainer.is_main:
-        model = trainer.ema.module if trainer.ema is not None else trainer.model
-        meta = {"arch": cfg.model.arch, "source": "resbackbones tools/train_cls.py",
-                "num_classes": str(trainer.num_classes), "color_order": "RGB", "input_range": "0-1",
-                "mean": str(tuple(cfg.data.mean)), "std": str(tuple(cfg.data.std)),
-                "val_top1": f"{metrics.get('val_top1', float('nan')):.2f}",
-                "epochs": str(trainer.epoch), "data": str(cfg.data.root or "synthetic")}
-        path = export_backbone(model, args.export, metadata=meta)
-        print(f"exported backbone weights to {path}")
+        print(f"exported backbone weights to {trainer.export_backbone(args.export, metrics=metrics)}")
     return 0
 
 

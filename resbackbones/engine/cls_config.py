@@ -11,7 +11,7 @@ class ModelConfig:
     arch: str = "cifar_resnet20"
     num_classes: Optional[int] = None          # None: the number of class folders in the train split
     options: Dict[str, Any] = field(default_factory=dict)  # builder options, e.g. {norm: GN, zero_init_residual: true}
-    weights: Optional[str] = None              # initial weights (.safetensors/.pt, ours or a train_cls checkpoint)
+    weights: Optional[str] = None              # initial weights: a file or torchvision:<ENUM> (rb.build_classifier)
     sync_bn: bool = True                       # BN -> SyncBN under DDP on CUDA
     channels_last: bool = False
     compile: bool = False                      # torch.compile the model

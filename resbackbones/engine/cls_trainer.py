@@ -158,11 +158,11 @@ class ClsTrainer:
         mc = self.cfg.model
         num_classes = mc.num_classes or len(self.classes)
         try:
-            model = build_classifier(mc.arch, num_classes=num_classes, **mc.options)
+            model = build_classifier(mc.arch, num_classes=num_classes, weights=mc.weights, **mc.options)
+        except rb_weights.WeightsError:
+            raise  # already names the weights and the fix
         except (ValueError, TypeError) as error:
             raise ConfigError(f"model: {error}") from None
-        if mc.weights:
-            load_init_weights(model, mc.weights)
         model.to(self.device)
         if mc.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -407,6 +407,16 @@ class ClsTrainer:
         self.logger.close()
         return row
 
+    def export_backbone(self, path: str, *, metrics: Dict[str, float]) -> Path:
+        """Backbone-only weights (EMA when kept: what evaluate() measured) named as rb.build_backbone(arch) holds
+        them, with WeightsMetadata of this training (arch, RGB, data.mean/std, stride placement, classes) and its
+        results (val_top1/top5, epochs, data), so a detector adopts the normalisation the backbone learned with."""
+        model = self.ema.module if self.ema is not None else self.model
+        extra = {"epochs": self.epoch, "iterations": self.global_iter, "data": self.cfg.data.root or "synthetic"}
+        extra.update({k: f"{metrics[k]:.2f}" for k in ("val_top1", "val_top5") if k in metrics})
+        meta = rb_weights.WeightsMetadata.from_train_cls(to_dict(self.cfg), num_classes=self.num_classes, extra=extra)
+        return rb_weights.save(dist_utils.unwrap(model).backbone, path, metadata=meta.to_dict())
+
     def _print_row(self, row: Dict) -> None:
         parts = [f"epoch {row['epoch']}/{self.epochs}", f"loss {row['train_loss']:.4f}",
                  f"train top-1 {row['train_top1']:.2f}%"]
@@ -416,16 +426,3 @@ class ClsTrainer:
         print("  ".join(parts), flush=True)
 
 
-def load_init_weights(model: nn.Module, path: str) -> None:
-    """Load our weights into a classifier: a full classifier state (checkpoint / .safetensors) strictly, or
-    backbone-only weights (a --export file) strictly into model.backbone, leaving the head as initialised."""
-    state = rb_weights.load(path)
-    if any(k.startswith("backbone.") for k in state):
-        rb_weights.load_state_dict(model, state, source=str(path))
-    else:
-        rb_weights.load_state_dict(model.backbone, state, source=str(path))
-
-
-def export_backbone(model: nn.Module, path: str, *, metadata: Dict[str, str]) -> Path:
-    """Backbone-only weights (names as rb.build_backbone(arch) expects) for detection."""
-    return rb_weights.save(dist_utils.unwrap(model).backbone, path, metadata=metadata)
