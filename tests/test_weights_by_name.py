@@ -121,3 +121,70 @@ def test_detectron2_pkl_brings_its_stride_and_bgr_convention(tmp_path):
         torch.testing.assert_close(bb.state_dict()[key], value, rtol=0, atol=0, msg=key)
     with pytest.raises(WeightsError, match=r"stride in the 1x1 conv .* build the model with stride_in_1x1=True"):
         rb.build_backbone("resnet50", weights=str(path), stride_in_1x1=False)
+
+
+def test_download_rule_without_network(torch_home, monkeypatch):
+    """Allowed downloads go to torchvision's cache file, hash-checked by name; a failed one names the manual step.
+    torch.hub's downloader is replaced: nothing leaves the machine."""
+    from urllib.error import URLError
+
+    calls = []
+
+    def fake_download(url, dst, hash_prefix, progress=True):
+        calls.append((url, dst, hash_prefix))
+        torch.save(torchvision.models.resnet18().state_dict(), dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    monkeypatch.delenv("RESBACKBONES_OFFLINE")
+    bb = rb.build_backbone("resnet18", weights="torchvision:DEFAULT")
+    target = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert calls == [("https://download.pytorch.org/models/resnet18-f37072fd.pth", str(target), "f37072fd")]
+    assert bb.weights_metadata.extra["torchvision_weights"] == "ResNet18_Weights.IMAGENET1K_V1"
+    rb.build_backbone("resnet18", weights="torchvision:IMAGENET1K_V1")
+    assert len(calls) == 1  # cached now: no second download
+
+    def failing_download(url, dst, hash_prefix, progress=True):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", failing_download)
+    with pytest.raises(WeightsError, match=r"download failed \(.*name resolution.*\); put resnet34-b627a593\.pth "
+                                           r"\(from https://download\.pytorch\.org/models/resnet34-b627a593\.pth\) in "):
+        rb.build_backbone("resnet34", weights="torchvision:DEFAULT")
+    monkeypatch.setenv("RESBACKBONES_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="downloads are off"):
+        rb.weights.resolve_weights("torchvision:DEFAULT", arch="resnet34")
+
+
+def test_every_file_format_resolves_to_the_same_backbone(tmp_path):
+    import re
+
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    torch.manual_seed(0)
+    tv_det = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3)
+    torch.save({"model": tv_det.state_dict()}, tmp_path / "tv_det.pth")
+    expected = rb.weights.backbone_state_dict(rb.weights.from_torchvision(
+        {k[len("backbone.body."):]: v for k, v in tv_det.state_dict().items() if k.startswith("backbone.body.")}))
+    ours = rb.build_detector({"num_classes": 3, "backbone": {"name": "resnet50",
+                                                             "weights": str(tmp_path / "tv_det.pth")}})
+    torch.save({"model": ours.state_dict(), "iteration": 1}, tmp_path / "our_det.pt")  # a train_det checkpoint
+    for name in ("tv_det.pth", "our_det.pt"):
+        got = rb.weights.resolve_weights(str(tmp_path / name)).backbone_state
+        assert all(torch.equal(got[k], v) for k, v in expected.items()), name
+    cifar = rb.build_classifier("cifar_resnet20", num_classes=10)
+    def akamaster(key):  # our names -> akamaster/pytorch_resnet_cifar10's (the published .th files)
+        key = key.replace("backbone.stages.stem.conv1.norm.", "bn1.").replace("backbone.stages.stem.", "")
+        key = re.sub(r"backbone\.stages\.res(\d)\.(\d+)\.conv(\d)\.norm\.",
+                     lambda m: f"layer{int(m[1]) - 1}.{m[2]}.bn{m[3]}.", key)
+        key = re.sub(r"backbone\.stages\.res(\d)\.", lambda m: f"layer{int(m[1]) - 1}.", key)
+        return key.replace("head.fc.", "linear.")
+
+    torch.save({"state_dict": {"module." + akamaster(k): v for k, v in cifar.state_dict().items()},
+                "best_prec1": 91.0}, tmp_path / "resnet20.th")
+    resolved = rb.weights.resolve_weights(str(tmp_path / "resnet20.th"))
+    assert (resolved.arch, resolved.metadata.source) == ("cifar_resnet20", "cifar")
+    loaded = rb.build_classifier("cifar_resnet20", num_classes=10, weights=str(tmp_path / "resnet20.th"))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in cifar.state_dict().items())
+    torch.save({"optimizer": {}}, tmp_path / "odd.pt")
+    with pytest.raises(WeightsError, match=r"odd\.pt: unrecognised weights layout .*accepted: torchvision:<ENUM>"):
+        rb.weights.resolve_weights(str(tmp_path / "odd.pt"))

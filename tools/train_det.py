@@ -82,6 +82,9 @@ def _run(args: argparse.Namespace) -> int:
         if trainer.dist.is_main and trainer.train_set is not None:
             print(trainer.train_set.describe())
             print(f"amp: {trainer.amp} ({trainer.amp_reason})", flush=True)
+            t = trainer.model.transform  # its normalisation: the backbone weights' unless model.input sets it
+            print(f"backbone weights: {cfg.model.backbone.weights or 'none (random init)'}; input {t.input_format}, "
+                  f"mean {[round(v, 4) for v in t.image_mean]}, std {[round(v, 4) for v in t.image_std]}", flush=True)
         result = trainer.fit()
     if trainer.dist.is_main:
         _print_result(result, trainer)
