@@ -1,7 +1,9 @@
-"""A fast inference path: norms folded into convs, channels_last, optional bf16/fp16 weights and activations.
+"""A fast inference path: norms folded into convs, channels_last, bf16/fp16 weights and activations where native.
 
-    fast = rb.optimize_for_inference(model, dtype=torch.bfloat16)   # model: backbone, Classifier, CIFAR, VGG
-    fast(images)                                                     # same outputs as model.eval()(images)
+    fast = rb.optimize_for_inference(model)        # model: backbone, Classifier, CIFAR, VGG; bf16 where native
+    fast(images)                                   # same outputs as model.eval()(images) (bf16: to rounding)
+    fast.precision, fast.precision_reason          # "bf16", "auto: the CPU has native bf16 (avx512_bf16)"
+    rb.optimize_for_inference(model, dtype=torch.float32)   # force fp32 (within ~1e-4 of eager)
 
 Folding y = gamma * (conv(x) - mean) / sqrt(var + eps) + beta into the conv gives
 w' = w * gamma / sqrt(var + eps), b' = beta + (b - mean) * gamma / sqrt(var + eps): one op instead of two, and
@@ -9,18 +11,19 @@ in channels_last the conv, bias and ReLU run as a single oneDNN primitive on CPU
 """
 import copy
 from collections import OrderedDict
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .engine.device import amp_dtype, resolve_amp
 from .layers import Conv2d
 from .layers.blocks import _ResidualBlock
 
 _FOLDABLE = (nn.BatchNorm2d, FrozenBatchNorm2d)
-_REDUCED = (torch.bfloat16, torch.float16)
+_PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def fold_norm_into_conv(conv: nn.Conv2d, norm: nn.Module) -> None:
@@ -173,12 +176,21 @@ def fuse_mkldnn(model: nn.Module) -> nn.Module:
 
 class InferenceModel(nn.Module):
     """Wraps a folded eval model: casts inputs to channels_last (+ dtype) and outputs back to the input's dtype,
-    so it is a drop-in replacement whatever the model returns (a tensor, or a dict/list of tensors)."""
+    so it is a drop-in replacement whatever the model returns (a tensor, or a dict/list of tensors).
 
-    def __init__(self, model: nn.Module, dtype: Optional[torch.dtype]):
+    precision: "fp32" | "bf16" | "fp16", the dtype of its weights and activations; precision_reason: why.
+    """
+
+    def __init__(self, model: nn.Module, dtype: Optional[torch.dtype], reason: str = ""):
         super().__init__()
         self.model = model
         self.dtype = dtype
+        self.precision = _PRECISION[dtype or torch.float32]
+        self.precision_reason = reason
+
+    def extra_repr(self) -> str:
+        return f"precision={self.precision} ({self.precision_reason})" if self.precision_reason else \
+            f"precision={self.precision}"
 
     def forward(self, images: torch.Tensor) -> Any:
         out_dtype = images.dtype
@@ -198,17 +210,40 @@ def _cast(output: Any, dtype: torch.dtype) -> Any:
     return output
 
 
-def optimize_for_inference(model: nn.Module, dtype: Optional[torch.dtype] = None, *, fuse: bool = True
+def inference_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> Tuple[Optional[torch.dtype], str]:
+    """The reduced dtype to run inference in on `device` (None = fp32) and why.
+
+    "auto": engine.device.resolve_amp's choice, the one training makes: bf16 on CPUs with amx_bf16 / avx512_bf16
+    and on CUDA GPUs of compute capability >= 8.0, fp16 on older GPUs, fp32 otherwise.
+    None / torch.float32: fp32; torch.bfloat16 / torch.float16: as given.
+    """
+    if isinstance(dtype, str):
+        if dtype != "auto":
+            raise ValueError(f"optimize_for_inference: dtype must be 'auto', None, torch.float32, torch.bfloat16 or "
+                             f"torch.float16, got {dtype!r}")
+        amp, reason = resolve_amp("auto", device)
+        return amp_dtype(amp), reason
+    if dtype not in (None,) + tuple(_PRECISION):
+        raise ValueError(f"optimize_for_inference: dtype must be 'auto', None, torch.float32, torch.bfloat16 or "
+                         f"torch.float16, got {dtype!r}")
+    return (None if dtype in (None, torch.float32) else dtype), "set by the caller"
+
+
+def optimize_for_inference(model: nn.Module, dtype: Union[str, torch.dtype, None] = "auto", *, fuse: bool = True
                            ) -> InferenceModel:
     """A copy of `model` for inference: eval mode, every BN/FrozenBN folded into its conv, channels_last weights,
-    weights in `dtype` (None: keep fp32; torch.bfloat16 / torch.float16: reduced precision).
+    weights and activations in `dtype`:
+    "auto" (default) bf16 where the hardware has it natively (CPU amx_bf16 / avx512_bf16, CUDA compute capability
+    >= 8.0; fp16 on older GPUs), else fp32 - see inference_dtype; None or torch.float32: fp32;
+    torch.bfloat16 / torch.float16: that. The choice is in the result's .precision and .precision_reason.
 
     fuse (CPU, fp32/bf16): run each conv + ReLU (+ residual add) as one oneDNN primitive on pre-packed weights.
     The original model is left untouched. Output: same structure as model(images), cast back to the input dtype.
     fp32 outputs match the eager model within ~1e-4; bf16 agrees on top-1 for >= 99 % of inputs.
     """
-    if dtype is not None and dtype not in _REDUCED:
-        raise ValueError(f"optimize_for_inference: dtype must be None, torch.bfloat16 or torch.float16, got {dtype!r}")
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype, reason = inference_dtype(dtype, device)
     fast = copy.deepcopy(model).eval()
     for param in fast.parameters():
         param.requires_grad_(False)
@@ -218,4 +253,4 @@ def optimize_for_inference(model: nn.Module, dtype: Optional[torch.dtype] = None
         fast = fast.to(dtype)
     if fuse and _mkldnn_ready():
         fuse_mkldnn(fast)
-    return InferenceModel(fast, dtype).eval()
+    return InferenceModel(fast, dtype, reason).eval()

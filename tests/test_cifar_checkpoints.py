@@ -84,7 +84,7 @@ def test_resnet20_eager_accuracy_matches_reference(cifar_test_set, resnet20_eage
 def test_fast_path_fp32_same_predictions_and_bf16_agrees(cifar_test_set, resnet20_eager):
     model, eager = resnet20_eager
     targets = cifar_test_set[1]
-    fast = _predictions(rb.optimize_for_inference(model), cifar_test_set)
+    fast = _predictions(rb.optimize_for_inference(model, dtype=torch.float32), cifar_test_set)
     assert (fast - eager).abs().max().item() <= 1e-3
     differ = fast.argmax(1) != eager.argmax(1)
     # Only exact near-ties (top-2 logits within fp32 folding noise) may flip.
@@ -105,7 +105,8 @@ def test_fast_path_fp32_same_predictions_and_bf16_agrees(cifar_test_set, resnet2
 @pytest.mark.parametrize("filename", ["resnet32-d509ac18.th", "resnet44-014dd654.th", "resnet56-4bfd9763.th"])
 def test_deeper_published_checkpoints_accuracy(cifar_test_set, filename):
     model = _load_published(filename)
-    metrics = evaluate_classifier(rb.optimize_for_inference(model), _batches(cifar_test_set), "cpu")
+    fast = rb.optimize_for_inference(model, dtype=torch.float32)  # the published numbers are fp32
+    metrics = evaluate_classifier(fast, _batches(cifar_test_set), "cpu")
     expected = PUBLISHED_CHECKPOINTS[filename]["top1_jpeg_q75"]
     print(f"{filename}: top-1 {metrics['top1']:.2f} % (reference {expected:.2f} %), top-5 {metrics['top5']:.2f} %")
     assert metrics["count"] == 10000

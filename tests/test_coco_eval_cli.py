@@ -105,6 +105,13 @@ def test_checkpoint_form_runs_the_model_then_evaluates(tmp_path, capsys):
     assert list(stats) == ["bbox", "segm"] and list(stats["segm"]) == KEYS
     detections = json.loads((tmp_path / "detections.json").read_text())
     assert len(detections) == 6 * 5 and {"bbox", "segmentation", "score"} <= set(detections[0])
+    assert "amp: " in out  # the precision the model ran at (auto: bf16 where the hardware has it)
+    code, out, err = _main(capsys, "--checkpoint", tmp_path / "last.pt", "--config", tmp_path / "cfg.yaml",
+                           "--gt", GT, "--images", images, "--amp", "none", "--out", tmp_path / "fp32.json")
+    assert code == 0 and "amp: none (set by --amp)" in out, err
+    code, _, err = _main(capsys, "--checkpoint", tmp_path / "last.pt", "--config", tmp_path / "cfg.yaml",
+                         "--gt", GT, "--images", images, "--amp", "fp16", "--device", "cpu")
+    assert code == 2 and "amp=fp16 is for CUDA" in err and len(err.strip().splitlines()) == 1, err
     code, _, err = _main(capsys, "--checkpoint", tmp_path / "missing.pt", "--config", tmp_path / "cfg.yaml",
                          "--gt", GT, "--images", images)
     assert code == 2 and "checkpoint file not found" in err

@@ -26,7 +26,7 @@ def test_resnet50_fp32_fast_path_within_1e4_and_bf16_same_top1():
     images = torch.randn(8, 3, 64, 64)
     with torch.no_grad():
         reference = model(images)
-    fast = rb.optimize_for_inference(model)
+    fast = rb.optimize_for_inference(model, dtype=torch.float32)
     out = fast(images)
     assert out.dtype == torch.float32 and out.shape == reference.shape
     diff = (out - reference).abs().max().item()
@@ -49,7 +49,7 @@ def test_backbone_dict_outputs_match(name, options):
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         reference = backbone(images)
-    out = rb.optimize_for_inference(backbone)(images)
+    out = rb.optimize_for_inference(backbone, dtype=torch.float32)(images)
     assert set(out) == {"res2", "res5"}
     for key in reference:
         scale = max(1.0, reference[key].abs().max().item())
@@ -81,6 +81,26 @@ def test_other_families_share_the_fast_path(name, size):
     images = torch.randn(2, 3, size, size)
     with torch.no_grad():
         reference = model(images)
-    fast = rb.optimize_for_inference(model)
+    fast = rb.optimize_for_inference(model, dtype=torch.float32)
     assert (fast(images) - reference).abs().max().item() <= 1e-4 * max(1.0, reference.abs().max().item())
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+
+
+def test_auto_precision_follows_the_hardware_and_float32_forces_fp32(monkeypatch):
+    """dtype="auto" (default) takes engine.device.resolve_amp's choice for the model's device; float32 / None force
+    fp32; the choice and its reason are on the result."""
+    import resbackbones.inference as inference
+
+    model = _trained_looking(rb.build_classifier("resnet18", num_classes=10))
+    images = torch.randn(2, 3, 32, 32)
+    for amp, dtype, precision in (("bf16", torch.bfloat16, "bf16"), ("none", None, "fp32")):
+        monkeypatch.setattr(inference, "resolve_amp", lambda mode, device, amp=amp: (amp, f"auto: test says {amp}"))
+        fast = rb.optimize_for_inference(model)
+        assert (fast.precision, fast.dtype, fast.precision_reason) == (precision, dtype, f"auto: test says {amp}")
+        assert next(fast.model.parameters()).dtype == (dtype or torch.float32)
+        assert fast(images).dtype == torch.float32  # cast back to the input's dtype
+    for forced in (torch.float32, None):
+        fast = rb.optimize_for_inference(model, dtype=forced)
+        assert fast.precision == "fp32" and fast.dtype is None and "precision=fp32" in repr(fast)
+    with pytest.raises(ValueError, match="'auto', None, torch.float32"):
+        rb.optimize_for_inference(model, dtype="fp32")

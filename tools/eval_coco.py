@@ -6,6 +6,7 @@ Detections file (the scripted form, fixed):
     -> stats.json = {"bbox": {"AP": .., "AP50": .., ..., "ARl": ..}, "segm": {...}} (COCOeval.stats, -1 = undefined)
 Checkpoint (runs the model first, writes its COCO results json next to --out, or to --results):
     python tools/eval_coco.py --checkpoint out/last.pt --config configs/mrcnn_r50.yaml --gt GT.json --images DIR
+    (--amp none forces fp32; the default, auto, runs bf16 autocast where the hardware has it natively)
 
 Numbers are pycocotools' COCOeval (backend "fast" computes them bit-identically, faster; --backend pycocotools
 runs the reference itself). Bad inputs print one line `error: ...` and exit with status 2.
@@ -34,6 +35,9 @@ def parse_args(argv=None):
     parser.add_argument("--images", help="image folder of --gt (checkpoint form)")
     parser.add_argument("--results", help="checkpoint form: where to write the detections json")
     parser.add_argument("--device", default="auto", help="checkpoint form: cpu | cuda | auto")
+    parser.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
+                        help="checkpoint form: autocast precision; auto = bf16 where native (CPU amx_bf16 / "
+                             "avx512_bf16, CUDA compute capability >= 8.0), fp16 on older GPUs, else fp32; none = fp32")
     parser.add_argument("--opts", nargs="*", default=[], help="checkpoint form: config overrides key=value")
     return parser.parse_args(argv)
 
@@ -46,7 +50,7 @@ def run_checkpoint(args) -> str:
     from resbackbones.data.folders import read_image
     from resbackbones.detection.builder import build_detector
     from resbackbones.detection.train_config import DetTrainConfig
-    from resbackbones.engine.device import resolve_device
+    from resbackbones.engine.device import autocast, resolve_amp, resolve_device
     from resbackbones.evaluation.coco_results import category_mapping, to_coco_results
     from resbackbones.weights import WeightsError, load_state_dict
     from resbackbones.weights.io import torch_load_refusing_code
@@ -68,13 +72,15 @@ def run_checkpoint(args) -> str:
         raise CocoEvalError(str(error).splitlines()[0]) from None
     try:
         device = resolve_device(args.device)
-    except ValueError as error:  # unknown device, or CUDA asked for on a machine without it
+        amp, reason = resolve_amp(args.amp, device)
+    except ValueError as error:  # unknown device, CUDA asked for on a machine without it, fp16 on CPU
         raise CocoEvalError(str(error)) from None
+    print(f"amp: {amp} ({reason if args.amp == 'auto' else 'set by --amp'})", flush=True)
     model.to(device).eval()
     mapping = category_mapping(gt["categories"])
     results = []
     started = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, amp):  # detections come out float32 either way (fp32_outputs.py)
         for image in gt["images"]:
             pixels = read_image(Path(args.images) / image["file_name"])  # RGB uint8 [H, W, 3]
             tensor = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255).to(device)

@@ -3,6 +3,7 @@
 
     python tools/predict.py --checkpoint output/quickstart/last.pt --input IMAGE_OR_DIR [...] --output preds/
     python tools/predict.py --checkpoint C --config configs/quickstart.yaml --input img.jpg --score-thresh 0.5
+    python tools/predict.py --checkpoint C --input DIR --amp none        # force fp32 (default: bf16 where native)
 
 The model is rebuilt from --config, or from config.yaml next to the checkpoint (written by tools/train_det.py).
 Exit codes: 0 ok, 2 user error (one line on stderr).
@@ -22,6 +23,7 @@ from resbackbones.data.errors import DataError  # noqa: E402
 from resbackbones.data.folders import IMG_EXTENSIONS, read_image  # noqa: E402
 from resbackbones.detection.train_config import DetTrainConfig  # noqa: E402
 from resbackbones.engine.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from resbackbones.engine.device import AMP_MODES, autocast, resolve_amp  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -32,6 +34,9 @@ def parse_args(argv=None):
     parser.add_argument("--output", default="predictions", help="folder for the drawn PNGs")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="draw detections scoring at least this")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--amp", default="auto", choices=AMP_MODES,
+                        help="autocast precision: auto = bf16 where native (CPU amx_bf16 / avx512_bf16, CUDA compute "
+                             "capability >= 8.0), fp16 on older GPUs, else fp32; none = fp32")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser.parse_intermixed_args(argv)  # key=value overrides may come before or after flags
 
@@ -91,6 +96,8 @@ def main(argv=None) -> int:
         from resbackbones.engine.device import resolve_device
 
         device = resolve_device(args.device)
+        amp, reason = resolve_amp(args.amp, device)
+        print(f"amp: {amp} ({reason if args.amp == 'auto' else 'set by --amp'})", flush=True)
         state = load_checkpoint(checkpoint, map_location="cpu")
         model = build_detector(cfg.model)
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
@@ -105,7 +112,7 @@ def main(argv=None) -> int:
         for path in list_images(args.input):
             image = read_image(path)
             tensor = torch.from_numpy(image.transpose(2, 0, 1).copy()).float().div_(255).to(device)
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, amp):  # boxes / scores / masks come out float32 either way
                 output = {k: v.cpu() for k, v in model([tensor])[0].items()}
             target = out_dir / f"{path.stem}.png"
             cv2.imwrite(str(target), draw(image, output, names, score_thresh=args.score_thresh))

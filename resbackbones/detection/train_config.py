@@ -101,9 +101,14 @@ class TrainConfig:
 
 @dataclass
 class TestConfig:
-    """Evaluation: iou_types default to bbox (+ segm when the model has a mask head); max_images 0 = all."""
+    """Evaluation: iou_types default to bbox (+ segm when the model has a mask head); max_images 0 = all.
+
+    amp: autocast precision of evaluation; "" = train.amp's choice (bf16 where native under "auto"), "none" forces
+    fp32. Boxes, scores and masks come out float32 either way (detection/fp32_outputs.py).
+    """
 
     iou_types: Tuple[str, ...] = ()
+    amp: Literal["", "auto", "none", "bf16", "fp16"] = ""
     mask_threshold: float = 0.5
     ims_per_batch: int = 8
     max_images: int = 0

@@ -71,6 +71,8 @@ class DetTrainer:
         self.dist = init_distributed(self.device)
         # Validated for this device (fp16 on CPU is refused) before any work.
         self.amp, self.amp_reason = resolve_amp(tcfg.amp, self.device)
+        self.eval_amp, self.eval_amp_reason = (resolve_amp(cfg.test.amp, self.device) if cfg.test.amp
+                                               else (self.amp, self.amp_reason))
         torch.manual_seed(tcfg.seed + self.dist.rank)
         self.output = Path(tcfg.output_dir)
         self.iou_types = default_iou_types(cfg)
@@ -88,6 +90,9 @@ class DetTrainer:
             self._check_classes(self.train_set, "train")
         self._check_classes(self.val_set, "val")
         self.model = build_detector(cfg.model).to(self.device)
+        # The dumped config.yaml names the input normalisation actually used (adopted from the backbone weights).
+        t, icfg = self.model.transform, cfg.model.input
+        icfg.image_mean, icfg.image_std, icfg.format = tuple(t.image_mean), tuple(t.image_std), t.input_format
         self.optimizer = build_optimizer_for(self.model, cfg.solver, lr=cfg.solver.base_lr)
         s = cfg.solver
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, make_lr_lambda(
@@ -272,7 +277,7 @@ class DetTrainer:
         for s in range(0, len(positions), batch):
             chunk = [self.val_set[index[ids[p]]] for p in positions[s:s + batch]]
             images = [im.to(self.device) for im, _ in chunk]
-            with autocast(self.device, self.amp):
+            with autocast(self.device, self.eval_amp):
                 outputs = model(images)
             outputs = [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in outputs]
             results += to_coco_results(outputs, [t["image_id"] for _, t in chunk], self.val_set.label_to_category,
@@ -293,7 +298,8 @@ class DetTrainer:
                     annotations=[a for a in data["annotations"] if a["image_id"] in ids])
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
-        """COCO stats of the current model on the val set: {"bbox": {"AP": .., ..}, "segm": {..}} (all ranks)."""
+        """COCO stats of the current model on the val set: {"bbox": {"AP": .., ..}, "segm": {..}, "eval_seconds",
+        "amp" (the autocast precision used: test.amp, or train.amp when test.amp is empty)} (all ranks)."""
         from ..evaluation.coco import evaluate_coco
 
         started = time.perf_counter()
@@ -306,6 +312,7 @@ class DetTrainer:
             else:  # nothing detected: COCOeval cannot load an empty result list; every stat is 0 by definition
                 out = {t: {"AP": 0.0} for t in self.iou_types}
             out["eval_seconds"] = round(time.perf_counter() - started, 2)
+            out["amp"] = self.eval_amp  # the precision these numbers were measured at
         return out
 
     def _eval_and_log(self, final: bool = False) -> Dict:
