@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -44,10 +45,14 @@ def test_train_eval_predict(data_root, tmp_path, capsys):
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["iteration"] == 2 and state["label_to_category"] == {1: 1, 2: 2, 3: 3}
     assert "bbox AP" in capsys.readouterr().out
+    # config.yaml names the normalisation used (no weights here: torchvision's ImageNet RGB)
+    used = yaml.safe_load((out / "config.yaml").read_text())["model"]["input"]
+    assert (used["format"], used["image_mean"], used["image_std"]) == ("RGB", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     # --eval-only on the checkpoint reproduces the final numbers
     assert train_det.main(_tiny(data_root, out, "--eval-only", "--weights", str(out / "last.pt"))) == 0
     again = json.loads((out / "eval.json").read_text())
     assert again["bbox"] == result["bbox"] and again["segm"] == result["segm"]
+    assert again["amp"] == result["amp"] in ("none", "bf16")  # the precision the stats were measured at
     # predict.py draws PNGs
     assert predict.main(["--checkpoint", str(out / "last.pt"), "--input", str(data_root / "val" / "images"),
                          "--output", str(tmp_path / "pred"), "--score-thresh", "0", "--device", "cpu"]) == 0
