@@ -8,8 +8,6 @@ The variants run round-robin (one call each per round) so that load from other p
 each number is the median over rounds after warm-up. Ratios > 1 mean ours is faster.
 """
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -21,6 +19,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import resbackbones as rb  # noqa: E402
+from machine import describe  # noqa: E402
 
 
 def _timed_rounds(variants: Dict[str, Callable[[], None]], *, warmup: int, repeats: int) -> Dict[str, float]:
@@ -74,7 +73,7 @@ def main(argv=None) -> int:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             tv_cl(images_cl)
 
-    fast32 = rb.optimize_for_inference(ours)
+    fast32 = rb.optimize_for_inference(ours, dtype=torch.float32)
     fast16 = rb.optimize_for_inference(ours, dtype=torch.bfloat16)
     with torch.inference_mode():
         ref = ours(images)
@@ -113,10 +112,8 @@ def main(argv=None) -> int:
         ("fast path bf16 vs tv channels_last+bf16 autocast", "ours fast bf16", "tv channels_last+bf16 autocast"),
         ("tv channels_last+bf16 autocast vs tv eager fp32", "tv channels_last+bf16 autocast", "tv eager fp32"),
     ]
-    cpu = platform.processor() or platform.machine()
-    print(f"{args.arch}, batch {args.batch}, {args.size}px, torch {torch.__version__}, torchvision "
-          f"{torchvision.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({cpu}), "
-          f"median of {args.repeats} round-robin rounds")
+    print(f"machine: {describe()}")
+    print(f"{args.arch}, batch {args.batch}, {args.size}px, median of {args.repeats} round-robin rounds")
     print(f"fast path check: fp32 max abs diff {err32:.2e}, bf16 top-1 agreement {agree16:.3f}")
     print(f"| {'comparison':<50} | {'ours img/s':>10} | {'ref img/s':>10} | {'ratio':>6} |")
     print(f"|{'-' * 52}|{'-' * 12}|{'-' * 12}|{'-' * 8}|")

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from coco_synthetic import synthetic_coco  # noqa: E402
+from machine import describe  # noqa: E402
 from resbackbones.evaluation.coco import STAT_NAMES, _run  # noqa: E402
 
 BACKENDS = ("pycocotools", "fast", "faster_coco_eval")
@@ -79,6 +80,7 @@ def main(argv=None):
                                       f"{'ours (fast)' if backend == 'fast' else 'faster-coco-eval'} vs pycocotools",
                          "ours": seconds, "reference": ref_time, "unit": "s", "speedup": ref_time / seconds,
                          "identical_12_stats": not differing, "differing": differing, "AP": stats[0]})
+    print(f"machine: {describe()}")
     print(f"| {'benchmark':<84} | {'pycocotools s':>13} | {'backend s':>9} | {'speed-up':>8} | 12 stats identical |")
     print(f"|{'-' * 86}|{'-' * 15}|{'-' * 11}|{'-' * 10}|{'-' * 20}|")
     for r in rows:

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import resbackbones as rb  # noqa: E402
 from resbackbones.detection import DetectorConfig  # noqa: E402
 from resbackbones.weights.convert_torchvision import detector_from_torchvision  # noqa: E402
+from machine import describe  # noqa: E402
 
 
 def _models(mask: bool, size, device):
@@ -139,8 +140,7 @@ def main():
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    desc = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {desc}; torch {torch.__version__}")
+    print(f"machine: {describe(device)}")
     rows = []
     if not args.skip_models:
         rows += bench_models(args, device)

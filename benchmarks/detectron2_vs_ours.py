@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import resbackbones as rb  # noqa: E402
 from resbackbones.detection.config import DetectorConfig  # noqa: E402
+from machine import describe  # noqa: E402
 
 DEFAULT_COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_sample"
 
@@ -202,6 +203,7 @@ def main(argv=None):
             print(f"repeat {repeat + 1}/{args.repeats} {name}: train {times[name]['train_step_s'][-1]:.2f}s, "
                   f"inference {times[name]['inference_s'][-1]:.2f}s", flush=True)
     shapes = [tuple(s["image"].shape[:2]) for s in batch]
+    print(f"machine: {describe(torch.device(args.device))}")
     print(f"Mask R-CNN R50-FPN, {args.images} COCO images {shapes}, device {args.device}, "
           f"threads {torch.get_num_threads()}, median of {args.repeats} (interleaved)")
     results = {}

@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import resbackbones as rb  # noqa: E402
 from resbackbones.utils.flops import count_macs  # noqa: E402
+from machine import describe  # noqa: E402
 
 
 def median_time(fn, *, warmup: int, repeats: int) -> float:
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
 
     model = rb.build_classifier("resnet50").eval()
-    fast = rb.optimize_for_inference(model)
+    fast = rb.optimize_for_inference(model, dtype=torch.float32)
     fast_bf16 = rb.optimize_for_inference(model, dtype=torch.bfloat16)
     macs_224 = count_macs(model, (1, 3, 224, 224))
     peak = gemm_gflops(args.gemm_size, args.repeats)
@@ -103,6 +104,7 @@ def main(argv=None) -> int:
             x = torch.randn(args.size_batch, 3, size, size)
             size_times.append(median_time(lambda: model(x), warmup=args.warmup, repeats=args.repeats))
 
+    print(f"machine: {describe()}")
     print(f"ResNet-50: {macs_224 / 1e9:.2f} G MACs per 224 px image; {torch.get_num_threads()} torch threads")
     print(f"| {'measure':<66} | {'GFLOP/s':>8} | {'of GEMM peak':>12} |")
     print(f"|{'-' * 68}|{'-' * 10}|{'-' * 14}|")

@@ -8,11 +8,13 @@ same inputs (median of repeats after warm-up, computed by the individual scripts
   coco_eval.py      COCO bbox + segm evaluation vs pycocotools and faster-coco-eval, 12 stats identical
   train_cls.py      classification training and data pipelines vs torchvision (transforms v2, PIL)
   efficiency.py     ResNet-50 GFLOP/s vs the measured fp32 / bf16 GEMM peaks; time vs batch / image size (PNG)
+  mixed_precision.py  amp=auto (bf16 where native) vs torchvision fp32: Mask R-CNN step, cls training, fast inference
 
     python benchmarks/run_all.py                 # full run (tens of minutes on 2 CPU cores)
     python benchmarks/run_all.py --quick         # small sizes, a few minutes: checks that everything runs
 
-Writes OUT/benchmarks.md (machine + table), OUT/efficiency.png, OUT/logs/*.txt (each script's full output).
+Writes OUT/benchmarks.md (machine: CPU model, amx_bf16 / avx512_bf16 flags, GPU; then the table), OUT/efficiency.png,
+OUT/logs/*.txt (each script's full output).
 "speed-up" is always reference time / our time (> 1: ours is faster), whatever the unit of the row.
 """
 import argparse
@@ -20,7 +22,6 @@ import datetime
 import importlib.util
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -34,18 +35,13 @@ REPO = HERE.parent
 
 
 def machine() -> str:
-    model = ""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "")
-    except (OSError, subprocess.SubprocessError):
-        pass
+    """The benchmark machine: CPU model, bf16 flags (amx_bf16, avx512_bf16), threads, GPU (machine.py)."""
     import torch
-    import torchvision
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, {gpu}; "
-            f"torch {torch.__version__}, torchvision {torchvision.__version__}, python {platform.python_version()}")
+    sys.path.insert(0, str(HERE))
+    from machine import describe
+
+    return describe(torch.device("cuda") if torch.cuda.is_available() else None)
 
 
 def table_rows(text: str):
@@ -107,7 +103,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, help="repeats per measurement (default 5, quick 2)")
     parser.add_argument("--coco-images", type=int, help="images in the COCO eval benchmark (default 5000, quick 200)")
     parser.add_argument("--only", nargs="+", help="run only these parts: backbone detection detectron2 coco_eval "
-                                                  "train_cls efficiency")
+                                                  "train_cls efficiency mixed_precision")
     parser.add_argument("--backbone-batch", type=int, help="batch of the backbone rows (default 8, quick 2)")
     parser.add_argument("--backbone-size", type=int, help="image side of the backbone rows (default 224, quick 160)")
     parser.add_argument("--det-size", nargs=2, help="H W of the detection rows (default 512 640, quick 192 256)")
@@ -119,7 +115,7 @@ def main(argv=None) -> int:
     quick = args.quick
     repeats = args.repeats or (2 if quick else 5)
     coco_images = args.coco_images or (200 if quick else 5000)
-    every_part = ["backbone", "detection", "detectron2", "coco_eval", "train_cls", "efficiency"]
+    every_part = ["backbone", "detection", "detectron2", "coco_eval", "train_cls", "efficiency", "mixed_precision"]
     parts = set(args.only or every_part)
     out = args.out
     runner = Runner(out, args.timeout, collect=args.collect)
@@ -204,9 +200,19 @@ def main(argv=None) -> int:
                     note += f", {100 * r['fraction_of_bf16_peak']:.1f} % of the bf16 GEMM peak"
                 add("efficiency", r["benchmark"], r["gflops"], None, "GFLOP/s", None, note)
 
+    def part_mixed_precision():
+        size = args.det_size or (["192", "256"] if quick else ["512", "640"])
+        mp_args = ["--repeats", repeats, "--det-size", *size, "--cls-epochs"] + (["--quick"] if quick else [])
+        text = local.runner.run("mixed_precision", [HERE / "mixed_precision.py", *mp_args])
+        for cells in table_rows(text):
+            name, ours, ref, unit, ratio = cells[:5]
+            add("mixed precision", name, number(ours), number(ref), unit, number(ratio),
+                "ref: torchvision fp32 (eager model / plain loop), same weights")
+
     collected = {n: [] for n in every_part}
     functions = {"backbone": part_backbone, "detection": part_detection, "detectron2": part_detectron2,
-                 "coco_eval": part_coco_eval, "train_cls": part_train_cls, "efficiency": part_efficiency}
+                 "coco_eval": part_coco_eval, "train_cls": part_train_cls, "efficiency": part_efficiency,
+                 "mixed_precision": part_mixed_precision}
 
     def run_part(name):
         local.rows = collected[name]

@@ -2,7 +2,8 @@
 """Classification training throughput, ours vs a plain torchvision loop, in one run on the same inputs.
 
 1. Training images/s over the same CIFAR-10 images, same ResNet-18 architecture, batch, optimizer and workers:
-   ours  = ClsTrainer.train_one_epoch (cv2 decode + albumentations pad/crop/flip + rb.build_classifier("resnet18"))
+   ours  = ClsTrainer.train_one_epoch (cv2 decode + albumentations pad/crop/flip + rb.build_classifier("resnet18"),
+           train.amp auto: bf16 autocast on CPUs with native bf16, the row says which)
    ref   = PIL decode + torchvision.transforms.v2 (RandomCrop(32, padding=4), flip, normalise) +
            torchvision.models.resnet18 in a hand-written SGD loop.
 2. Data pipeline images/s in one process (no model): decode + augment + normalise to a CHW float tensor,
@@ -34,6 +35,9 @@ from resbackbones.data.cls_transforms import (CIFAR_MEAN, CIFAR_STD, IMAGENET_ME
 from resbackbones.data.folders import ImageFolderDataset, decode_image  # noqa: E402
 from resbackbones.engine.cls_config import ClsConfig  # noqa: E402
 from resbackbones.engine.cls_trainer import ClsTrainer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 
@@ -85,7 +89,7 @@ def ours_epoch(args, out):
     })
     trainer = ClsTrainer(cfg)
     stats = trainer.train_one_epoch()
-    return stats["images_per_s"]
+    return stats["images_per_s"], trainer.amp  # train.amp auto: bf16 on CPUs with native bf16
 
 
 def pipeline_rate(fn, items, repeats):
@@ -109,22 +113,22 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"machine: {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
-          f"torchvision {torchvision.__version__}; ResNet-18, batch {args.batch_size}, {args.images} CIFAR images, "
-          f"{args.workers} worker(s)")
+    print(f"machine: {describe()}")
+    print(f"ResNet-18, batch {args.batch_size}, {args.images} CIFAR images, {args.workers} worker(s)")
     rows = []
 
     # 1. training throughput
     base = ImageFolderDataset(SHARED / "cifar10" / "train.tar")
     indices = sorted(np.random.default_rng(0).permutation(len(base))[:args.images].tolist())
     ref_set = PilTarDataset(base, indices, tv_cifar_train())
-    ours_epoch(args, args.out)  # warm-up (also builds the tar index cache in the page cache)
+    _, amp = ours_epoch(args, args.out)  # warm-up (also builds the tar index cache in the page cache)
     reference_epoch(ref_set, batch_size=args.batch_size, workers=args.workers)
     ours, ref = [], []
     for _ in range(args.repeats):
-        ours.append(ours_epoch(args, args.out))
+        ours.append(ours_epoch(args, args.out)[0])
         ref.append(reference_epoch(ref_set, batch_size=args.batch_size, workers=args.workers))
-    rows.append(("train ResNet-18, CIFAR recipe (img/s)", statistics.median(ours), statistics.median(ref)))
+    rows.append((f"train ResNet-18, CIFAR recipe, ours amp={amp} (img/s)", statistics.median(ours),
+                 statistics.median(ref)))
 
     # 2. data pipelines, one process
     cifar_bytes = [base._tar.read(*base._offsets[i]) for i in indices[:256]]
