@@ -105,9 +105,13 @@ class TestConfig:
 
     amp: autocast precision of evaluation; "" = train.amp's choice (bf16 where native under "auto"), "none" forces
     fp32. Boxes, scores and masks come out float32 either way (detection/fp32_outputs.py).
+    max_dets: COCOeval's maxDets, three increasing per-image caps: AR1 / AR10 at the first two, AP and the other
+    stats at the third. Crowded sets raise the third above their most instances per image (and
+    model.roi_heads.detections_per_img with it), e.g. [1, 10, 400] for DSB2018 nuclei.
     """
 
     iou_types: Tuple[str, ...] = ()
+    max_dets: Tuple[int, ...] = (1, 10, 100)
     amp: Literal["", "auto", "none", "bf16", "fp16"] = ""
     mask_threshold: float = 0.5
     ims_per_batch: int = 8
@@ -148,6 +152,12 @@ class DetTrainConfig:
                 raise ValueError(f"test.iou_types: unknown {t!r}; choose bbox, segm")
         if "segm" in self.test.iou_types and not self.model.mask_head.enabled:
             raise ValueError("test.iou_types has 'segm' but model.mask_head.enabled is false")
+        from ..evaluation.coco import CocoEvalError, check_max_dets
+
+        try:
+            check_max_dets(self.test.max_dets)
+        except CocoEvalError as error:
+            raise ValueError(f"test.{error}") from None
 
 
 def default_iou_types(cfg: DetTrainConfig) -> Tuple[str, ...]:

@@ -307,12 +307,14 @@ class DetTrainer:
         out: Dict[str, Dict[str, float]] = {}
         if self.dist.is_main:
             if results:
-                stats = evaluate_coco(self._gt(), results, iou_types=self.iou_types, backend=self.cfg.test.backend)
+                stats = evaluate_coco(self._gt(), results, iou_types=self.iou_types, backend=self.cfg.test.backend,
+                                      max_dets=self.cfg.test.max_dets)
                 out = {t: dict(s.stats) for t, s in stats.items()}
             else:  # nothing detected: COCOeval cannot load an empty result list; every stat is 0 by definition
                 out = {t: {"AP": 0.0} for t in self.iou_types}
             out["eval_seconds"] = round(time.perf_counter() - started, 2)
             out["amp"] = self.eval_amp  # the precision these numbers were measured at
+            out["max_dets"] = list(self.cfg.test.max_dets)  # COCOeval maxDets: AP is measured at the last
         return out
 
     def _eval_and_log(self, final: bool = False) -> Dict:

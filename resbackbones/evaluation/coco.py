@@ -8,6 +8,11 @@ Detections are COCO results: [{"image_id", "category_id", "score", "bbox": [x, y
 as a list or a path to a results json. Every input problem raises CocoEvalError with one line naming it.
 For segm, detections are evaluated without their "bbox" key (as detectron2 does) so that a detection's area is its
 mask area, not its box area, when COCOeval sorts it into small / medium / large.
+
+max_dets is COCOeval's params.maxDets (three increasing caps per image, default [1, 10, 100]): AR1 / AR10 are
+measured at the first two, every other stat at the third (the names keep COCO's "AR100"). Crowded sets (DSB2018
+nuclei: up to 375 per image) need the third above their most instances per image. pycocotools' summarize() reads AP
+at a hard-coded 100 (-1 when 100 is not among maxDets); here AP is read at max_dets[2], as detectron2 does.
 """
 import contextlib
 import copy
@@ -22,6 +27,7 @@ import numpy as np
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
+DEFAULT_MAX_DETS = (1, 10, 100)
 BACKENDS = ("auto", "pycocotools", "fast", "faster_coco_eval")
 
 GroundTruth = Union[str, os.PathLike, Mapping[str, Any], Any]
@@ -144,11 +150,39 @@ def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def _run(gt: Dict[str, Any], dets: List[Dict[str, Any]], iou_type: str, backend: str):
+def check_max_dets(max_dets: Sequence[int]) -> Tuple[int, int, int]:
+    """COCOeval's maxDets as a tuple of three increasing positive ints; CocoEvalError naming the value otherwise."""
+    values = tuple(max_dets)
+    if (len(values) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+            or list(values) != sorted(set(values))):
+        raise CocoEvalError(f"max_dets must be three increasing positive ints (COCOeval maxDets, e.g. [1, 10, 100]), "
+                            f"got {list(values)}")
+    return values  # type: ignore[return-value]
+
+
+def _ap_at_last_max_dets(evaluator) -> float:
+    """stats[0] (AP @[.5:.95], all areas) at maxDets[2]: pycocotools' own expression, its maxDets index made
+    explicit (its summarize() looks for 100 and reports -1 when 100 is not among maxDets)."""
+    area_all = list(evaluator.params.areaRngLbl).index("all")
+    values = np.asarray(evaluator.eval["precision"])[:, :, :, area_all, 2]
+    return float(np.mean(values[values > -1])) if (values > -1).any() else -1.0
+
+
+def _run(gt: Dict[str, Any], dets: List[Dict[str, Any]], iou_type: str, backend: str,
+         max_dets: Sequence[int] = DEFAULT_MAX_DETS):
+    max_dets = check_max_dets(max_dets)
+    evaluator = _evaluate(gt, dets, iou_type, backend, max_dets)
+    if max_dets[2] != 100:
+        evaluator.stats[0] = _ap_at_last_max_dets(evaluator)
+    return evaluator
+
+
+def _evaluate(gt: Dict[str, Any], dets: List[Dict[str, Any]], iou_type: str, backend: str,
+              max_dets: Tuple[int, int, int]):
     if backend == "fast":
         from .coco_fast import FastCOCOeval
 
-        return FastCOCOeval(gt, dets, iou_type).run()
+        return FastCOCOeval(gt, dets, iou_type, max_dets=max_dets).run()
     coco_cls, eval_cls = _backend_classes(backend)
     with _quiet():
         if backend == "faster_coco_eval":
@@ -160,6 +194,7 @@ def _run(gt: Dict[str, Any], dets: List[Dict[str, Any]], iou_type: str, backend:
         coco_dt = coco_gt.loadRes(dets)
         kwargs = {"print_function": lambda *a, **k: None} if backend == "faster_coco_eval" else {}
         evaluator = eval_cls(coco_gt, coco_dt, iou_type, **kwargs)
+        evaluator.params.maxDets = list(max_dets)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -167,7 +202,7 @@ def _run(gt: Dict[str, Any], dets: List[Dict[str, Any]], iou_type: str, backend:
 
 
 def per_category_ap(evaluator) -> Dict[int, float]:
-    """AP@[.5:.95] per category from COCOeval.eval["precision"] (all areas, 100 detections), -1 if undefined."""
+    """AP@[.5:.95] per category from COCOeval.eval["precision"] (all areas, maxDets[2]), -1 if undefined."""
     precision = np.asarray(evaluator.eval["precision"])  # [T iou, R recall, K categories, A areas, M max dets]
     result = {}
     for k, cat_id in enumerate(evaluator.params.catIds):
@@ -183,15 +218,18 @@ def evaluate_coco(
     *,
     iou_types: Sequence[str] = ("bbox",),
     backend: str = "auto",
+    max_dets: Sequence[int] = DEFAULT_MAX_DETS,
 ) -> Dict[str, CocoStats]:
     """COCO metrics of `detections` against `gt` (path, dict or COCO object) for each iou type ("bbox", "segm").
 
-    Returns {iou_type: CocoStats}; stats are the values of COCOeval.stats under STAT_NAMES.
+    Returns {iou_type: CocoStats}; stats are the values of COCOeval.stats under STAT_NAMES. max_dets: COCOeval's
+    maxDets (see the module docstring).
     """
     unknown = [t for t in iou_types if t not in IOU_TYPES]
     if unknown or not iou_types:
         raise CocoEvalError(f"unknown iou type(s) {unknown or list(iou_types)}; available: {', '.join(IOU_TYPES)}")
     backend = resolve_backend(backend)
+    max_dets = check_max_dets(max_dets)
     gt_dict = _gt_dict(gt)
     dets = _dt_list(detections)
     check_detections(gt_dict, dets, iou_types)
@@ -202,21 +240,21 @@ def evaluate_coco(
             typed = [{k: v for k, v in d.items() if k != "bbox"} for d in dets]
         else:
             typed = [dict(d) for d in dets]  # loadRes writes area / id into each result
-        evaluator = _run(gt_dict, typed, iou_type, backend)
+        evaluator = _run(gt_dict, typed, iou_type, backend, max_dets)
         stats = {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats[: len(STAT_NAMES)])}
         results[iou_type] = CocoStats(iou_type=iou_type, stats=stats, per_category=per_category_ap(evaluator),
                                       category_names=names, backend=backend)
     return results
 
 
-def format_stats(stats: Mapping[str, float]) -> str:
-    """The 12 stats as COCOeval.summarize() names them, one per line."""
-    labels = {
-        "AP": "AP @[IoU=0.50:0.95 | area=   all | maxDets=100]", "AP50": "AP @[IoU=0.50      | area=   all | maxDets=100]",
-        "AP75": "AP @[IoU=0.75      | area=   all | maxDets=100]", "APs": "AP @[IoU=0.50:0.95 | area= small | maxDets=100]",
-        "APm": "AP @[IoU=0.50:0.95 | area=medium | maxDets=100]", "APl": "AP @[IoU=0.50:0.95 | area= large | maxDets=100]",
-        "AR1": "AR @[IoU=0.50:0.95 | area=   all | maxDets=  1]", "AR10": "AR @[IoU=0.50:0.95 | area=   all | maxDets= 10]",
-        "AR100": "AR @[IoU=0.50:0.95 | area=   all | maxDets=100]", "ARs": "AR @[IoU=0.50:0.95 | area= small | maxDets=100]",
-        "ARm": "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]", "ARl": "AR @[IoU=0.50:0.95 | area= large | maxDets=100]",
-    }
-    return "\n".join(f"{name:>5}  {labels[name]} = {stats[name]:.3f}" for name in STAT_NAMES)
+def format_stats(stats: Mapping[str, float], max_dets: Sequence[int] = DEFAULT_MAX_DETS) -> str:
+    """The 12 stats as COCOeval.summarize() names them (with the maxDets they were measured at), one per line."""
+    few, some, most = check_max_dets(max_dets)
+    rows = {"AP": ("AP", "0.50:0.95", "all", most), "AP50": ("AP", "0.50     ", "all", most),
+            "AP75": ("AP", "0.75     ", "all", most), "APs": ("AP", "0.50:0.95", "small", most),
+            "APm": ("AP", "0.50:0.95", "medium", most), "APl": ("AP", "0.50:0.95", "large", most),
+            "AR1": ("AR", "0.50:0.95", "all", few), "AR10": ("AR", "0.50:0.95", "all", some),
+            "AR100": ("AR", "0.50:0.95", "all", most), "ARs": ("AR", "0.50:0.95", "small", most),
+            "ARm": ("AR", "0.50:0.95", "medium", most), "ARl": ("AR", "0.50:0.95", "large", most)}
+    return "\n".join(f"{name:>5}  {kind} @[IoU={iou} | area={area:>6} | maxDets={dets:>3}] = {stats[name]:.3f}"
+                     for name, (kind, iou, area, dets) in rows.items())

@@ -49,11 +49,13 @@ class FastCOCOeval:
     everything downstream (summarize, per-category AP) is pycocotools' code.
     """
 
-    def __init__(self, gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], iou_type: str):
+    def __init__(self, gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], iou_type: str,
+                 max_dets: Sequence[int] = (1, 10, 100)):
         if iou_type not in ("bbox", "segm"):
             raise ValueError(f"FastCOCOeval supports bbox and segm, got {iou_type!r}")
         self.gt, self.results, self.iou_type = gt, list(results), iou_type
         self.params = Params(iouType=iou_type)
+        self.params.maxDets = list(max_dets)  # COCOeval params.maxDets: per-image caps, the last one for AP
         self.params.imgIds = sorted({img["id"] for img in gt["images"]})
         self.params.catIds = sorted({cat["id"] for cat in gt["categories"]})
 
