@@ -155,3 +155,18 @@ def test_boxes_are_decoded_in_float32_under_bf16_autocast(model_and_data):
     in_bf16 = heads.box_coder.decode(deltas.bfloat16(), [p.bfloat16() for p in proposals])
     bf16_error = (in_bf16.float() - reference).abs().max().item()
     assert error < 0.5 < bf16_error, f"max coordinate error: {error:.3f} px (decoding in bf16: {bf16_error:.3f} px)"
+
+
+def test_roi_pool_of_the_vgg_layout_takes_bf16_features():
+    """Fast R-CNN's RoIPool (VGG-16 layout) under bf16 autocast: the max of bf16 values, exactly, in bf16."""
+    from torchvision.ops import roi_pool
+
+    from resbackbones.detection.heads import RoIPool
+
+    gen = torch.Generator().manual_seed(0)
+    feature = torch.randn(2, 8, 20, 24, generator=gen).bfloat16()
+    boxes = [torch.tensor([[10.0, 20.0, 200.0, 150.0], [0.0, 0.0, 60.0, 40.0]]), torch.tensor([[30.0, 5, 90, 70]])]
+    with torch.autocast(**BF16):
+        pooled = RoIPool(featmap_name="conv5", stride=16, output_size=7)({"conv5": feature}, boxes, [(320, 384)] * 2)
+    expected = roi_pool(feature.float(), boxes, 7, spatial_scale=1 / 16).bfloat16()
+    assert pooled.dtype == torch.bfloat16 and torch.equal(pooled, expected)

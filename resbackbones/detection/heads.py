@@ -30,6 +30,10 @@ class RoIPool(MultiScaleRoIAlign):
     def forward(self, x: Dict[str, torch.Tensor], boxes: List[torch.Tensor],
                 image_shapes: List[Tuple[int, int]]) -> torch.Tensor:
         feature = x[self.featmap_names[0]]
+        if feature.dtype in (torch.bfloat16, torch.float16):
+            # torchvision's CPU roi_pool has no bf16 kernel and no autocast rule; a max is exact in float32 and back.
+            pooled = roi_pool(feature.float(), [b.float() for b in boxes], self.output_size, 1.0 / self.stride)
+            return pooled.to(feature.dtype)
         return roi_pool(feature, boxes, self.output_size, spatial_scale=1.0 / self.stride)
 
 
