@@ -62,6 +62,8 @@ for model in $MODELS; do  # publish each final model once (again when its run ha
   if [[ ! -f "$published" || "$RUNS/$model/checkpoints/last.pt" -nt "$published" ]]; then
     "$PY" "$HERE/publish.py" --run "$RUNS/$model" --out "$published" --data "$CIFAR10"
   fi
+  mkdir -p "$RESULTS/logs/$model"   # the small per-epoch record beside the weights, committed with them
+  cp "$RUNS/$model/metrics.csv" "$RUNS/$model/config.yaml" "$RESULTS/logs/$model/"
 done
 
 "$PY" "$HERE/summarize.py" --runs "$RUNS" --results "$RESULTS" --models $MODELS
