@@ -74,6 +74,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.eval_only:
         checkpoint = args.weights or str(Path(cfg.train.output_dir) / "last.pt")
         trainer = DetTrainer(cfg, eval_only=True, checkpoint=checkpoint)
+        if trainer.dist.is_main:
+            print(f"evaluating {checkpoint} at amp {trainer.eval_amp} ({trainer.eval_amp_reason})", flush=True)
         result = trainer.evaluate()
         if trainer.dist.is_main:
             (Path(cfg.train.output_dir) / "eval.json").write_text(json.dumps(result, indent=2))
