@@ -106,6 +106,8 @@ def _run(args: argparse.Namespace) -> int:
                   f"{cfg.model.arch}, {args.weights or 'last checkpoint'})")
     else:
         metrics = trainer.fit()
+        if args.export and not metrics:  # resumed an already finished run: measure what the export records
+            metrics = trainer.evaluate()
     if args.export and trainer.is_main:
         print(f"exported backbone weights to {trainer.export_backbone(args.export, metrics=metrics)}")
     return 0
