@@ -31,6 +31,9 @@ class VGG(Backbone):
 
     depth: 11, 13, 16 or 19. norm: "none" (plain VGG) or any get_norm name ("BN" gives torchvision's vgg*_bn).
     out_features: subset of conv1..conv5 (default conv5). freeze_at: 0 = nothing, k = conv1..conv_k.
+    classifier_pool: side of the average pool between pool5 and fc6 in build_classifier_head (7: torchvision's, for
+      224 px inputs where pool5 is 7x7). Small inputs (CIFAR at 32-64 px: pool5 1x1 or 2x2) want 1: a 7x7 pool would
+      copy each pool5 value up to 49 times, and fc6's 49 copies of a weight then learn as one at 49x the lr.
     Convs keep their bias even with BN, as torchvision's do, so converted weights load one to one.
     """
 
@@ -44,11 +47,14 @@ class VGG(Backbone):
         freeze_at: int = 0,
         norm_eval: bool = False,
         checkpoint_stages: Sequence[str] = (),
+        classifier_pool: int = 7,
     ):
         super().__init__()
         if depth not in DEPTH_TO_CONVS:
             raise ValueError(f"VGG: unsupported depth {depth!r}; available: {', '.join(map(str, DEPTH_TO_CONVS))}")
-        self.depth = depth
+        if not isinstance(classifier_pool, int) or classifier_pool < 1:
+            raise ValueError(f"VGG: classifier_pool must be a positive int, got {classifier_pool!r}")
+        self.depth, self.classifier_pool = depth, classifier_pool
         stages: "OrderedDict[str, nn.Module]" = OrderedDict()
         shapes: Dict[str, ShapeSpec] = {}
         channels = in_channels
@@ -97,18 +103,19 @@ class VGG(Backbone):
         """
         if self.stage_names[-1] != "conv5":
             raise ValueError(f"VGG classifier head needs stage conv5, but the backbone stops at {self.stage_names[-1]}")
-        return VGGHead(num_classes=num_classes, dropout=dropout)
+        return VGGHead(num_classes=num_classes, dropout=dropout, pool_size=self.classifier_pool)
 
 
 class VGGHead(nn.Sequential):
-    """conv5 [N, 512, h, w] -> pool5 -> [N, 512, 7, 7] (adaptive avg) -> fc6 4096 -> fc7 4096 -> fc8 num_classes."""
+    """conv5 [N, 512, h, w] -> pool5 -> [N, 512, p, p] (adaptive avg, p = pool_size, torchvision: 7) -> fc6 4096 ->
+    fc7 4096 -> fc8 num_classes."""
 
-    def __init__(self, *, num_classes: int, dropout: float = 0.5, in_channels: int = 512):
+    def __init__(self, *, num_classes: int, dropout: float = 0.5, in_channels: int = 512, pool_size: int = 7):
         super().__init__(OrderedDict([
             ("pool5", nn.MaxPool2d(kernel_size=2, stride=2)),
-            ("avgpool", nn.AdaptiveAvgPool2d((7, 7))),
+            ("avgpool", nn.AdaptiveAvgPool2d((pool_size, pool_size))),
             ("flatten", nn.Flatten(1)),
-            ("fc6", nn.Linear(in_channels * 7 * 7, 4096)),
+            ("fc6", nn.Linear(in_channels * pool_size * pool_size, 4096)),
             ("relu6", nn.ReLU(inplace=True)),
             ("drop6", nn.Dropout(p=dropout)),
             ("fc7", nn.Linear(4096, 4096)),
@@ -134,10 +141,11 @@ def _register(depth: int, batch_norm: bool) -> None:
         freeze_at: int = 0,
         norm_eval: bool = False,
         checkpoint_stages: Sequence[str] = (),
+        classifier_pool: int = 7,
     ) -> VGG:
         return VGG(
             depth=depth, norm=norm, in_channels=in_channels, out_features=out_features, freeze_at=freeze_at,
-            norm_eval=norm_eval, checkpoint_stages=checkpoint_stages,
+            norm_eval=norm_eval, checkpoint_stages=checkpoint_stages, classifier_pool=classifier_pool,
         )
 
     builder.__name__ = name
