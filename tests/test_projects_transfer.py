@@ -83,12 +83,26 @@ def test_run_sh_tiny_budget_pretrains_exports_finetunes_resumes_and_summarizes(t
     ({"TR_INITS": "imagenet"}, "TR_INITS: unknown init 'imagenet'"),
     ({"TR_BACKBONES": "resnet51"}, "no configs/pretrain_resnet51.yaml"),
     ({"TR_JOBS": "3"}, "TR_JOBS must be 1 or 2"),
+    ({"TR_DET_ITERS": "1k"}, "TR_DET_ITERS must be a whole number, got '1k'"),
     ({"TR_BACKBONES": "resnet101", "TR_DSB_BACKBONES": "resnet50"}, "'resnet50' is fine-tuned pretrained but not pretrained"),
 ])
 def test_run_sh_refuses_bad_settings_in_one_line(tmp_path, env, message):
     result = _run(dict(env, TR_RUNS=str(tmp_path / "runs")))
     assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
     assert not (tmp_path / "runs").exists()  # refused before anything ran
+
+
+def test_vgg_vs_resnet_pretrained_protocol_is_this_study(tmp_path):
+    """projects/vgg_vs_resnet's VVR_PROTOCOL=pretrained runs this run.sh (BCCD, pretrained rows); its checks apply."""
+    env = dict(os.environ, PYTHON=sys.executable, VVR_PROTOCOL="pretrained", VVR_BACKBONES="vgg16 resnet51",
+               TR_RUNS=str(tmp_path / "runs"))
+    result = subprocess.run(["bash", str(REPO / "projects" / "vgg_vs_resnet" / "run.sh")], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "TR_BACKBONES: no configs/pretrain_resnet51.yaml" in result.stderr
+    env["VVR_PROTOCOL"] = "imagenet"
+    result = subprocess.run(["bash", str(REPO / "projects" / "vgg_vs_resnet" / "run.sh")], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "VVR_PROTOCOL='imagenet' is unknown" in result.stderr
 
 
 def test_run_sh_names_a_missing_dataset(tmp_path):

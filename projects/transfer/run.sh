@@ -17,16 +17,17 @@
 #   TR_BACKBONES           pretrained, and fine-tuned on BCCD                           ["vgg16 resnet50 resnet101"]
 #   TR_DSB_BACKBONES       fine-tuned on DSB2018 nuclei (each needs its pretraining)    ["resnet50"]
 #   TR_DATASETS            subset of "bccd dsb"      TR_INITS  subset of "pretrained scratch"
-#   TR_PX                  pretraining input size (CIFAR's 32 px upsampled)              [48]
-#   TR_EPOCHS              pretraining epochs (the same for every backbone)             [10]
+#   TR_PX                  pretraining input size (CIFAR's 32 px upsampled)              [config: 48]
+#   TR_EPOCHS              pretraining epochs (the same for every backbone)             [config: 10]
 #   TR_BATCH               pretraining batch (lr 0.05 at 128, scaled linearly)          [config: 128]
 #   TR_TRAIN_SUBSET        pretraining images per epoch (fixed random subset)           [all 50,000]
 #   TR_VAL_SUBSET          test images for the pretraining's final top-1                [all 10,000]
-#   TR_DET_ITERS           fine-tune iterations of 2 images (lr /10 at 80 %)            [1000]
+#   TR_DET_ITERS           fine-tune iterations of 2 images (lr /10 at 80 %)            [config: 1000]
 #   TR_DET_TRAIN_LIMIT     first N train images only (0 = all)   TR_DET_VAL_LIMIT  first N val images (0 = all)
 #   TR_BCCD_MIN_SIZE       BCCD input shorter side [config: 160]  TR_DSB_MIN_SIZE  DSB shorter side [config: 256]
 #   TR_THREADS             torch threads per process                                    [1]
 #   TR_DEVICE              cpu, cuda, cuda:N                                            [auto]
+#   TR_WORKERS             data loader processes (GPU: 8 or more)                       [config: 1 / 0]
 #   TR_JOBS                1, or 2: the first of TR_BACKBONES in one chain, the others in a second one  [1]
 #   PYTHON                 interpreter                                                  [.venv/bin/python if present]
 set -euo pipefail
@@ -46,9 +47,6 @@ BACKBONES="${TR_BACKBONES:-vgg16 resnet50 resnet101}"
 DSB_BACKBONES="${TR_DSB_BACKBONES-resnet50}"   # set but empty: no DSB fine-tunes
 DATASETS="${TR_DATASETS:-bccd dsb}"
 INITS="${TR_INITS:-pretrained scratch}"
-PX="${TR_PX:-48}"
-EPOCHS="${TR_EPOCHS:-10}"
-DET_ITERS="${TR_DET_ITERS:-1000}"
 THREADS="${TR_THREADS:-1}"
 JOBS="${TR_JOBS:-1}"
 CONFIGS="$HERE/configs"
@@ -67,6 +65,11 @@ if in_list dsb "$DATASETS"; then
   done
 fi
 [[ "$JOBS" == 1 || "$JOBS" == 2 ]] || fail "TR_JOBS must be 1 or 2, got '$JOBS'"
+for knob in TR_PX TR_EPOCHS TR_BATCH TR_TRAIN_SUBSET TR_VAL_SUBSET TR_DET_ITERS TR_DET_TRAIN_LIMIT TR_DET_VAL_LIMIT \
+            TR_BCCD_MIN_SIZE TR_DSB_MIN_SIZE TR_THREADS TR_WORKERS; do
+  value="${!knob:-}"
+  [[ -z "$value" || "$value" =~ ^[0-9]+$ ]] || fail "$knob must be a whole number, got '$value'"
+done
 need_data() {  # need_data VAR FOLDER FILE...
   local var="$1" folder="$2"; shift 2
   for f in "$@"; do [[ -e "$folder/$f" ]] || fail "'$folder/$f' not found; set $var=/path/to/the/folder"; done
@@ -98,11 +101,14 @@ if [[ "$JOBS" == 2 ]]; then
 fi
 
 # -- 1. pretraining + export ---------------------------------------------------------------------------------------
-pre_extra=(--data "$CIFAR10" --epochs "$EPOCHS" "data.crop_size=$PX" "data.resize_size=$PX" "train.threads=$THREADS")
+pre_extra=(--data "$CIFAR10" "train.threads=$THREADS")
+[[ -n "${TR_PX:-}" ]] && pre_extra+=("data.crop_size=$TR_PX" "data.resize_size=$TR_PX")
+[[ -n "${TR_EPOCHS:-}" ]] && pre_extra+=(--epochs "$TR_EPOCHS")
 [[ -n "${TR_BATCH:-}" ]] && pre_extra+=(--batch-size "$TR_BATCH")
 [[ -n "${TR_TRAIN_SUBSET:-}" ]] && pre_extra+=("data.train_subset=$TR_TRAIN_SUBSET")
 [[ -n "${TR_VAL_SUBSET:-}" ]] && pre_extra+=("data.val_subset=$TR_VAL_SUBSET")
 [[ -n "${TR_DEVICE:-}" ]] && pre_extra+=(--device "$TR_DEVICE")
+[[ -n "${TR_WORKERS:-}" ]] && pre_extra+=(--workers "$TR_WORKERS")
 export_of() { echo "$RUNS/pretrain/$1/backbone.safetensors"; }
 
 pretrain_one() {  # pretrain_one BACKBONE OUT: train (or continue), then export with the final top-1
@@ -121,12 +127,16 @@ if in_list pretrained "$INITS"; then
 fi
 
 # -- 2. fine-tuning: one detector and budget per dataset, pretrained vs scratch --------------------------------------
-steps=$(( DET_ITERS * 4 / 5 )); warm=$(( DET_ITERS < 100 ? DET_ITERS / 2 : 50 ))
-det_extra=("solver.max_iter=$DET_ITERS" "solver.steps=[$(( steps > 0 ? steps : 1 ))]" "solver.warmup_iters=$warm"
-           "train.checkpoint_period=$(( DET_ITERS < 50 ? DET_ITERS : 50 ))" "train.num_threads=$THREADS")
+det_extra=("train.num_threads=$THREADS")
+if [[ -n "${TR_DET_ITERS:-}" ]]; then  # the schedule keeps its shape: lr /10 at 80 %, warm-up <= 50 iterations
+  iters="$TR_DET_ITERS"; steps=$(( iters * 4 / 5 ))
+  det_extra+=("solver.max_iter=$iters" "solver.steps=[$(( steps > 0 ? steps : 1 ))]"
+              "solver.warmup_iters=$(( iters < 100 ? iters / 2 : 50 ))" "train.checkpoint_period=$(( iters < 50 ? iters : 50 ))")
+fi
 [[ -n "${TR_DET_TRAIN_LIMIT:-}" ]] && det_extra+=("data.train.limit=$TR_DET_TRAIN_LIMIT")
 [[ -n "${TR_DET_VAL_LIMIT:-}" ]] && det_extra+=("test.max_images=$TR_DET_VAL_LIMIT")
 [[ -n "${TR_DEVICE:-}" ]] && det_extra+=("train.device=$TR_DEVICE")
+[[ -n "${TR_WORKERS:-}" ]] && det_extra+=("data.num_workers=$TR_WORKERS")
 
 finetune_one() {  # finetune_one BACKBONE_INIT OUT   (uses $dataset, $data_dir, $min_size)
   local backbone="${1%_*}" init="${1##*_}" init_args

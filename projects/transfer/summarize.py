@@ -152,6 +152,7 @@ def plot(rows, path: Path) -> None:
         ax.set_xticks(list(range(len(backbones))))
         ax.set_xticklabels([BACKBONE_NAMES.get(b, b) for b in backbones])
         ax.set_title(f"{DATASET_NAMES[dataset]}: {iou} AP (%)", fontsize=9)
+        ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
