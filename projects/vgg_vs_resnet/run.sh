@@ -18,6 +18,8 @@
 #   VVR_MIN_SIZE      input shorter side                                        [config: 128]
 #   VVR_THREADS       torch CPU threads                                         [config: 1]
 #   PYTHON            interpreter                                               [.venv/bin/python if present]
+#   VVR_PROTOCOL      "pretrained": the same comparison with every backbone pretrained on CIFAR-10 the same way
+#                     (projects/transfer/run.sh for BCCD, pretrained rows only; its TR_* knobs apply)  [from scratch]
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
@@ -29,6 +31,13 @@ BCCD="${BCCD:-$ROOT/../shared/data/bccd}"
 RUNS="${VVR_RUNS:-$HERE/runs}"
 RESULTS="${VVR_RESULTS:-$HERE/results}"
 BACKBONES="${VVR_BACKBONES:-vgg16 resnet50 resnet101}"
+
+case "${VVR_PROTOCOL:-}" in
+  "") ;;
+  pretrained) TR_DATASETS=bccd TR_INITS=pretrained TR_BACKBONES="$BACKBONES" TR_DSB_BACKBONES="" \
+                exec bash "$HERE/../transfer/run.sh" ;;
+  *) echo "error: VVR_PROTOCOL='$VVR_PROTOCOL' is unknown; use 'pretrained' or leave it unset (from scratch)" >&2; exit 2 ;;
+esac
 
 for f in train.json val.json images; do
   if [[ ! -e "$BCCD/$f" ]]; then
