@@ -78,11 +78,26 @@ def test_run_sh_tiny_budget_pretrains_exports_finetunes_resumes_and_summarizes(t
     assert [r["finetune_iters"] for r in _rows(results / "summary.csv")[1]] == ["2"] * 4
 
 
+def test_run_sh_two_chains_then_one_summary(tmp_path):
+    """TR_JOBS=2: the first backbone's chain in the background (its own log), the others in the foreground, then
+    one summary of both (scratch only here: no pretraining needed)."""
+    bccd = require_shared("data/bccd/train.json").parent
+    env = {"BCCD": str(bccd), "TR_JOBS": "2", "TR_BACKBONES": "vgg16 resnet50", "TR_DATASETS": "bccd",
+           "TR_INITS": "scratch", "TR_DET_ITERS": "1", "TR_DET_TRAIN_LIMIT": "2", "TR_DET_VAL_LIMIT": "2",
+           "TR_BCCD_MIN_SIZE": "64", "TR_RUNS": str(tmp_path / "runs"), "TR_RESULTS": str(tmp_path / "results")}
+    result = _run(env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "vgg16_scratch: training" in (tmp_path / "runs" / "chain_vgg16.log").read_text()
+    assert [(r["backbone"], r["init"]) for r in _rows(tmp_path / "results" / "summary.csv")[1]] == [
+        ("vgg16", "scratch"), ("resnet50", "scratch")]
+
+
 @pytest.mark.parametrize("env, message", [
     ({"TR_DATASETS": "coco"}, "TR_DATASETS: unknown dataset 'coco'"),
     ({"TR_INITS": "imagenet"}, "TR_INITS: unknown init 'imagenet'"),
     ({"TR_BACKBONES": "resnet51"}, "no configs/pretrain_resnet51.yaml"),
     ({"TR_JOBS": "3"}, "TR_JOBS must be 1 or 2"),
+    ({"TR_JOBS": "2", "TR_BACKBONES": "resnet50"}, "TR_JOBS=2 needs at least two TR_BACKBONES"),
     ({"TR_DET_ITERS": "1k"}, "TR_DET_ITERS must be a whole number, got '1k'"),
     ({"TR_BACKBONES": "resnet101", "TR_DSB_BACKBONES": "resnet50"}, "'resnet50' is fine-tuned pretrained but not pretrained"),
 ])

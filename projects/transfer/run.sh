@@ -65,6 +65,8 @@ if in_list dsb "$DATASETS"; then
   done
 fi
 [[ "$JOBS" == 1 || "$JOBS" == 2 ]] || fail "TR_JOBS must be 1 or 2, got '$JOBS'"
+read -r first rest <<< "$BACKBONES"
+[[ "$JOBS" == 1 || -n "${rest:-}" ]] || fail "TR_JOBS=2 needs at least two TR_BACKBONES, got '$BACKBONES'"
 for knob in TR_PX TR_EPOCHS TR_BATCH TR_TRAIN_SUBSET TR_VAL_SUBSET TR_DET_ITERS TR_DET_TRAIN_LIMIT TR_DET_VAL_LIMIT \
             TR_BCCD_MIN_SIZE TR_DSB_MIN_SIZE TR_THREADS TR_WORKERS; do
   value="${!knob:-}"
@@ -85,16 +87,16 @@ in_list dsb "$DATASETS" && need_data DSB "$DSB" train.json val.json images
 
 # -- two chains: the first backbone alone, the others together; each chain runs this script for its backbones ----
 if [[ "$JOBS" == 2 ]]; then
-  read -r first rest <<< "$BACKBONES"
-  [[ -n "${rest:-}" ]] || fail "TR_JOBS=2 needs at least two TR_BACKBONES, got '$BACKBONES'"
   first_dsb=""; rest_dsb=""
   for b in $DSB_BACKBONES; do if [[ "$b" == "$first" ]]; then first_dsb="$b"; else rest_dsb="$rest_dsb $b"; fi; done
   mkdir -p "$RUNS"
   echo "== two chains: '$first' (log $RUNS/chain_$first.log) and '$rest'"
-  TR_JOBS=1 TR_BACKBONES="$first" TR_DSB_BACKBONES="$first_dsb" TR_SUMMARY=0 bash "$0" > "$RUNS/chain_$first.log" 2>&1 &
+  TR_JOBS=1 TR_BACKBONES="$first" TR_DSB_BACKBONES="$first_dsb" TR_SUMMARY=0 bash "$HERE/run.sh" \
+    > "$RUNS/chain_$first.log" 2>&1 &
   other=$!
+  trap 'kill "$other" 2>/dev/null || true' INT TERM   # stopping this script stops both chains (both resume later)
   status=0
-  TR_JOBS=1 TR_BACKBONES="$rest" TR_DSB_BACKBONES="${rest_dsb# }" TR_SUMMARY=0 bash "$0" || status=$?
+  TR_JOBS=1 TR_BACKBONES="$rest" TR_DSB_BACKBONES="${rest_dsb# }" TR_SUMMARY=0 bash "$HERE/run.sh" || status=$?
   wait "$other" || { echo "error: the '$first' chain failed; see $RUNS/chain_$first.log" >&2; status=1; }
   [[ "$status" == 0 ]] || exit "$status"
   exec "$PY" "$HERE/summarize.py" --runs "$RUNS" --results "$RESULTS" --readme-if-default
