@@ -82,7 +82,7 @@ def init_overrides(config: str, init: str, folder: Path):
     from resbackbones.detection.train_config import DetTrainConfig
 
     name = load_config(DetTrainConfig, config, []).model.backbone.name
-    norm = "none" if name.startswith("vgg") else "FrozenBN"
+    norm = "none" if name.startswith("vgg") and not name.endswith("_bn") else "FrozenBN"  # as run.sh
     stand_in = folder / f"{name}_stand_in.safetensors"
     rb.weights.save(rb.build_backbone(name, norm="none" if norm == "none" else "BN"), stand_in)
     return [f"model.backbone.weights={stand_in}", f"model.backbone.norm={norm}", "model.backbone.freeze_at=2"]

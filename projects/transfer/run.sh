@@ -144,7 +144,7 @@ finetune_one() {  # finetune_one BACKBONE_INIT OUT   (uses $dataset, $data_dir, 
   local backbone="${1%_*}" init="${1##*_}" init_args
   if [[ "$init" == pretrained ]]; then
     # FrozenBN statistics from pretraining (VGG-16 has no norm), stem + first stage frozen, as detectron2 fine-tunes
-    local norm=FrozenBN; [[ "$backbone" == vgg* ]] && norm=none
+    local norm=FrozenBN; [[ "$backbone" == vgg* && "$backbone" != *_bn ]] && norm=none
     init_args=("model.backbone.weights=$(export_of "$backbone")" "model.backbone.norm=$norm" "model.backbone.freeze_at=2")
   else
     init_args=("model.backbone.weights=''" "model.backbone.norm=GN" "model.backbone.freeze_at=0")
