@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Convert a torchvision / detectron2 / CIFAR checkpoint to resbackbones weights (safetensors + metadata).
 
-    python tools/convert_weights.py --source torchvision resnet50.pth resnet50.safetensors
-    python tools/convert_weights.py --source detectron2 R-50.pkl r50_msra.safetensors --verify
-    python tools/convert_weights.py --source cifar resnet20-12fca82f.th cifar_resnet20.safetensors
+    python tools/convert_weights.py --from torchvision resnet50.pth resnet50.safetensors
+    python tools/convert_weights.py --from detectron2 R-50.pkl r50_msra.safetensors --verify
+    python tools/convert_weights.py --from cifar resnet20-12fca82f.th cifar_resnet20.safetensors
 
+(--source is the older name of --from and still works.)
 --verify builds the architecture (from --arch or the metadata) and loads the result strictly.
 Exit status 2 with a one-line reason on bad input (missing file, wrong format, pickled code, mismatch).
 """
@@ -21,7 +22,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="checkpoint to convert (.pth/.pt/.th torch file, or detectron2 .pkl)")
     parser.add_argument("output", help="where to write (.safetensors; any other suffix: torch file)")
-    parser.add_argument("--source", required=True, choices=sorted(CONVERTERS), help="who wrote the checkpoint")
+    parser.add_argument("--from", "--source", dest="source", required=True, choices=sorted(CONVERTERS),
+                        help="who wrote the checkpoint (--source: the same flag's older name)")
     parser.add_argument("--arch", default=None, help="registered backbone name to record (default: inferred)")
     parser.add_argument("--verify", action="store_true", help="build the arch and load the result strictly")
     args = parser.parse_args(argv)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Set-up and entry points that work on a fresh machine with only python3.
 
-    python3 tools/dev.py quickstart   # create .venv, install, train + evaluate the quickstart detector
+    python3 tools/dev.py quickstart   # create .venv, install, train + evaluate the quickstart detector into
+                                      # output/quickstart (further arguments go to tools/train_det.py)
     python3 tools/dev.py test         # create .venv, install (with detectron2 when its archive is present), run tests
 
 Standard library only: it runs before anything is installed.
@@ -63,10 +64,8 @@ def main(argv) -> int:
         return 0
     if command == "test":
         return subprocess.call([str(PYTHON), "-m", "pytest", "-q", "tests", *rest], cwd=ROOT)
-    return subprocess.call(
-        [str(PYTHON), "tools/train_det.py", "--config", "configs/quickstart.yaml", "--output", "outputs/quickstart", *rest],
-        cwd=ROOT,
-    )
+    # The output folder is the config's train.output_dir (output/quickstart); `--output DIR` in rest changes it.
+    return subprocess.call([str(PYTHON), "tools/train_det.py", "--config", "configs/quickstart.yaml", *rest], cwd=ROOT)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Run a trained detector on images and write PNGs with boxes, masks and labels drawn.
 
-    python tools/predict.py --checkpoint output/quickstart/last.pt --input IMAGE_OR_DIR [...] --output preds/
-    python tools/predict.py --checkpoint C --config configs/quickstart.yaml --input img.jpg --score-thresh 0.5
-    python tools/predict.py --checkpoint C --input DIR --amp none        # force fp32 (default: bf16 where native)
+    python tools/predict.py --checkpoint output/quickstart/last.pt --images IMAGE_OR_DIR [...] --output preds/
+    python tools/predict.py --checkpoint C --config configs/quickstart.yaml --images img.jpg --score-thresh 0.5
+    python tools/predict.py --checkpoint C --images DIR --amp none        # force fp32 (default: bf16 where native)
 
 The model is rebuilt from --config, or from config.yaml next to the checkpoint (written by tools/train_det.py).
 Exit codes: 0 ok, 2 user error (one line on stderr).
@@ -30,7 +30,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="last.pt written by tools/train_det.py")
     parser.add_argument("--config", help="training config; default: config.yaml next to the checkpoint")
-    parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders of images")
+    parser.add_argument("--images", "--input", dest="input", nargs="+", required=True,
+                        help="image files and/or folders of images (--input: the same flag's older name)")
     parser.add_argument("--output", default="predictions", help="folder for the drawn PNGs")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="draw detections scoring at least this")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")

@@ -94,9 +94,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _print_result(result, trainer) -> None:
-    parts = [f"{t} AP {100 * result[t]['AP']:.1f}" for t in trainer.iou_types if t in result]
+    # COCO AP as a fraction (0-1), the unit of eval.json and of every AP this package prints.
+    parts = [f"{t} AP {result[t]['AP']:.3f}" for t in trainer.iou_types if t in result]
     print(f"iteration {trainer.iteration}, train {trainer.train_seconds:.0f} s: " + ", ".join(parts)
-          + f"  ({trainer.output / 'eval.json'})")
+          + f"  (COCO AP, 0-1; {trainer.output / 'eval.json'})")
 
 
 if __name__ == "__main__":

@@ -49,14 +49,15 @@ class CocoStats:
     backend: str = "pycocotools"
 
     def table(self) -> str:
-        """Per-category AP as a text table (name, id, AP in percent), categories with ground truth only."""
-        lines = [f"{'category':<24} {'id':>4} {'AP':>7}"]
+        """Per-category AP as a text table (name, id, AP as a fraction 0-1, the unit of COCOeval.stats and of every
+        AP this package prints or writes), categories with ground truth only."""
+        lines = [f"{'category':<24} {'id':>4} {'AP (0-1)':>8}"]
         undefined = 0
         for cat_id, ap in self.per_category.items():
             if ap < 0:  # no ground truth of this category: AP undefined (-1), left out of the table
                 undefined += 1
                 continue
-            lines.append(f"{self.category_names.get(cat_id, str(cat_id))[:24]:<24} {cat_id:>4} {100 * ap:7.2f}")
+            lines.append(f"{self.category_names.get(cat_id, str(cat_id))[:24]:<24} {cat_id:>4} {ap:8.3f}")
         if undefined:
             lines.append(f"({undefined} categories without ground truth: AP undefined)")
         return "\n".join(lines)
