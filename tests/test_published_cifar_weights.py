@@ -20,6 +20,7 @@ from resbackbones.data import ImageFolderDataset
 DEGRADATION = REPO / "projects" / "degradation" / "results" / "checkpoints"
 # Every published file; a new one is added here when it is committed.
 PUBLISHED = {
+    "readme/resnet20": REPO / "docs" / "results" / "cifar_resnet20" / "resnet20.safetensors",
     "degradation/resnet20": DEGRADATION / "resnet20.safetensors",
 }
 SUBSET = range(0, 10000, 20)
