@@ -6,8 +6,8 @@
 #   rb_train_each "$RUNS" checkpoints/last.pt seconds train_one $NAMES
 #
 # For each name, with out=RUNS/name: a finished run (out/DONE exists) is skipped; otherwise train_one NAME OUT
-# runs with RB_RESUME=(--resume) when out/<checkpoint> exists (RB_RESUME=() when not), and out/DONE is written
-# when it succeeds: the wall seconds of that session ("seconds") or the UTC finish time ("date").
+# runs with RB_RESUME=(--resume) when out/<checkpoint> exists or out is not empty (RB_RESUME=() when new), and
+# out/DONE is written when it succeeds: the wall seconds of that session ("seconds") or the UTC finish time ("date").
 
 # $PYTHON if set, else ROOT/.venv/bin/python if present, else python.
 rb_python() {
@@ -35,6 +35,9 @@ rb_train_each() {
     if [[ -f "$out/$checkpoint" ]]; then
       RB_RESUME=(--resume)
       echo "== $name: resuming from $out/$checkpoint"
+    elif [[ -d "$out" && -n "$(ls -A "$out")" ]]; then
+      RB_RESUME=(--resume)   # stopped before its first checkpoint: the tools refuse a non-empty folder without it
+      echo "== $name: training (again: $out holds no checkpoint yet)"
     else
       echo "== $name: training"
     fi

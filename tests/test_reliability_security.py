@@ -18,6 +18,7 @@ from conftest import REPO
 TINY_CLS = ["model.arch=cifar_resnet", "model.options={depth: 8, widths: [4, 8, 8]}", "--batch-size", "4",
             "--epochs", "1", "--device", "cpu", "--workers", "0", "train.progress=false", "train.tensorboard=false"]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
+FIXTURE_IMAGE = REPO / "tests" / "fixtures" / "coco_sample" / "images" / "000000000089.jpg"
 
 
 def _tool(name):
@@ -63,6 +64,7 @@ def _cases(tmp_path, files):
     gt = REPO.parent / "shared" / "data" / "coco_sample" / "annotations.json"
     images = tmp_path / "images"
     images.mkdir(exist_ok=True)
+    (images / "one.jpg").write_bytes(FIXTURE_IMAGE.read_bytes())  # predict checks its inputs before the checkpoint
     out = tmp_path / "out"
     return [
         ("train_cls", ["--output", out, "--eval-only", "--weights", files["pt"], *TINY_CLS]),
@@ -74,7 +76,7 @@ def _cases(tmp_path, files):
                        "--weights", files["pt"], "data.val.num_images=2", f"data.val.root={tmp_path / 'shapes'}"]),
         ("eval_coco", ["--gt", gt, "--checkpoint", files["pt"], "--config", QUICKSTART, "--images", images,
                        "--device", "cpu"]),
-        ("predict", ["--checkpoint", files["pt"], "--config", QUICKSTART, "--input", images, "--output", out]),
+        ("predict", ["--checkpoint", files["pt"], "--config", QUICKSTART, "--images", images, "--output", out]),
         ("convert_weights", ["--source", "torchvision", files["pt"], tmp_path / "x.safetensors"]),
         ("convert_weights", ["--source", "detectron2", files["pkl"], tmp_path / "y.safetensors"]),
     ]

@@ -48,13 +48,15 @@ def test_train_eval_predict(data_root, tmp_path, capsys):
     # config.yaml names the normalisation used (no weights here: torchvision's ImageNet RGB)
     used = yaml.safe_load((out / "config.yaml").read_text())["model"]["input"]
     assert (used["format"], used["image_mean"], used["image_std"]) == ("RGB", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    # --eval-only on the checkpoint reproduces the final numbers
+    # --eval-only on the checkpoint reproduces the final numbers, in last.eval.json beside it (eval.json stays)
+    before = {name: (out / name).read_bytes() for name in ("eval.json", "config.yaml", "metrics.jsonl")}
     assert train_det.main(_tiny(data_root, out, "--eval-only", "--weights", str(out / "last.pt"))) == 0
-    again = json.loads((out / "eval.json").read_text())
+    assert {name: (out / name).read_bytes() for name in before} == before
+    again = json.loads((out / "last.eval.json").read_text())
     assert again["bbox"] == result["bbox"] and again["segm"] == result["segm"]
     assert again["amp"] == result["amp"] in ("none", "bf16")  # the precision the stats were measured at
     # predict.py draws PNGs
-    assert predict.main(["--checkpoint", str(out / "last.pt"), "--input", str(data_root / "val" / "images"),
+    assert predict.main(["--checkpoint", str(out / "last.pt"), "--images", str(data_root / "val" / "images"),
                          "--output", str(tmp_path / "pred"), "--score-thresh", "0", "--device", "cpu"]) == 0
     assert len(list((tmp_path / "pred").glob("*.png"))) == 3
 

@@ -7,7 +7,7 @@
 
 (--source is the older name of --from and still works.)
 --verify builds the architecture (from --arch or the metadata) and loads the result strictly.
-Exit status 2 with a one-line reason on bad input (missing file, wrong format, pickled code, mismatch).
+The output never replaces the input. Exit status 2 with a one-line reason on bad input (missing file, wrong format, pickled code, mismatch).
 """
 import argparse
 import sys
@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import resbackbones as rb  # noqa: E402
+from resbackbones.engine.outputs import refuse_inputs  # noqa: E402
 from resbackbones.weights import CONVERTERS, WeightsError, convert  # noqa: E402
 
 
@@ -28,13 +29,18 @@ def main(argv=None) -> int:
     parser.add_argument("--verify", action="store_true", help="build the arch and load the result strictly")
     args = parser.parse_args(argv)
     try:
+        refuse_inputs({"output": args.output}, {"input": args.input})  # never over the file being converted
         state, meta = convert(args.source, args.input, arch=args.arch)
         if args.verify:
             _verify(state, meta)
         rb.weights.save(state, args.output, metadata=meta.to_dict())
-    except (WeightsError, ValueError) as error:
+    except (WeightsError, ValueError) as error:  # OutputError is a ValueError
         print(f"convert_weights: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("convert_weights: interrupted; the output is written atomically, so it is the old file or none",
+              file=sys.stderr)
+        return 130
     print(f"wrote {args.output}: {len(state)} tensors, arch={meta.arch}, source={meta.source}, "
           f"input={meta.input_format} 0-{int(meta.pixel_scale)}, stride_in_1x1={meta.stride_in_1x1}")
     return 0

@@ -8,6 +8,10 @@ Checkpoint (runs the model first, writes its COCO results json next to --out, or
     python tools/eval_coco.py --checkpoint out/last.pt --config configs/mrcnn_r50.yaml --gt GT.json --images DIR
     (--amp none forces fp32; the default, auto, runs bf16 autocast where the hardware has it natively)
 
+AP and AR are fractions (0-1), COCOeval's unit, on the console and in the stats json. Outputs never replace an
+input (--gt, --dt, --checkpoint), an existing detections json, or an --out file that is not a stats json of this tool
+(--overwrite allows the last two).
+
 Numbers are pycocotools' COCOeval (backend "fast" computes them bit-identically, faster; --backend pycocotools
 runs the reference itself). Bad inputs print one line `error: ...` and exit with status 2.
 """
@@ -17,9 +21,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from resbackbones.engine.outputs import OutputError, refuse_inputs  # noqa: E402
 from resbackbones.evaluation.coco import BACKENDS, IOU_TYPES, CocoEvalError, evaluate_coco, format_stats, load_json  # noqa: E402
 
 
@@ -39,7 +45,40 @@ def parse_args(argv=None):
                         help="checkpoint form: autocast precision; auto = bf16 where native (CPU amx_bf16 / "
                              "avx512_bf16, CUDA compute capability >= 8.0), fp16 on older GPUs, else fp32; none = fp32")
     parser.add_argument("--opts", nargs="*", default=[], help="checkpoint form: config overrides key=value")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing detections json (--results) or a non-stats --out file")
     return parser.parse_args(argv)
+
+
+def results_path(args) -> Optional[Path]:
+    """Checkpoint form: where the detections json goes (--results, else detections.json beside --out)."""
+    if not args.checkpoint:
+        return None
+    return Path(args.results or Path(args.out or "stats.json").with_name("detections.json"))
+
+
+def check_outputs(args) -> None:
+    """Before any work: no output over an input, over another detections file, or over a file that is not ours."""
+    results = results_path(args)
+    refuse_inputs({"--out": args.out, "--results": results},
+                  {"--gt": args.gt, "--dt": args.dt, "--checkpoint": args.checkpoint})
+    if args.overwrite:
+        return
+    if results is not None and results.exists():
+        raise OutputError(f"detections file {results} exists (another evaluation's?); give another --results, or "
+                          f"--overwrite to replace it")
+    if args.out and Path(args.out).exists() and not _is_stats_file(Path(args.out)):
+        raise OutputError(f"--out {args.out} exists and is not a stats json of tools/eval_coco.py; give another --out, "
+                          f"or --overwrite to replace it")
+
+
+def _is_stats_file(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and bool(data) and set(data) <= set(IOU_TYPES) and all(
+        isinstance(v, dict) for v in data.values())
 
 
 def run_checkpoint(args) -> str:
@@ -87,10 +126,12 @@ def run_checkpoint(args) -> str:
             output = model([tensor])[0]
             results += to_coco_results([output], [image["id"]], mapping)
     print(f"detected {len(results)} objects on {len(gt['images'])} images in {time.perf_counter() - started:.1f} s")
-    path = args.results or str(Path(args.out or "stats.json").with_name("detections.json"))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(results))
-    return path
+    path = results_path(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(results))
+    os.replace(tmp, path)
+    return str(path)
 
 
 def main(argv=None) -> int:
@@ -98,13 +139,17 @@ def main(argv=None) -> int:
     try:
         if bool(args.dt) == bool(args.checkpoint):
             raise CocoEvalError("give exactly one of --dt (a detections json) or --checkpoint")
+        check_outputs(args)
         dt = args.dt or run_checkpoint(args)
         started = time.perf_counter()
         results = evaluate_coco(args.gt, dt, iou_types=args.iou_type, backend=args.backend)
         seconds = time.perf_counter() - started
-    except CocoEvalError as error:
+    except (CocoEvalError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; no stats written", file=sys.stderr)
+        return 130
     out = {}
     for iou_type, result in results.items():
         print(f"\n== {iou_type} ({result.backend}, {seconds:.2f} s) ==")

@@ -6,6 +6,8 @@
     python tools/predict.py --checkpoint C --images DIR --amp none        # force fp32 (default: bf16 where native)
 
 The model is rebuilt from --config, or from config.yaml next to the checkpoint (written by tools/train_det.py).
+Each image X.ext becomes OUTPUT/X.png; an output that would replace an input image, or that two inputs would share
+(a.jpg and a.png, or two folders with the same names), is refused before anything runs.
 Exit codes: 0 ok, 2 user error (one line on stderr).
 """
 import argparse
@@ -24,6 +26,7 @@ from resbackbones.data.folders import IMG_EXTENSIONS, read_image  # noqa: E402
 from resbackbones.detection.train_config import DetTrainConfig  # noqa: E402
 from resbackbones.engine.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from resbackbones.engine.device import AMP_MODES, autocast, resolve_amp  # noqa: E402
+from resbackbones.engine.outputs import OutputError, unique_targets  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -93,6 +96,10 @@ def main(argv=None) -> int:
         config = args.config or checkpoint.parent / "config.yaml"
         cfg = load_config(DetTrainConfig, config, args.overrides)
         cfg.model.backbone.weights = ""  # the checkpoint holds every weight
+        out_dir = Path(args.output)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise OutputError(f"--output {out_dir} is a file; give a folder for the drawn PNGs")
+        targets = unique_targets(list_images(args.input), out_dir, suffix=".png")
         from resbackbones.detection.builder import build_detector
         from resbackbones.engine.device import resolve_device
 
@@ -108,19 +115,20 @@ def main(argv=None) -> int:
         model.to(device).eval()
         by_id = {int(c["id"]): c["name"] for c in state.get("categories", [])}
         names = {int(label): by_id.get(int(cat), str(cat)) for label, cat in state.get("label_to_category", {}).items()}
-        out_dir = Path(args.output)
         out_dir.mkdir(parents=True, exist_ok=True)
-        for path in list_images(args.input):
+        for path, target in targets.items():
             image = read_image(path)
             tensor = torch.from_numpy(image.transpose(2, 0, 1).copy()).float().div_(255).to(device)
             with torch.no_grad(), autocast(device, amp):  # boxes / scores / masks come out float32 either way
                 output = {k: v.cpu() for k, v in model([tensor])[0].items()}
-            target = out_dir / f"{path.stem}.png"
             cv2.imwrite(str(target), draw(image, output, names, score_thresh=args.score_thresh))
             print(f"{path} -> {target}: {int((output['scores'] >= args.score_thresh).sum())} detections")
     except (ConfigError, DataError, CheckpointError, ValueError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; the PNGs written so far are complete", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -5,10 +5,13 @@
     python tools/train_cls.py --config configs/cls/cifar_resnet20.yaml --data ../shared/data/cifar10
     torchrun --nproc_per_node=8 tools/train_cls.py --config configs/cls/imagenet_resnet50.yaml --data /imagenet
     python tools/train_cls.py --config C --resume                        # continue from OUTPUT/checkpoints/last.pt
+    python tools/train_cls.py --config C --overwrite                     # replace the run in OUTPUT
     python tools/train_cls.py --config C --eval-only --weights W.pt      # top-1 / top-5 on the val split
     python tools/train_cls.py ... --export backbone.safetensors          # backbone-only weights for detection
     python tools/train_cls.py ... solver.lr=0.05 solver.steps=[30,60]    # any config key=value
 
+A new run refuses an output folder that is not empty (continue it with --resume, or replace it with --overwrite), and
+a second process writing into the same folder is refused while the first runs. --eval-only writes nothing there.
 Exit codes: 0 ok, 2 user error (config, data, weights: one line on stderr), 3 training diverged (NaN/inf loss or
 gradients), 130 interrupted.
 """
@@ -42,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (train.device)")
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                         help="resume from CKPT, or from OUTPUT/checkpoints/last.pt when no path is given")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run in a non-empty output folder (deletes its checkpoints, metrics, config)")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate --weights on the val split")
     parser.add_argument("--weights", help="initial weights: a file (ours, a checkpoint, torchvision .pth, detectron2 "
                         ".pkl) or torchvision:<ENUM>; the head loads where its shape fits")
@@ -95,9 +100,19 @@ def _run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     if args.eval_only and not (args.weights or args.resume):
         raise ConfigError("--eval-only needs --weights FILE (or --resume to evaluate the last checkpoint)")
-    from resbackbones.engine.cls_trainer import ClsTrainer
+    from resbackbones.engine.cls_trainer import RUN_FILES, ClsTrainer
+    from resbackbones.engine.outputs import claim_run_dir, refuse_inputs
 
-    trainer = ClsTrainer(cfg, resume=args.resume, build_train=not args.eval_only or bool(args.resume))
+    output = Path(cfg.train.output_dir)
+    if args.export:  # never over the weights or checkpoints it is made from
+        resume_file = args.resume if isinstance(args.resume, str) else None
+        refuse_inputs({"--export": args.export}, {"--weights": args.weights, "--resume": resume_file,
+                                                   "last.pt": output / "checkpoints" / "last.pt",
+                                                   "best.pt": output / "checkpoints" / "best.pt"})
+    lock = None if args.eval_only else claim_run_dir(output, resume=bool(args.resume), overwrite=args.overwrite,
+                                                     run_files=RUN_FILES)
+    trainer = ClsTrainer(cfg, resume=args.resume, build_train=not args.eval_only or bool(args.resume),
+                         write_run_files=not args.eval_only)
     if args.eval_only:
         metrics = trainer.evaluate()
         if trainer.is_main:
@@ -110,6 +125,8 @@ def _run(args: argparse.Namespace) -> int:
             metrics = trainer.evaluate()
     if args.export and trainer.is_main:
         print(f"exported backbone weights to {trainer.export_backbone(args.export, metrics=metrics)}")
+    if lock is not None:
+        lock.release()
     return 0
 
 

@@ -4,18 +4,22 @@
     python tools/train_det.py --config configs/quickstart.yaml                 # embedded shapes, minutes on CPU
     torchrun --nproc_per_node=8 tools/train_det.py --config configs/mrcnn_r50.yaml --weights r50.safetensors
     python tools/train_det.py --config C --resume                               # continue from OUTPUT/last.pt
-    python tools/train_det.py --config C --eval-only --weights OUTPUT/last.pt   # COCO bbox (+ segm) stats
+    python tools/train_det.py --config C --overwrite                            # replace the run in OUTPUT
+    python tools/train_det.py --config C --eval-only --weights OUTPUT/last.pt   # -> OUTPUT/last.eval.json
     python tools/train_det.py --config C solver.max_iter=200 solver.base_lr=0.01   # any config key=value
 
 --weights: backbone weights for training (model.backbone.weights): torchvision:<ENUM> (e.g. torchvision:IMAGENET1K_V1,
 from torchvision's cache in $TORCH_HOME, downloaded unless RESBACKBONES_OFFLINE=1) or a file (tools/train_cls.py
 --export or checkpoint, ours, torchvision .pth, detectron2 .pkl); their metadata sets the input normalisation.
 With --eval-only: a checkpoint of this tool.
-Writes OUTPUT/{config.yaml, last.pt, metrics.csv, metrics.jsonl, tensorboard/, curves.png, eval.json}.
+Writes OUTPUT/{config.yaml, last.pt, metrics.csv, metrics.jsonl, tensorboard/, curves.png, eval.json} (COCO AP as a
+fraction, 0-1). A new run refuses a non-empty OUTPUT (continue with --resume, replace with --overwrite) and a second
+writer while one runs. --eval-only writes only CHECKPOINT.eval.json beside the checkpoint (e.g. OUTPUT/last.eval.json).
 Exit codes: 0 ok, 2 user error (one line on stderr), 3 training diverged (NaN/inf loss or gradients).
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", help="output DIR (train.output_dir)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (train.device)")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run in a non-empty output folder (deletes its last.pt, metrics, eval.json)")
     parser.add_argument("--weights", help="backbone weights to start from; with --eval-only: a checkpoint")
     parser.add_argument("--eval-only", action="store_true", help="evaluate --weights (or OUTPUT/last.pt) and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.max_iter=200")
@@ -69,17 +75,24 @@ def main(argv=None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
-    from resbackbones.engine.det_trainer import DetTrainer
+    from resbackbones.detection.backbone_weights import refuse_untrainable_backbone
+    from resbackbones.engine.det_trainer import RUN_FILES, DetTrainer
+    from resbackbones.engine.outputs import claim_run_dir
 
+    lock = None
     if args.eval_only:
-        checkpoint = args.weights or str(Path(cfg.train.output_dir) / "last.pt")
-        trainer = DetTrainer(cfg, eval_only=True, checkpoint=checkpoint)
+        checkpoint = Path(args.weights or Path(cfg.train.output_dir) / "last.pt")
+        report = checkpoint.with_name(checkpoint.stem + ".eval.json")  # beside it: the run's own files stay
+        trainer = DetTrainer(cfg, eval_only=True, checkpoint=str(checkpoint))
         if trainer.dist.is_main:
             print(f"evaluating {checkpoint} at amp {trainer.eval_amp} ({trainer.eval_amp_reason})", flush=True)
         result = trainer.evaluate()
         if trainer.dist.is_main:
-            (Path(cfg.train.output_dir) / "eval.json").write_text(json.dumps(result, indent=2))
+            write_json_atomic(report, dict(result, checkpoint=str(checkpoint)))
     else:
+        report = Path(cfg.train.output_dir) / "eval.json"
+        refuse_untrainable_backbone(cfg.model)  # a config mistake: refused before the output folder is touched
+        lock = claim_run_dir(cfg.train.output_dir, resume=args.resume, overwrite=args.overwrite, run_files=RUN_FILES)
         trainer = DetTrainer(cfg, resume=args.resume)
         if trainer.dist.is_main and trainer.train_set is not None:
             print(trainer.train_set.describe())
@@ -89,15 +102,23 @@ def _run(args: argparse.Namespace) -> int:
                   f"mean {[round(v, 4) for v in t.image_mean]}, std {[round(v, 4) for v in t.image_std]}", flush=True)
         result = trainer.fit()
     if trainer.dist.is_main:
-        _print_result(result, trainer)
+        _print_result(result, trainer, report)
+    if lock is not None:
+        lock.release()
     return 0
 
 
-def _print_result(result, trainer) -> None:
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _print_result(result, trainer, report: Path) -> None:
     # COCO AP as a fraction (0-1), the unit of eval.json and of every AP this package prints.
     parts = [f"{t} AP {result[t]['AP']:.3f}" for t in trainer.iou_types if t in result]
     print(f"iteration {trainer.iteration}, train {trainer.train_seconds:.0f} s: " + ", ".join(parts)
-          + f"  (COCO AP, 0-1; {trainer.output / 'eval.json'})")
+          + f"  (COCO AP, 0-1; {report})")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from .metrics_log import CURVES_NAME, MetricsLogger, plot_error_curves
 from .optim import build_optimizer_for, build_scheduler, weight_penalty
 from .tool_errors import TrainingDiverged, clip_and_check_grads, kept_checkpoint_note  # TrainingDiverged: also imported from here
 
+# What a run writes into its output folder (train_cls --overwrite deletes these and nothing else).
+RUN_FILES = ("config.yaml", "metrics.csv", "metrics.jsonl", CURVES_NAME, "tensorboard", "checkpoints")
 METRIC_COLUMNS = ("epoch", "iter", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr",
                   "epoch_time_s", "images_per_s")
 
@@ -67,8 +69,10 @@ def seed_everything(seed: int) -> None:
 
 
 class ClsTrainer:
-    def __init__(self, cfg: ClsConfig, *, resume: object = False, build_train: bool = True):
-        """resume: False, True (last checkpoint in output_dir/checkpoints, if any) or a checkpoint path."""
+    def __init__(self, cfg: ClsConfig, *, resume: object = False, build_train: bool = True,
+                 write_run_files: bool = True):
+        """resume: False, True (last checkpoint in output_dir/checkpoints, if any) or a checkpoint path.
+        write_run_files=False (evaluation of a run): config.yaml and the metrics files of the run stay as they are."""
         self.cfg = cfg
         self.output_dir = Path(cfg.train.output_dir)
         self.device = resolve_device(cfg.train.device)
@@ -87,13 +91,13 @@ class ClsTrainer:
         self.ema: Optional[ModelEMA] = None
         if build_train:
             self._build_solver()
-            self.logger = MetricsLogger(self.output_dir, enabled=self.is_main, tensorboard=cfg.train.tensorboard,
-                                        columns=METRIC_COLUMNS)
+            self.logger = MetricsLogger(self.output_dir, enabled=self.is_main and write_run_files,
+                                        tensorboard=cfg.train.tensorboard, columns=METRIC_COLUMNS)
             self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", metric="val_top1",
                                                  keep_every=cfg.train.keep_every)
             if resume:
                 self._resume(resume)
-            if self.is_main:
+            if self.is_main and write_run_files:
                 dump_yaml(cfg, self.output_dir / "config.yaml")
 
     # -- building -------------------------------------------------------------------------------------------------

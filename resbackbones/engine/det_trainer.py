@@ -31,6 +31,8 @@ from .optim import build_optimizer_for, make_lr_lambda
 from .tool_errors import TrainingDiverged, clip_and_check_grads, kept_checkpoint_note  # TrainingDiverged: also imported from here
 
 LAST = "last.pt"
+# What a run writes into its output folder (train_det --overwrite deletes these and nothing else).
+RUN_FILES = ("config.yaml", LAST, "metrics.csv", "metrics.jsonl", "curves.png", "tensorboard", "eval.json")
 
 
 class IterationSampler(torch.utils.data.Sampler):
@@ -101,14 +103,15 @@ class DetTrainer:
         self.scaler = grad_scaler(self.device, self.amp)
         self.iteration = 0
         self.train_seconds = 0.0
-        self.logger = MetricsLogger(self.output, enabled=self.dist.is_main, index_key="iter")
+        # Evaluation of a checkpoint leaves the run folder alone (the tool writes its report beside the checkpoint).
+        self.logger = MetricsLogger(self.output, enabled=self.dist.is_main and not eval_only, index_key="iter")
         if checkpoint:
             self._load(checkpoint, weights_only_model=eval_only)
         elif resume:
             last = find_last_checkpoint(self.output)
             if last is not None:
                 self._load(last, weights_only_model=False)
-        if self.dist.is_main:
+        if self.dist.is_main and not eval_only:
             self.output.mkdir(parents=True, exist_ok=True)
             dump_yaml(cfg, self.output / "config.yaml")
         self.train_model: nn.Module = self.model
@@ -315,6 +318,7 @@ class DetTrainer:
             out["eval_seconds"] = round(time.perf_counter() - started, 2)
             out["amp"] = self.eval_amp  # the precision these numbers were measured at
             out["max_dets"] = list(self.cfg.test.max_dets)  # COCOeval maxDets: AP is measured at the last
+            out["ap_unit"] = "fraction (0-1)"  # COCOeval's; the console prints the same numbers
         return out
 
     def _eval_and_log(self, final: bool = False) -> Dict:

@@ -1,0 +1,152 @@
+"""Nothing lost: where the tools write, checked before any work starts.
+
+    lock = claim_run_dir("output/run", resume=False, overwrite=False, run_files=RUN_FILES)  # train_cls / train_det
+    refuse_inputs({"--out": out}, {"--gt": gt, "--dt": dt})                               # eval_coco, convert_weights
+    targets = unique_targets(images, out_dir, suffix=".png")                             # predict
+
+A run folder belongs to one run. A new run refuses a folder that is not empty (continue that run with --resume, or
+replace it with --overwrite, which first deletes the files a run of that tool writes and nothing else), and an
+exclusive lock (flock on FOLDER/.lock, released by the kernel when the process ends, kill -9 included) refuses a
+second writer while the first runs. Under torchrun only rank 0 writes, so only rank 0 claims. A tool never writes
+over one of its own inputs, and never gives two inputs the same output name.
+
+Every refusal is an OutputError (a ValueError: the tools print it as one line and exit 2) naming the path and the fix.
+"""
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the emptiness check still applies
+    fcntl = None
+
+PathLike = Union[str, os.PathLike]
+LOCK_NAME = ".lock"
+
+
+class OutputError(ValueError):
+    """An output that would replace another run's files or one of the tool's inputs; one line with the fix."""
+
+
+class RunLock:
+    """An exclusive flock on FOLDER/.lock held until release() or the end of the process."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / LOCK_NAME
+        self._fd: Optional[int] = None
+        if fcntl is None:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise OutputError(f"{folder} is in use by a running job ({holder}): two runs in one output folder would "
+                              f"mix their files; wait for it to end or give another --output") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the last descriptor drops the flock
+            self._fd = None
+
+
+def is_main_process() -> bool:
+    """True unless this is a torchrun worker of rank > 0 (those never write run files)."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def claim_run_dir(folder: PathLike, *, resume: bool, overwrite: bool, run_files: Sequence[str]) -> Optional[RunLock]:
+    """Check and lock the output folder of a training run; returns the lock (None on ranks > 0).
+
+    resume: continue the run in `folder` (any content allowed). overwrite: delete the entries of `run_files` (the
+    names a run of this tool writes) and start afresh. Neither: the folder must be absent or empty.
+    """
+    if not is_main_process():
+        return None
+    folder = Path(folder)
+    if resume and overwrite:
+        raise OutputError("--resume continues the run in the output folder and --overwrite replaces it: give one")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"output folder {folder} is a file; give --output a folder (new or empty)")
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(folder)
+    present = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
+    if present and not resume:
+        if not overwrite:
+            lock.release()
+            shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
+            raise OutputError(f"output folder {folder} is not empty ({shown}): a new run would replace those files; "
+                              f"continue that run with --resume, give another --output, or replace it with --overwrite")
+        removed = remove_run_files(folder, run_files)
+        if removed:
+            print(f"--overwrite: removed the previous run's {', '.join(removed)} from {folder}", flush=True)
+    return lock
+
+
+def remove_run_files(folder: Path, run_files: Sequence[str]) -> List[str]:
+    """Delete folder/<name> (file or folder) for each name in run_files; returns the names removed."""
+    removed = []
+    for name in run_files:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def same_path(a: PathLike, b: PathLike) -> bool:
+    """Whether a and b name one file (hard and symbolic links included), existing or not."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def refuse_inputs(outputs: Mapping[str, Optional[PathLike]], inputs: Mapping[str, Optional[PathLike]]) -> None:
+    """OutputError when an output path is one of the inputs, or two outputs are one path (names: the flags)."""
+    given_in = [(flag, p) for flag, p in inputs.items() if p]
+    given_out = [(flag, p) for flag, p in outputs.items() if p]
+    for flag, out in given_out:
+        for in_flag, source in given_in:
+            if same_path(out, source):
+                raise OutputError(f"{flag} {out} is the {in_flag} input: writing it would destroy the input; "
+                                  f"choose another {flag}")
+    for i, (flag, out) in enumerate(given_out):
+        for other_flag, other in given_out[i + 1:]:
+            if same_path(out, other):
+                raise OutputError(f"{flag} and {other_flag} are both {out}; give them different paths")
+
+
+def unique_targets(sources: Iterable[PathLike], folder: PathLike, *, suffix: str) -> Dict[Path, Path]:
+    """{source: folder/<source stem><suffix>}, refusing a target that is one of the sources or that two sources share."""
+    sources = [Path(s) for s in sources]
+    targets: Dict[Path, Path] = {}
+    owner: Dict[Path, Path] = {}
+    for source in sources:
+        target = Path(folder) / f"{source.stem}{suffix}"
+        key = target.resolve()
+        if key in owner:
+            raise OutputError(f"{owner[key]} and {source} would both be written to {target}; give them separately "
+                              f"with different --output folders (or rename one)")
+        owner[key] = source
+        targets[source] = target
+    for target in targets.values():
+        clash = next((s for s in sources if same_path(target, s)), None)
+        if clash is not None:
+            raise OutputError(f"writing {target} would replace the input image {clash}; give another --output")
+    return targets
