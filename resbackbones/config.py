@@ -12,9 +12,10 @@
     cfg = load_config(Config, "configs/x.yaml", overrides=["solver.lr=0.02", "solver.steps=[60000,80000]"])
 
 Supported field types: bool, int, float (an int is accepted), str, Any, Optional[X], Union[...], Literal[...],
-List[X], Tuple[X, ...], Tuple[X, Y], Dict[str, X] and nested dataclasses. Every mistake raises ConfigError (a
-ValueError) with one line naming the dotted key (and the file or override it came from), the expected type and
-the value, and for unknown keys the closest valid key.
+List[X], Tuple[X, ...], Tuple[X, Y], Dict[str, X] and nested dataclasses. A schema declares the numeric ranges of
+its fields in a class attribute RANGES (config_ranges.py), checked before its validate(). Every mistake raises
+ConfigError (a ValueError) with one line naming the dotted key (and the file or override it came from), the
+expected type (or range) and the value, and for unknown keys the closest valid key.
 """
 import dataclasses
 import difflib
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import yaml
+
+from .config_ranges import check_ranges
 
 __all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "dump_yaml", "parse_overrides", "merge_dicts",
            "load_yaml_with_bases"]
@@ -249,6 +252,10 @@ def _build(schema_cls: Type[T], data: Mapping[str, Any], prefix: str, where: str
     except TypeError as error:  # a required field without default that the config does not give
         raise ConfigError(f"{where}config section {prefix or '<top>'!r}: {error}") from None
     validate = getattr(instance, "validate", None)
+    try:
+        check_ranges(instance, prefix)  # the schema's RANGES (config_ranges.py), before its own cross-field checks
+    except ValueError as error:
+        raise ConfigError(f"{where}{error}") from None
     if callable(validate):
         try:
             validate()

@@ -9,7 +9,7 @@ taken from the backbone weights' metadata unless set.
     det = rb.build_detector(cfg)
 """
 from dataclasses import dataclass, field
-from typing import Dict, Any, List, Literal, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple
 
 LAYOUTS = ("fpn", "c4", "single")
 
@@ -25,6 +25,7 @@ class BackboneConfig:
     options: extra keyword options for the backbone builder (e.g. {stride_in_1x1: true, res5_dilation: 2}).
     """
 
+    RANGES: ClassVar[Dict[str, str]] = {"freeze_at": "[0, 5]"}  # numeric ranges (config_ranges.py)
     name: str = "resnet50"
     norm: str = "FrozenBN"
     freeze_at: int = 2
@@ -37,6 +38,7 @@ class BackboneConfig:
 class FPNConfig:
     """FPN over backbone.out_features (layout "fpn" only). top_block: maxpool (P6 for the RPN) | p6p7 | p6p7_c5 | none."""
 
+    RANGES: ClassVar[Dict[str, str]] = {"out_channels": "[1, inf)"}
     out_channels: int = 256
     top_block: Literal["maxpool", "p6p7", "p6p7_c5", "none"] = "maxpool"
     norm: str = ""
@@ -49,6 +51,7 @@ class AnchorConfig:
     aspect_ratios (h / w) are shared by every level. The VGG-16 paper setting is sizes [[128, 256, 512]].
     """
 
+    RANGES: ClassVar[Dict[str, str]] = {"sizes": "[1, inf)", "aspect_ratios": "(0, inf)"}
     sizes: Tuple[Tuple[int, ...], ...] = ((32,), (64,), (128,), (256,), (512,))
     aspect_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
 
@@ -57,6 +60,11 @@ class AnchorConfig:
 class RPNConfig:
     """Region proposal network: top-n are per feature level before NMS, per image after it."""
 
+    RANGES: ClassVar[Dict[str, str]] = {
+        "pre_nms_top_n_train": "[1, inf)", "pre_nms_top_n_test": "[1, inf)", "post_nms_top_n_train": "[1, inf)",
+        "post_nms_top_n_test": "[1, inf)", "nms_thresh": "(0, 1]", "fg_iou_thresh": "(0, 1]",
+        "bg_iou_thresh": "[0, 1]", "batch_size_per_image": "[1, inf)", "positive_fraction": "(0, 1]",
+        "score_thresh": "[0, 1]"}
     pre_nms_top_n_train: int = 2000
     pre_nms_top_n_test: int = 1000
     post_nms_top_n_train: int = 2000
@@ -73,6 +81,11 @@ class RPNConfig:
 class RoIHeadsConfig:
     """Proposal sampling for the box head, RoI pooling and test-time post-processing."""
 
+    RANGES: ClassVar[Dict[str, str]] = {
+        "batch_size_per_image": "[1, inf)", "positive_fraction": "(0, 1]", "fg_iou_thresh": "(0, 1]",
+        "bg_iou_thresh": "[0, 1]", "pooler_resolution": "[1, inf)", "sampling_ratio": "[0, inf)",
+        "bbox_reg_weights": "(0, inf)", "score_thresh": "[0, 1]", "nms_thresh": "(0, 1]",
+        "detections_per_img": "[1, inf)"}
     batch_size_per_image: int = 512
     positive_fraction: float = 0.25
     fg_iou_thresh: float = 0.5
@@ -91,6 +104,7 @@ class BoxHeadConfig:
     """type: mlp (two fc layers of fc_dim: FPN's 2fc, VGG's fc6/fc7) | conv_fc (num_conv convs of conv_dim, then
     one fc of fc_dim; torchvision's v2 head) | res5 (c4 layout: the backbone's res5 stage + average pool)."""
 
+    RANGES: ClassVar[Dict[str, str]] = {"fc_dim": "[1, inf)", "num_conv": "[0, inf)", "conv_dim": "[1, inf)"}
     type: Literal["mlp", "conv_fc", "res5"] = "mlp"
     fc_dim: int = 1024
     num_conv: int = 4
@@ -102,6 +116,8 @@ class BoxHeadConfig:
 class MaskHeadConfig:
     """Mask branch (Mask R-CNN) when enabled: num_conv 3x3 convs of conv_dim on a pooled RoI, deconv, 1x1 per class."""
 
+    RANGES: ClassVar[Dict[str, str]] = {
+        "num_conv": "[0, inf)", "conv_dim": "[1, inf)", "pooler_resolution": "[1, inf)", "sampling_ratio": "[0, inf)"}
     enabled: bool = False
     num_conv: int = 4
     conv_dim: int = 256
@@ -122,6 +138,9 @@ class InputConfig:
     ImageNet RGB. A value set here that conflicts with the weights is refused naming both.
     """
 
+    RANGES: ClassVar[Dict[str, str]] = {
+        "min_size": "[1, inf)", "max_size": "[1, inf)", "image_mean": "[0, 1]", "image_std": "(0, inf)",
+        "size_divisibility": "[1, inf)"}
     min_size: Tuple[int, ...] = (800,)
     max_size: int = 1333
     image_mean: Optional[Tuple[float, float, float]] = None
@@ -137,6 +156,7 @@ class DetectorConfig:
     (torchvision's convention; COCO = 80). layout: fpn (backbone + FPN, multi-level RoIAlign) | c4 (RPN + RoI
     pooling on res4, res5 as box head; He et al. 2016) | single (one feature map, e.g. VGG-16 conv5_3)."""
 
+    RANGES: ClassVar[Dict[str, str]] = {"num_classes": "[1, inf)"}
     layout: Literal["fpn", "c4", "single"] = "fpn"
     num_classes: int = 80
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -150,8 +170,6 @@ class DetectorConfig:
 
     def validate(self) -> None:
         """Cross-field checks; raises ValueError naming the keys (load_config turns it into a ConfigError)."""
-        if self.num_classes < 1:
-            raise ValueError(f"model.num_classes must be >= 1 (object classes, background excluded), got {self.num_classes}")
         if self.layout == "c4" and self.box_head.type != "res5":
             raise ValueError(f"model.layout 'c4' needs model.box_head.type 'res5', got {self.box_head.type!r}")
         if self.layout != "c4" and self.box_head.type == "res5":

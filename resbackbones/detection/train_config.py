@@ -7,7 +7,7 @@ solver.ims_per_batch is the TOTAL batch over all processes (each of N torchrun p
 solver.base_lr belongs to that total batch, so a config trains the same whatever the number of GPUs.
 """
 from dataclasses import dataclass, field
-from typing import Literal, Tuple
+from typing import ClassVar, Dict, Literal, Tuple
 
 from ..engine.solver_config import OptimizerName, SolverSettings
 from .config import DetectorConfig
@@ -23,6 +23,8 @@ class DatasetConfig:
     limit: use only the first `limit` images (0 = all) - quick runs and tests.
     """
 
+    RANGES: ClassVar[Dict[str, str]] = {  # numeric ranges (config_ranges.py)
+        "num_images": "[0, inf)", "seed": "[0, inf)", "image_size": "[192, inf)", "limit": "[0, inf)"}
     kind: Literal["coco", "shapes"] = "coco"
     ann_file: str = ""
     image_root: str = ""
@@ -43,6 +45,7 @@ class DataConfig:
     cache_images: keep decoded images and masks in memory after first use (small sets: no per-step decoding).
     """
 
+    RANGES: ClassVar[Dict[str, str]] = {"flip_prob": "[0, 1]", "num_workers": "[0, inf)"}
     train: DatasetConfig = field(default_factory=DatasetConfig)
     val: DatasetConfig = field(default_factory=DatasetConfig)
     flip_prob: float = 0.5
@@ -60,6 +63,10 @@ class SolverConfig(SolverSettings):
     are listed in engine/solver_config.py.
     """
 
+    RANGES: ClassVar[Dict[str, str]] = {
+        "base_lr": "(0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)", "ims_per_batch": "[1, inf)",
+        "max_iter": "[1, inf)", "steps": "[0, inf)", "gamma": "(0, 1]", "warmup_iters": "[0, inf)",
+        "warmup_factor": "[0, 1]", "clip_grad_norm": "[0, inf)"}
     optimizer: OptimizerName = "sgd"
     base_lr: float = 0.02
     momentum: float = 0.9
@@ -86,6 +93,9 @@ class TrainConfig:
     once this many seconds have passed (0 = no limit) - a guard for time-boxed runs, never used by the configs.
     """
 
+    RANGES: ClassVar[Dict[str, str]] = {
+        "seed": "[0, inf)", "log_period": "[1, inf)", "eval_period": "[0, inf)", "checkpoint_period": "[0, inf)",
+        "num_threads": "[0, inf)", "time_limit_s": "[0, inf)"}
     output_dir: str = "output/det"
     device: str = "auto"
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
@@ -110,6 +120,8 @@ class TestConfig:
     model.roi_heads.detections_per_img with it), e.g. [1, 10, 400] for DSB2018 nuclei.
     """
 
+    RANGES: ClassVar[Dict[str, str]] = {
+        "max_dets": "[1, inf)", "mask_threshold": "[0, 1]", "ims_per_batch": "[1, inf)", "max_images": "[0, inf)"}
     iou_types: Tuple[str, ...] = ()
     max_dets: Tuple[int, ...] = (1, 10, 100)
     amp: Literal["", "auto", "none", "bf16", "fp16"] = ""
@@ -131,22 +143,14 @@ class DetTrainConfig:
         """Cross-field checks; ValueError naming the key (load_config reports it as a ConfigError)."""
         self.model.validate()
         s = self.solver
-        if s.max_iter < 1:
-            raise ValueError(f"solver.max_iter must be >= 1, got {s.max_iter}")
-        if s.ims_per_batch < 1:
-            raise ValueError(f"solver.ims_per_batch must be >= 1, got {s.ims_per_batch}")
-        if list(s.steps) != sorted(s.steps):
+        if list(s.steps) != sorted(s.steps):  # single-field ranges: each section's RANGES
             raise ValueError(f"solver.steps must be increasing, got {list(s.steps)}")
-        if s.base_lr <= 0:
-            raise ValueError(f"solver.base_lr must be > 0, got {s.base_lr}")
         for split in ("train", "val"):
             d = getattr(self.data, split)
             if d.kind == "coco" and d.ann_file and not d.image_root:
                 raise ValueError(f"data.{split}.image_root is required with data.{split}.ann_file")
             if d.kind == "shapes" and d.num_images < 1:
                 raise ValueError(f"data.{split}.num_images must be >= 1 for kind 'shapes', got {d.num_images}")
-        if not 0.0 <= self.data.flip_prob <= 1.0:
-            raise ValueError(f"data.flip_prob must be in [0, 1], got {self.data.flip_prob}")
         for t in self.test.iou_types:
             if t not in ("bbox", "segm"):
                 raise ValueError(f"test.iou_types: unknown {t!r}; choose bbox, segm")

@@ -1,6 +1,9 @@
-"""Typed config schema of classification training (tools/train_cls.py, configs/cls/*.yaml)."""
+"""Typed config schema of classification training (tools/train_cls.py, configs/cls/*.yaml).
+
+Each section's RANGES gives the valid range of its numeric fields, checked when a config is loaded
+(resbackbones/config_ranges.py): a value outside is one line naming the key and the range, exit 2 in the tools."""
 from dataclasses import dataclass, field
-from typing import Any, Dict, Literal, Optional, Tuple
+from typing import Any, ClassVar, Dict, Literal, Optional, Tuple
 
 from ..data.cls_transforms import CIFAR_MEAN, CIFAR_STD
 from .solver_config import OptimizerName, SolverSettings
@@ -8,6 +11,7 @@ from .solver_config import OptimizerName, SolverSettings
 
 @dataclass
 class ModelConfig:
+    RANGES: ClassVar[Dict[str, str]] = {"num_classes": "[1, inf)"}
     arch: str = "cifar_resnet20"
     num_classes: Optional[int] = None          # None: the number of class folders in the train split
     options: Dict[str, Any] = field(default_factory=dict)  # builder options, e.g. {norm: GN, zero_init_residual: true}
@@ -19,6 +23,8 @@ class ModelConfig:
 
 @dataclass
 class SyntheticConfig:
+    RANGES: ClassVar[Dict[str, str]] = {
+        "train_per_class": "[1, inf)", "val_per_class": "[1, inf)", "image_size": "[8, inf)", "seed": "[0, inf)"}
     train_per_class: int = 300
     val_per_class: int = 100
     image_size: int = 32
@@ -27,6 +33,9 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
+    RANGES: ClassVar[Dict[str, str]] = {
+        "train_subset": "[1, inf)", "val_subset": "[1, inf)", "crop_size": "[1, inf)", "resize_size": "[1, inf)",
+        "scale": "(0, 1]", "pad": "[0, inf)", "mean": "[0, 255]", "std": "(0, 255]", "workers": "[0, inf)"}
     root: Optional[str] = None                 # DIR with train/ and val/ or test/ (folders or .tar); None: synthetic
     train_split: Tuple[str, ...] = ("train",)
     val_split: Tuple[str, ...] = ("val", "test")
@@ -50,6 +59,11 @@ class DataConfig:
 class SolverConfig(SolverSettings):
     """Classification solver; the fields shared with detection's solver are listed in engine/solver_config.py."""
 
+    RANGES: ClassVar[Dict[str, str]] = {
+        "batch_size": "[1, inf)", "lr": "(0, inf)", "reference_batch_size": "[0, inf)", "momentum": "[0, 1)",
+        "weight_decay": "[0, inf)", "l1": "[0, inf)", "l2": "[0, inf)", "clip_grad_norm": "[0, inf)",
+        "label_smoothing": "[0, 1)", "epochs": "[0, inf)", "max_iter": "[1, inf)", "steps": "[0, inf)",
+        "gamma": "(0, 1]", "warmup": "[0, inf)", "warmup_factor": "[0, 1]", "min_lr_factor": "[0, 1]"}
     optimizer: OptimizerName = "sgd"
     batch_size: int = 128                      # global batch over all processes
     lr: float = 0.1                            # lr at reference_batch_size; scaled linearly with batch_size
@@ -75,8 +89,6 @@ class SolverConfig(SolverSettings):
     min_lr_factor: float = 0.0
 
     def validate(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"config key 'solver.batch_size' must be >= 1, got {self.batch_size}")
         if self.epochs < 1 and not self.max_iter:
             raise ValueError(f"config key 'solver.epochs' must be >= 1, got {self.epochs}")
         if list(self.steps) != sorted(self.steps):
@@ -85,6 +97,7 @@ class SolverConfig(SolverSettings):
 
 @dataclass
 class EMAConfig:
+    RANGES: ClassVar[Dict[str, str]] = {"decay": "[0, 1)", "warmup_steps": "[0, inf)"}
     enabled: bool = False
     decay: float = 0.9999
     warmup_steps: int = 2000
@@ -92,6 +105,9 @@ class EMAConfig:
 
 @dataclass
 class TrainConfig:
+    RANGES: ClassVar[Dict[str, str]] = {
+        "seed": "[0, inf)", "eval_period": "[0, inf)", "checkpoint_period": "[0, inf)", "keep_every": "[0, inf)",
+        "threads": "[0, inf)", "print_freq": "[0, inf)"}
     output_dir: str = "output/cls_default"
     device: str = "auto"
     # auto: bf16 on CPUs with native bf16 and on CUDA GPUs of compute capability >= 8.0, fp16 on older GPUs,
