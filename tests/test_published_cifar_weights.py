@@ -22,6 +22,7 @@ DEGRADATION = REPO / "projects" / "degradation" / "results" / "checkpoints"
 PUBLISHED = {
     "readme/resnet20": REPO / "docs" / "results" / "cifar_resnet20" / "resnet20.safetensors",
     "degradation/resnet20": DEGRADATION / "resnet20.safetensors",
+    "degradation/plain20": DEGRADATION / "plain20.safetensors",
 }
 SUBSET = range(0, 10000, 20)
 ONE_IMAGE = 100.0 / len(SUBSET)
