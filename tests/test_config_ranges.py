@@ -104,3 +104,16 @@ def test_tools_exit_2_before_any_work(tool, override, tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and override.split("=")[0] in lines[0], lines
     assert not (tmp_path / "run").exists()  # refused before the output folder was touched
+
+
+def test_numeric_flags_outside_the_config_are_checked_too(capsys):
+    sys.path.insert(0, str(REPO / "tools"))
+    import predict
+    import train_cls
+
+    assert train_cls.main(["--lr", "-0.1"]) == 2
+    assert "--lr must be > 0" in capsys.readouterr().err
+    assert train_cls.main(["--epochs", "0"]) == 2
+    assert "--epochs must be >= 1" in capsys.readouterr().err
+    assert predict.main(["--checkpoint", "x.pt", "--images", "x.png", "--score-thresh", "-1"]) == 2
+    assert "--score-thresh must be in [0, 1]" in capsys.readouterr().err

@@ -92,6 +92,8 @@ def list_images(inputs):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        if not 0.0 <= args.score_thresh <= 1.0:
+            raise ValueError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
         checkpoint = Path(args.checkpoint)
         config = args.config or checkpoint.parent / "config.yaml"
         cfg = load_config(DetTrainConfig, config, args.overrides)

@@ -69,6 +69,8 @@ def build_config(args: argparse.Namespace) -> ClsConfig:
     overrides = [f"{k}={_quote(v)}" for k, v in flags] + list(args.overrides)
     cfg = load_config(ClsConfig, args.config, overrides)
     if args.lr is not None:
+        if not 0 < args.lr < float("inf"):  # the flag bypasses the config's RANGES: same rule as solver.lr
+            raise ConfigError(f"--lr must be > 0, got {args.lr}")
         cfg.solver.lr = float(args.lr)
         cfg.solver.reference_batch_size = 0  # an explicit --lr is the lr actually used
     if args.epochs is not None:
