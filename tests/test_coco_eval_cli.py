@@ -103,7 +103,7 @@ def test_checkpoint_form_runs_the_model_then_evaluates(tmp_path, capsys):
     assert code == 0, err
     stats = json.loads((tmp_path / "s.json").read_text())
     assert list(stats) == ["bbox", "segm"] and list(stats["segm"]) == KEYS
-    detections = json.loads((tmp_path / "detections.json").read_text())
+    detections = json.loads((tmp_path / "s.detections.json").read_text())  # beside --out s.json
     assert len(detections) == 6 * 5 and {"bbox", "segmentation", "score"} <= set(detections[0])
     assert "amp: " in out  # the precision the model ran at (auto: bf16 where the hardware has it)
     code, out, err = _main(capsys, "--checkpoint", tmp_path / "last.pt", "--config", tmp_path / "cfg.yaml",

@@ -9,8 +9,9 @@ Checkpoint (runs the model first, writes its COCO results json next to --out, or
     (--amp none forces fp32; the default, auto, runs bf16 autocast where the hardware has it natively)
 
 AP and AR are fractions (0-1), COCOeval's unit, on the console and in the stats json. Outputs never replace an
-input (--gt, --dt, --checkpoint), an existing detections json, or an --out file that is not a stats json of this tool
-(--overwrite allows the last two).
+input (--gt, --dt, --checkpoint), an existing --results file, or an --out file that is not a stats json of this tool
+(--overwrite allows the last two). Without --results the detections go to OUT_STEM.detections.json beside --out
+(stats.detections.json without --out), which a rerun with the same --out replaces.
 
 Numbers are pycocotools' COCOeval (backend "fast" computes them bit-identically, faster; --backend pycocotools
 runs the reference itself). Bad inputs print one line `error: ...` and exit with status 2.
@@ -51,10 +52,11 @@ def parse_args(argv=None):
 
 
 def results_path(args) -> Optional[Path]:
-    """Checkpoint form: where the detections json goes (--results, else detections.json beside --out)."""
+    """Checkpoint form: where the detections json goes (--results, else OUT_STEM.detections.json beside --out)."""
     if not args.checkpoint:
         return None
-    return Path(args.results or Path(args.out or "stats.json").with_name("detections.json"))
+    out = Path(args.out or "stats.json")
+    return Path(args.results) if args.results else out.with_name(f"{out.stem}.detections.json")
 
 
 def check_outputs(args) -> None:
@@ -64,9 +66,9 @@ def check_outputs(args) -> None:
                   {"--gt": args.gt, "--dt": args.dt, "--checkpoint": args.checkpoint})
     if args.overwrite:
         return
-    if results is not None and results.exists():
-        raise OutputError(f"detections file {results} exists (another evaluation's?); give another --results, or "
-                          f"--overwrite to replace it")
+    if args.results and results.exists():  # the default name belongs to --out: a rerun replaces both
+        raise OutputError(f"--results {results} exists (another evaluation's detections?); give another --results, "
+                          f"or --overwrite to replace it")
     if args.out and Path(args.out).exists() and not _is_stats_file(Path(args.out)):
         raise OutputError(f"--out {args.out} exists and is not a stats json of tools/eval_coco.py; give another --out, "
                           f"or --overwrite to replace it")
@@ -90,7 +92,7 @@ def run_checkpoint(args) -> str:
     from resbackbones.detection.builder import build_detector
     from resbackbones.detection.train_config import DetTrainConfig
     from resbackbones.engine.device import autocast, resolve_amp, resolve_device
-    from resbackbones.evaluation.coco_results import category_mapping, to_coco_results
+    from resbackbones.evaluation.coco_results import checkpoint_label_mapping, to_coco_results
     from resbackbones.weights import WeightsError, load_state_dict
     from resbackbones.weights.io import torch_load_refusing_code
 
@@ -116,7 +118,12 @@ def run_checkpoint(args) -> str:
         raise CocoEvalError(str(error)) from None
     print(f"amp: {amp} ({reason if args.amp == 'auto' else 'set by --amp'})", flush=True)
     model.to(device).eval()
-    mapping = category_mapping(gt["categories"])
+    try:  # each label scored as the category it was trained on (by name when the ids differ)
+        mapping, note = checkpoint_label_mapping(state, gt["categories"], where=f"checkpoint {args.checkpoint}")
+    except ValueError as error:
+        raise CocoEvalError(str(error)) from None
+    if note:
+        print(f"note: {note}", flush=True)
     results = []
     started = time.perf_counter()
     with torch.no_grad(), autocast(device, amp):  # detections come out float32 either way (fp32_outputs.py)

@@ -104,6 +104,7 @@ class DetTrainer:
         self.iteration = 0
         self.train_seconds = 0.0
         # Evaluation of a checkpoint leaves the run folder alone (the tool writes its report beside the checkpoint).
+        self.label_to_category = dict(self.val_set.label_to_category)  # evaluation: the checkpoint's, see _load
         self.logger = MetricsLogger(self.output, enabled=self.dist.is_main and not eval_only, index_key="iter")
         if checkpoint:
             self._load(checkpoint, weights_only_model=eval_only)
@@ -146,7 +147,12 @@ class DetTrainer:
             from .checkpoint import CheckpointError
             raise CheckpointError(f"checkpoint {path} does not match the model built from the config: "
                                   f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-        if weights_only_model:
+        if weights_only_model:  # evaluation: score each label as the category it was trained on
+            from ..evaluation.coco_results import checkpoint_label_mapping
+
+            self.label_to_category, note = checkpoint_label_mapping(state, self.val_set.categories, where=str(path))
+            if note and self.dist.is_main:
+                print(f"note: {note}", flush=True)
             return
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -283,7 +289,7 @@ class DetTrainer:
             with autocast(self.device, self.eval_amp):
                 outputs = model(images)
             outputs = [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in outputs]
-            results += to_coco_results(outputs, [t["image_id"] for _, t in chunk], self.val_set.label_to_category,
+            results += to_coco_results(outputs, [t["image_id"] for _, t in chunk], self.label_to_category,
                                        mask_threshold=self.cfg.test.mask_threshold)
         if self.dist.enabled:
             gathered: List[Optional[List[Dict]]] = [None] * self.world

@@ -70,3 +70,45 @@ def category_mapping(categories: Sequence[Mapping[str, Any]]) -> Dict[int, int]:
     """COCO 'categories' -> {contiguous label 1..C: category id}, in increasing id order (torchvision/detectron2)."""
     ids = sorted(int(c["id"]) for c in categories)
     return {label: cat_id for label, cat_id in enumerate(ids, start=1)}
+
+
+def checkpoint_label_mapping(state: Mapping[str, Any], categories: Sequence[Mapping[str, Any]], *,
+                             where: str) -> Tuple[Dict[int, int], Optional[str]]:
+    """{contiguous label: category id of `categories`} for evaluating a tools/train_det.py checkpoint on data whose
+    COCO 'categories' are `categories`, and a note when labels had to be remapped (else None).
+
+    The checkpoint records what its labels meant ("label_to_category" and "categories": ids and names of its
+    training data). Same ids with the same names: that mapping. The same names under other ids (another json of the
+    same classes): remapped by name, and the note says so. A category name of the checkpoint missing from the data,
+    or another number of categories: ValueError naming both sides, since scoring label k against whatever category
+    k is in the new data counts detections against the wrong classes. A checkpoint without the record (older
+    files) gets the data's own order, as before.
+    """
+    data = category_mapping(categories)
+    trained = state.get("label_to_category") or {}
+    names = {int(c["id"]): str(c.get("name", c["id"])) for c in state.get("categories") or []}
+    if not trained or not names:
+        return data, None
+    data_names = {int(c["id"]): str(c.get("name", c["id"])) for c in categories}
+    shown = ", ".join(f"{i}:{n}" for i, n in sorted(data_names.items())[:8])
+    if len(trained) != len(data_names):
+        raise ValueError(f"{where} was trained on {len(trained)} categories ({', '.join(sorted(names.values())[:8])}) "
+                         f"but the data has {len(data_names)} ({shown}); evaluate it on data of the same categories")
+    by_name: Dict[str, int] = {}
+    for cat_id, name in data_names.items():
+        if name in by_name:
+            raise ValueError(f"the data's categories name {name!r} twice (ids {by_name[name]} and {cat_id})")
+        by_name[name] = cat_id
+    mapping, moved = {}, []
+    for label, cat_id in sorted((int(k), int(v)) for k, v in trained.items()):
+        name = names.get(cat_id, str(cat_id))
+        if data_names.get(cat_id) == name:
+            mapping[label] = cat_id
+        elif name in by_name:
+            mapping[label] = by_name[name]
+            moved.append(f"{name} {cat_id}->{by_name[name]}")
+        else:
+            raise ValueError(f"{where} has category {name!r} (id {cat_id}), which the data does not have "
+                             f"(categories {shown}); evaluate it on data of the same categories")
+    note = f"categories matched to the checkpoint's by name (ids differ): {', '.join(moved)}" if moved else None
+    return mapping, note
