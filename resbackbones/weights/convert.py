@@ -120,7 +120,29 @@ def convert(source_kind: str, source: Source, *, arch: Optional[str] = None) -> 
     if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
         raise WeightsError(f"weights file not found: {source}")
     state, hints = entry.convert(source)
-    return state, entry.metadata(state, hints, arch)
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "the weights"
+    _refuse_non_float(state, name)
+    meta = entry.metadata(state, hints, arch)
+    if arch is not None:  # a wrong --arch would be recorded in the metadata and mislead every later load
+        found = entry.metadata(state, hints, None).arch
+        if found != "unknown" and _twin(found) != _twin(arch):
+            raise WeightsError(f"{name} holds {found} weights but --arch is {arch}: give --arch {found} (or leave "
+                               f"it out: it is inferred)")
+    return state, meta
+
+
+def _twin(arch: str) -> str:
+    # A ResNet with parameter-free (option A) shortcuts and its plain twin hold the same tensors.
+    return arch.replace("plain", "resnet")
+
+
+def _refuse_non_float(state: StateDict, name: str) -> None:
+    bad = [(k, v.dtype) for k, v in state.items()
+           if torch.is_tensor(v) and not v.is_floating_point() and not k.endswith("num_batches_tracked")]
+    if bad:
+        key, dtype = bad[0]
+        raise WeightsError(f"{name}: {len(bad)} weight tensor(s) are not floating point (first: {key}, {dtype}); "
+                           f"quantized or corrupted weights are not converted: give the float checkpoint")
 
 
 # -- architecture inference from our names ------------------------------------------------------------------------
