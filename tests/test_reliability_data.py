@@ -173,6 +173,6 @@ def test_train_det_reports_dropped_items_and_refuses_an_empty_set(tmp_path, caps
     assert "unknown_category: 1" in out and "non_positive_size: 1" in out, out[-2000:]
     data["images"] = []
     (tmp_path / "empty.json").write_text(json.dumps(data))
-    code = tool.main(common + [f"data.train.ann_file={tmp_path / 'empty.json'}"])
+    code = tool.main(common + [f"data.train.ann_file={tmp_path / 'empty.json'}", "--output", str(tmp_path / "o2")])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1 and "empty.json has no images" in err[0], err

@@ -17,6 +17,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from .errors import DataError
+from .image_limits import check_pixel_limit
 
 PathLike = Union[str, os.PathLike]
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -31,6 +32,7 @@ def decode_image(data: bytes, *, name: str) -> np.ndarray:
     if _truncated_jpeg(data):
         raise DataError(f"cannot decode image {name}: truncated JPEG (no end-of-image marker after its last scan, "
                         f"{len(data)} bytes)")
+    check_pixel_limit(data, name=name)  # header only: a 1 MB file can declare gigabytes of pixels
     buffer = np.frombuffer(data, dtype=np.uint8)
     image = None
     if buffer.size:
