@@ -27,6 +27,22 @@ def require_shared(relative: str) -> Path:
     return path
 
 
+def load_project_module(project: str, name: str):
+    """projects/<project>/<name>.py as a module named "<project>_<name>": several projects have a summarize.py, and a
+    plain `import summarize` after sys.path edits would hand every test file the first one imported."""
+    import importlib.util
+    import sys
+
+    path = REPO / "projects" / project / f"{name}.py"
+    module_name = f"{project}_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
 def require_detectron2() -> None:
     """Skip the calling test module when detectron2 is not installed; under CI (CI=true) fail instead, since CI
     installs it (scripts/install_detectron2.sh) and a silent skip would hide a broken install."""

@@ -12,11 +12,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, require_shared
+from conftest import REPO, load_project_module, require_shared
 
 PROJECT = REPO / "projects" / "degradation"
-sys.path.insert(0, str(PROJECT))
-import summarize  # noqa: E402
+summarize = load_project_module("degradation", "summarize")
 
 
 def _tiny_cifar(tmp_path: Path) -> Path:

@@ -13,11 +13,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, require_shared
+from conftest import REPO, load_project_module, require_shared
 
 PROJECT = REPO / "projects" / "transfer"
-sys.path.insert(0, str(PROJECT))
-import summarize  # noqa: E402
+summarize = load_project_module("transfer", "summarize")
 
 COLUMNS = ["dataset", "backbone", "init", "pretrain_epochs", "finetune_iters", "bbox_AP", "bbox_AP50", "segm_AP",
            "segm_AP50"]
