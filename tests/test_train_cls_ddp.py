@@ -60,6 +60,6 @@ def test_two_process_gloo_matches_single_process(data, tmp_path):
         assert a["train_top1"] == b["train_top1"]
         # The val set is sharded over the ranks and the sums all-reduced: the same 30 images are counted once.
         assert abs(float(a["val_loss"]) - float(b["val_loss"])) < 1e-4
-    # Only rank 0 writes: a single set of output files, no per-rank duplicates.
+    # Only rank 0 writes: a single set of output files (and the writer lock), no per-rank duplicates.
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(
-        ["checkpoints", "config.yaml", "curves.png", "metrics.csv", "metrics.jsonl"])
+        [".lock", "checkpoints", "config.yaml", "curves.png", "metrics.csv", "metrics.jsonl"])

@@ -57,9 +57,10 @@ def test_loss_falls_and_accuracy_well_above_chance(trained):
 
 def test_export_loads_into_build_backbone_strictly(trained):
     _, export, _ = trained
-    state, meta = rb.weights.load_with_metadata(export)
-    assert meta["arch"] == "cifar_resnet" and meta["color_order"] == "RGB"
-    backbone = rb.build_backbone("cifar_resnet", depth=8)
+    state, raw = rb.weights.load_with_metadata(export)
+    meta = rb.weights.WeightsMetadata.from_dict(raw)
+    assert meta.arch == "cifar_resnet" and meta.input_format == "RGB" and meta.num_classes == 10
+    backbone = rb.build_backbone(meta.arch, depth=8)
     backbone.load_state_dict(state, strict=True)
     x = torch.rand(2, 3, 32, 32)
     features = backbone(x)
