@@ -17,6 +17,7 @@ its fields in a class attribute RANGES (config_ranges.py), checked before its va
 ConfigError (a ValueError) with one line naming the dotted key (and the file or override it came from), the
 expected type (or range) and the value, and for unknown keys the closest valid key.
 """
+import copy
 import dataclasses
 import difflib
 import os
@@ -294,15 +295,22 @@ def from_dict(schema_cls: Type[T], data: Mapping[str, Any], *, source: str = "")
 
 
 def load_config(
-    schema_cls: Type[T], path: Optional[Union[str, os.PathLike]] = None, overrides: Sequence[str] = ()
+    schema_cls: Type[T], path: Optional[Union[str, os.PathLike]] = None, overrides: Sequence[str] = (), *,
+    base: Optional[Mapping[str, Any]] = None, base_source: str = "",
 ) -> T:
     """Defaults of `schema_cls` <- YAML file at `path` (with `_base_`) <- `overrides` ("a.b.c=value"), validated.
 
-    Raises ConfigError (one line) for a missing/invalid file, bad override syntax, unknown keys (with the closest
-    valid key) and wrong types (key, expected type, value).
+    base: a config as a dict (e.g. the one a checkpoint recorded) used instead of a file; base_source names it in
+    errors. Raises ConfigError (one line) for a missing/invalid file, bad override syntax, unknown keys (with the
+    closest valid key) and wrong types (key, expected type, value).
     """
-    data: Dict[str, Any] = load_yaml_with_bases(path) if path is not None else {}
-    source = str(path) if path is not None else ""
+    if path is not None and base is not None:
+        raise ValueError("load_config: give a config file or a base dict, not both")
+    if path is not None:
+        data: Dict[str, Any] = load_yaml_with_bases(path)
+        source = str(path)
+    else:
+        data, source = copy.deepcopy(dict(base or {})), base_source
     parsed = parse_overrides(overrides)
     if not parsed:
         return from_dict(schema_cls, data, source=source)

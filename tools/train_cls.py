@@ -8,10 +8,13 @@
     python tools/train_cls.py --config C --overwrite                     # replace the run in OUTPUT
     python tools/train_cls.py --config C --eval-only --weights W.pt      # top-1 / top-5 on the val split
     python tools/train_cls.py ... --export backbone.safetensors          # backbone-only weights for detection
+    python tools/train_cls.py --weights OUTPUT/checkpoints/best.pt --export bb.safetensors   # export, no training
     python tools/train_cls.py ... solver.lr=0.05 solver.steps=[30,60]    # any config key=value
 
 A new run refuses an output folder that is not empty (continue it with --resume, or replace it with --overwrite), and
 a second process writing into the same folder is refused while the first runs. --eval-only writes nothing there.
+--weights CKPT --export F with a train_cls checkpoint (and no --config) trains nothing: it writes what the run's own
+--export would have (its config's metadata, the top-1 re-measured on its val split; --data DIR if the data moved).
 Exit codes: 0 ok, 2 user error (config, data, weights: one line on stderr), 3 training diverged (NaN/inf loss or
 gradients), 130 interrupted.
 """
@@ -99,11 +102,18 @@ def main(argv=None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from resbackbones.engine.cls_export import export_checkpoint, is_train_cls_checkpoint
+    from resbackbones.engine.outputs import refuse_inputs
+
+    if (args.export and args.weights and not args.resume and (args.config is None or args.eval_only)
+            and is_train_cls_checkpoint(args.weights)):
+        refuse_inputs({"--export": args.export}, {"--weights": args.weights})
+        return _export_checkpoint(args, export_checkpoint)
     cfg = build_config(args)
     if args.eval_only and not (args.weights or args.resume):
         raise ConfigError("--eval-only needs --weights FILE (or --resume to evaluate the last checkpoint)")
     from resbackbones.engine.cls_trainer import RUN_FILES, ClsTrainer
-    from resbackbones.engine.outputs import claim_run_dir, refuse_inputs
+    from resbackbones.engine.outputs import claim_run_dir
 
     output = Path(cfg.train.output_dir)
     if args.export:  # never over the weights or checkpoints it is made from
@@ -129,6 +139,21 @@ def _run(args: argparse.Namespace) -> int:
         print(f"exported backbone weights to {trainer.export_backbone(args.export, metrics=metrics)}")
     if lock is not None:
         lock.release()
+    return 0
+
+
+def _export_checkpoint(args: argparse.Namespace, export_checkpoint) -> int:
+    """--weights CKPT --export F: the checkpoint's own config; flags that would change the run are refused."""
+    for flag in ("config", "arch", "output", "epochs", "lr", "overwrite"):
+        if getattr(args, flag) not in (None, False):
+            raise ConfigError(f"--{flag} does not apply to --weights CKPT --export F, which exports the checkpoint "
+                              f"as trained (its recorded config): drop --{flag} (--data DIR if the data moved)")
+    flags = [f"{key}={_quote(getattr(args, flag))}" for flag, key in (
+        ("data", "data.root"), ("batch_size", "solver.batch_size"), ("workers", "data.workers"),
+        ("device", "train.device")) if getattr(args, flag) is not None]
+    path, metrics = export_checkpoint(args.weights, args.export, overrides=flags + list(args.overrides))
+    print(f"exported backbone weights of {args.weights} to {path} (val top-1 {metrics['val_top1']:.2f} %, "
+          f"top-5 {metrics['val_top5']:.2f} %)")
     return 0
 
 

@@ -1,0 +1,63 @@
+"""Backbone-only export of a tools/train_cls.py checkpoint without training (train_cls --weights CKPT --export F).
+
+    path, metrics = export_checkpoint("OUTPUT/checkpoints/best.pt", "backbone.safetensors")
+
+Writes what ClsTrainer.export_backbone writes at the end of a run: the backbone's tensors (the EMA weights when the
+run kept them) and WeightsMetadata of the checkpoint's own config, with its epochs / iterations and the val top-1 /
+top-5 measured again on the config's val split (evaluation is deterministic, so these are the numbers the run
+reported for those weights). Nothing is written in the run folder.
+"""
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+from ..config import load_config
+from ..weights import WeightsMetadata, load_state_dict
+from .checkpoint import CheckpointError, load_checkpoint
+from .cls_config import ClsConfig
+
+
+def train_cls_config(state: Any) -> Optional[Mapping]:
+    """The config a tools/train_cls.py checkpoint recorded; None for any other file object."""
+    if not isinstance(state, Mapping) or not isinstance(state.get("model"), Mapping):
+        return None
+    config = state.get("config")
+    if not isinstance(config, Mapping) or "global_iter" not in state:
+        return None
+    return config if WeightsMetadata.from_train_cls(config, num_classes=None) is not None else None
+
+
+def is_train_cls_checkpoint(path) -> bool:
+    """Whether `path` is a tools/train_cls.py checkpoint (False for exports, torchvision files, missing files...)."""
+    if not Path(path).is_file() or Path(path).suffix in (".safetensors", ".pkl"):
+        return False
+    try:
+        return train_cls_config(load_checkpoint(path)) is not None
+    except (CheckpointError, ValueError):
+        return False
+
+
+def export_checkpoint(checkpoint, output, *, overrides: Sequence[str] = ()) -> Tuple[Path, Dict[str, float]]:
+    """Export the backbone of tools/train_cls.py checkpoint `checkpoint` to `output` (safetensors + metadata).
+
+    overrides: "key=value" applied to the checkpoint's config, e.g. data.root=DIR when the data moved, or
+    train.device=cpu. Returns (written path, val metrics). Raises CheckpointError / ConfigError / DataError (one line).
+    """
+    from .cls_trainer import ClsTrainer
+    from .ema import ModelEMA
+
+    state = load_checkpoint(checkpoint)
+    config = train_cls_config(state)
+    if config is None:
+        raise CheckpointError(f"{checkpoint} is not a tools/train_cls.py checkpoint (no recorded config); "
+                              f"give OUTPUT/checkpoints/last.pt or best.pt of a train_cls run")
+    base = {section: dict(values) if isinstance(values, Mapping) else values for section, values in config.items()}
+    base["model"] = dict(base.get("model") or {}, weights=None, compile=False)  # the checkpoint holds the weights
+    cfg = load_config(ClsConfig, None, overrides, base=base, base_source=f"{checkpoint} (its recorded config)")
+    trainer = ClsTrainer(cfg, build_train=False, write_run_files=False)
+    load_state_dict(trainer.model, state["model"], source=str(checkpoint))
+    if cfg.ema.enabled and isinstance(state.get("ema"), Mapping):
+        trainer.ema = ModelEMA(trainer.model, decay=cfg.ema.decay, warmup_steps=cfg.ema.warmup_steps)
+        trainer.ema.load_state_dict(state["ema"])
+    trainer.epoch, trainer.global_iter = int(state["epoch"]), int(state["global_iter"])
+    metrics = trainer.evaluate()
+    return trainer.export_backbone(str(output), metrics=metrics), metrics
