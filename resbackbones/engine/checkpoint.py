@@ -142,6 +142,11 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
         raise CheckpointError(f"checkpoint not found: {path}")
     obj = torch_load_refusing_code(path, map_location, error=CheckpointError, what="checkpoint ",
                                    file_kind="checkpoint", chain_read_errors=False)
+    from ..weights.formats import sniff_format, unconverted_message
+
+    message = unconverted_message(path, sniff_format(obj), expected="a training checkpoint")
+    if message is not None:  # torchvision / detectron2 / CIFAR weights, also under "model" (their trainers' files)
+        raise CheckpointError(message)
     if not isinstance(obj, dict) or "model" not in obj:
         raise CheckpointError(f"{path} is not a training checkpoint (no 'model' entry)")
     return obj

@@ -1,6 +1,7 @@
 """Read and write weights without running pickled code: safetensors, or torch files loaded with weights_only=True."""
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Type, Union
 
@@ -73,8 +74,16 @@ def torch_load_refusing_code(
     """
     path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a pickle of another protocol is refused below in one line, or read
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        from .formats import numpy_pickle_format, unconverted_message
+
+        expected = "a training checkpoint" if file_kind == "checkpoint" else "converted weights"
+        message = unconverted_message(path, numpy_pickle_format(path), expected=expected)
+        if message is not None:  # a detectron2 / caffe2 pickle of numpy arrays: nothing unsafe, only unconverted
+            raise error(message) from None
         raise error(
             f"refused to load {what}{path}: it carries pickled objects that are not plain tensors/containers, "
             f"and loading them could run code. Nothing was executed. Details: {str(exc).splitlines()[0]}"

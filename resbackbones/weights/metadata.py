@@ -143,7 +143,12 @@ def load_into(model: nn.Module, path, *, input_format: Optional[str] = None, str
     from .io import load_with_metadata
     from .matching import load_state_dict
 
+    from .formats import sniff_format, unconverted_message
+
     state, raw = load_with_metadata(path)
+    message = unconverted_message(path, sniff_format(state))
+    if message is not None:
+        raise WeightsError(message)
     meta = WeightsMetadata.from_dict(raw)
     check_compatible(meta, model, input_format=input_format, source=str(path))
     if prefix:
