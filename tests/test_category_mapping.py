@@ -57,7 +57,8 @@ def test_eval_coco_checkpoint_on_reordered_ground_truth(tmp_path, capsys):
     assert out["same"], "the untrained detector should still output boxes (scores ~1/4 > 0.05)"
     assert [PERMUTED[d["category_id"]] for d in out["same"]] == [d["category_id"] for d in out["moved"]]
     stats = [json.loads((tmp_path / f"{n}_stats.json").read_text()) for n in ("same", "moved")]
-    assert stats[0] == stats[1]
+    per_category = [{name: (r["AP"], r["AP50"]) for name, r in s.pop("per_category")["bbox"].items()} for s in stats]
+    assert stats[0] == stats[1] and per_category[0] == per_category[1]  # each class its own AP, under its new id
     assert eval_coco.main(["--gt", str(tmp_path / "renamed.json"), *common, "--results",
                            str(tmp_path / "renamed_dets.json")]) == 2
     err = capsys.readouterr().err.strip()

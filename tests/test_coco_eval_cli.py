@@ -35,11 +35,13 @@ def test_detections_file_contract(tmp_path):
     proc = _run("--gt", GT, "--dt", tmp_path / "dt.json", "--iou-type", "bbox", "segm", "--out", tmp_path / "s.json")
     assert proc.returncode == 0, proc.stderr
     stats = json.loads((tmp_path / "s.json").read_text())
-    assert list(stats) == ["bbox", "segm"]
+    assert list(stats) == ["bbox", "segm", "per_category", "ap_unit"] and stats["ap_unit"] == "fraction (0-1)"
     for iou_type in ("bbox", "segm"):
         assert list(stats[iou_type]) == KEYS
         expected, _ = reference_stats(gt, dets, iou_type)
         assert stats[iou_type] == expected  # JSON floats round-trip exactly
+        assert stats["per_category"][iou_type]["person"]["id"] == 1
+        assert set(stats["per_category"][iou_type]["person"]) == {"id", "AP", "AP50"}
     assert "AP @[IoU=0.50:0.95 | area=   all | maxDets=100]" in proc.stdout
     assert "person" in proc.stdout and "bottle" in proc.stdout  # the per-category table
 
@@ -102,7 +104,7 @@ def test_checkpoint_form_runs_the_model_then_evaluates(tmp_path, capsys):
                            "--gt", GT, "--images", images, "--iou-type", "bbox", "segm", "--out", tmp_path / "s.json")
     assert code == 0, err
     stats = json.loads((tmp_path / "s.json").read_text())
-    assert list(stats) == ["bbox", "segm"] and list(stats["segm"]) == KEYS
+    assert list(stats)[:2] == ["bbox", "segm"] and list(stats["segm"]) == KEYS
     detections = json.loads((tmp_path / "s.detections.json").read_text())  # beside --out s.json
     assert len(detections) == 6 * 5 and {"bbox", "segmentation", "score"} <= set(detections[0])
     assert "amp: " in out  # the precision the model ran at (auto: bf16 where the hardware has it)

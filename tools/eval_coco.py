@@ -3,7 +3,9 @@
 
 Detections file (the scripted form, fixed):
     python tools/eval_coco.py --gt GT.json --dt DETECTIONS.json --iou-type bbox segm --out stats.json
-    -> stats.json = {"bbox": {"AP": .., "AP50": .., ..., "ARl": ..}, "segm": {...}} (COCOeval.stats, -1 = undefined)
+    -> stats.json = {"bbox": {"AP": .., "AP50": .., ..., "ARl": ..}, "segm": {...}} (COCOeval.stats, -1 = undefined),
+       "per_category": {"bbox": {NAME: {"id", "AP", "AP50"}}, ...} (detectron2's per-category AP; AP50 beside it),
+       "ap_unit": "fraction (0-1)"}
 Checkpoint (runs the model first, writes its COCO results json next to --out, or to --results):
     python tools/eval_coco.py --checkpoint out/last.pt --config configs/mrcnn_r50.yaml --gt GT.json --images DIR
     (--amp none forces fp32; the default, auto, runs bf16 autocast where the hardware has it natively)
@@ -14,7 +16,9 @@ input (--gt, --dt, --checkpoint), an existing --results file, or an --out file t
 (stats.detections.json without --out), which a rerun with the same --out replaces.
 
 Numbers are pycocotools' COCOeval (backend "fast" computes them bit-identically, faster; --backend pycocotools
-runs the reference itself). Bad inputs print one line `error: ...` and exit with status 2.
+runs the reference itself). Ground truth and detections are type-checked before anything runs
+(resbackbones/evaluation/coco_checks.py): ids, bbox numbers, iscrowd, polygons, area, categories, scores, RLEs.
+Bad inputs print one line `error: ...` naming the file and the record, and exit with status 2.
 """
 import argparse
 import json
@@ -28,6 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resbackbones.engine.outputs import OutputError, refuse_inputs  # noqa: E402
 from resbackbones.evaluation.coco import BACKENDS, IOU_TYPES, CocoEvalError, evaluate_coco, format_stats, load_json  # noqa: E402
+from resbackbones.evaluation.coco_checks import check_ground_truth  # noqa: E402
+
+EXTRA_KEYS = ("per_category", "ap_unit")  # beside the iou types in the stats json
 
 
 def parse_args(argv=None):
@@ -79,8 +86,9 @@ def _is_stats_file(path: Path) -> bool:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and bool(data) and set(data) <= set(IOU_TYPES) and all(
-        isinstance(v, dict) for v in data.values())
+    if not isinstance(data, dict) or not set(data) & set(IOU_TYPES) or not set(data) <= {*IOU_TYPES, *EXTRA_KEYS}:
+        return False
+    return all(isinstance(v, dict) for k, v in data.items() if k in IOU_TYPES)
 
 
 def run_checkpoint(args) -> str:
@@ -103,6 +111,7 @@ def run_checkpoint(args) -> str:
     if not Path(args.images).is_dir():
         raise CocoEvalError(f"image folder not found: {args.images}")
     gt = load_json(args.gt, "ground-truth")
+    check_ground_truth(gt, source=args.gt, iou_types=args.iou_type)  # before the model runs on every image
     try:
         cfg = load_config(DetTrainConfig, args.config, overrides=list(args.opts) + ["model.backbone.weights="])
         state = torch_load_refusing_code(args.checkpoint, error=CocoEvalError, what="checkpoint ",
@@ -159,10 +168,12 @@ def main(argv=None) -> int:
         return 130
     out = {}
     for iou_type, result in results.items():
-        print(f"\n== {iou_type} ({result.backend}, {seconds:.2f} s) ==")
+        print(f"\n== {iou_type} ({result.backend}, {seconds:.2f} s; AP and AR as fractions 0-1) ==")
         print(format_stats(result.stats))
         print(result.table())
         out[iou_type] = result.stats
+    out["per_category"] = {t: r.per_category_report() for t, r in results.items()}
+    out["ap_unit"] = "fraction (0-1)"
     if args.out:
         path = Path(args.out)
         path.parent.mkdir(parents=True, exist_ok=True)

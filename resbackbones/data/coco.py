@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..evaluation.coco_checks import check_ground_truth
 from .errors import DataError
 from .folders import read_image
 
@@ -71,6 +72,9 @@ class CocoDetection(torch.utils.data.Dataset):
             raise DataError(f"COCO image folder not found: {self.image_root} (for {self.ann_file})")
         self.coco = _load_coco(self.ann_file)
         _refuse_duplicate_ids(self.coco.dataset, self.ann_file)
+        # Wrongly typed fields (string ids, iscrowd 2, a bbox of strings) are refused naming the record; bad values
+        # (empty or negative boxes, unknown categories, degenerate polygons) are dropped and counted below.
+        check_ground_truth(self.coco.dataset, source=str(self.ann_file), types_only=True, error=DataError)
         self.with_masks, self.transforms, self.cache_images = with_masks, transforms, cache_images
         cat_ids = sorted(self.coco.getCatIds())
         self.categories = [self.coco.cats[c] for c in cat_ids]

@@ -3,6 +3,7 @@
     result = evaluate_coco("instances_val.json", detections, iou_types=("bbox", "segm"))
     result["bbox"].stats        # {"AP": 0.372, "AP50": ..., "ARl": ...}: COCOeval.stats, fractions, -1 = undefined
     result["bbox"].per_category # {category_id: AP@[.5:.95]} (-1 where the category has no ground truth)
+    result["bbox"].per_category_report()  # {name: {"id", "AP", "AP50"}}: what eval.json and train_det report
 
 Detections are COCO results: [{"image_id", "category_id", "score", "bbox": [x, y, w, h], "segmentation": RLE}],
 as a list or a path to a results json. Every input problem raises CocoEvalError with one line naming it.
@@ -25,6 +26,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .coco_checks import CocoEvalError, check_detections, check_ground_truth  # noqa: F401 (re-exported)
+
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
 DEFAULT_MAX_DETS = (1, 10, 100)
@@ -32,10 +35,6 @@ BACKENDS = ("auto", "pycocotools", "fast", "faster_coco_eval")
 
 GroundTruth = Union[str, os.PathLike, Mapping[str, Any], Any]
 Detections = Union[str, os.PathLike, Sequence[Mapping[str, Any]]]
-
-
-class CocoEvalError(ValueError):
-    """Unusable ground truth or detections; the message is one line naming the file / image / category."""
 
 
 @dataclass
@@ -47,20 +46,37 @@ class CocoStats:
     per_category: Dict[int, float]
     category_names: Dict[int, str] = field(default_factory=dict)
     backend: str = "pycocotools"
+    per_category_ap50: Dict[int, float] = field(default_factory=dict)
+
+    def per_category_report(self) -> Dict[str, Dict[str, Any]]:
+        """{category name: {"id", "AP", "AP50"}} in category-id order, fractions 0-1, -1 = undefined (no ground
+        truth of that category; detectron2 writes NaN). A name two categories share gets its id appended."""
+        names = [self.category_names.get(c, str(c)) for c in self.per_category]
+        report = {}
+        for (cat_id, ap), name in zip(self.per_category.items(), names):
+            key = name if names.count(name) == 1 else f"{name} (id {cat_id})"
+            report[key] = {"id": cat_id, "AP": ap, "AP50": self.per_category_ap50.get(cat_id, -1.0)}
+        return report
 
     def table(self) -> str:
-        """Per-category AP as a text table (name, id, AP as a fraction 0-1, the unit of COCOeval.stats and of every
-        AP this package prints or writes), categories with ground truth only."""
-        lines = [f"{'category':<24} {'id':>4} {'AP (0-1)':>8}"]
-        undefined = 0
-        for cat_id, ap in self.per_category.items():
-            if ap < 0:  # no ground truth of this category: AP undefined (-1), left out of the table
-                undefined += 1
-                continue
-            lines.append(f"{self.category_names.get(cat_id, str(cat_id))[:24]:<24} {cat_id:>4} {ap:8.3f}")
-        if undefined:
-            lines.append(f"({undefined} categories without ground truth: AP undefined)")
-        return "\n".join(lines)
+        """Per-category AP and AP50 as a text table (fractions 0-1, the unit of COCOeval.stats and of every AP this
+        package prints or writes), categories with ground truth only."""
+        return per_category_table(self.per_category_report())
+
+
+def per_category_table(report: Mapping[str, Mapping[str, Any]]) -> str:
+    """{name: {"id", "AP", "AP50"}} (CocoStats.per_category_report, eval.json's "per_category") as text lines:
+    name, id, AP, AP50 (fractions 0-1); categories without ground truth (AP -1) counted in one line at the end."""
+    lines = [f"{'category':<24} {'id':>4} {'AP (0-1)':>8} {'AP50':>6}"]
+    undefined = 0
+    for name, row in report.items():
+        if row["AP"] < 0:  # no ground truth of this category: AP undefined (-1), left out of the table
+            undefined += 1
+            continue
+        lines.append(f"{name[:24]:<24} {row['id']:>4} {row['AP']:8.3f} {row['AP50']:6.3f}")
+    if undefined:
+        lines.append(f"({undefined} categories without ground truth: AP undefined)")
+    return "\n".join(lines)
 
 
 # -- inputs -------------------------------------------------------------------------------------------------------
@@ -82,45 +98,20 @@ def _gt_dict(gt: GroundTruth) -> Dict[str, Any]:
         return gt.dataset
     data = load_json(gt, "ground-truth") if isinstance(gt, (str, os.PathLike)) else gt
     if not isinstance(data, Mapping) or not all(k in data for k in ("images", "annotations", "categories")):
-        raise CocoEvalError("ground truth must be a COCO instances json with 'images', 'annotations', 'categories'")
+        where = f"{gt}: " if isinstance(gt, (str, os.PathLike)) else ""
+        raise CocoEvalError(f"{where}ground truth must be a COCO instances json with 'images', 'annotations', "
+                            f"'categories'")
     return dict(data)
 
 
 def _dt_list(detections: Detections) -> List[Dict[str, Any]]:
     data = load_json(detections, "detections") if isinstance(detections, (str, os.PathLike)) else detections
     if not isinstance(data, (list, tuple)):
-        raise CocoEvalError(f"detections must be a list of COCO results, got {type(data).__name__}")
+        where = f"{detections}: " if isinstance(detections, (str, os.PathLike)) else ""
+        raise CocoEvalError(f"{where}detections must be a list of COCO results, got {type(data).__name__}")
+    if not all(isinstance(d, Mapping) for d in data):
+        return list(data)  # check_detections names the first record that is not a mapping
     return [dict(d) for d in data]
-
-
-def check_detections(gt: Mapping[str, Any], dets: Sequence[Mapping[str, Any]], iou_types: Sequence[str]) -> None:
-    """Raise CocoEvalError for empty results, missing keys, or image / category ids absent from the ground truth."""
-    if not dets:
-        raise CocoEvalError("detections are empty: nothing to evaluate (COCOeval needs at least one result)")
-    image_ids = {img["id"] for img in gt["images"]}
-    cat_ids = {cat["id"] for cat in gt["categories"]}
-    for index, det in enumerate(dets):
-        if not isinstance(det, Mapping):
-            raise CocoEvalError(f"detection #{index} is a {type(det).__name__}, not a mapping")
-        for key in ("image_id", "category_id", "score"):
-            if key not in det:
-                raise CocoEvalError(f"detection #{index} has no {key!r}: {_short(det)}")
-        if det["image_id"] not in image_ids:
-            raise CocoEvalError(f"detection #{index} has image_id {det['image_id']!r}, which is not in the ground "
-                                f"truth ({len(image_ids)} images)")
-        if det["category_id"] not in cat_ids:
-            raise CocoEvalError(f"detection #{index} has category_id {det['category_id']!r}, which is not in the "
-                                f"ground truth categories {sorted(cat_ids)[:10]}{'...' if len(cat_ids) > 10 else ''}")
-        if "segm" in iou_types and "segmentation" not in det:
-            raise CocoEvalError(f"segm evaluation needs 'segmentation' in every detection; #{index} has none")
-        if "bbox" in iou_types and "bbox" not in det and "segmentation" not in det:
-            raise CocoEvalError(f"bbox evaluation needs 'bbox' (or 'segmentation') in detection #{index}")
-        if "bbox" in det and (not isinstance(det["bbox"], (list, tuple)) or len(det["bbox"]) != 4):
-            raise CocoEvalError(f"detection #{index}: bbox must be [x, y, width, height], got {det['bbox']!r}")
-
-
-def _short(obj: Mapping[str, Any]) -> str:
-    return json.dumps({k: v for k, v in obj.items() if k != "segmentation"})[:120]
 
 
 # -- evaluation ---------------------------------------------------------------------------------------------------
@@ -202,9 +193,18 @@ def _evaluate(gt: Dict[str, Any], dets: List[Dict[str, Any]], iou_type: str, bac
     return evaluator
 
 
-def per_category_ap(evaluator) -> Dict[int, float]:
-    """AP@[.5:.95] per category from COCOeval.eval["precision"] (all areas, maxDets[2]), -1 if undefined."""
+def per_category_ap(evaluator, iou: Optional[float] = None) -> Dict[int, float]:
+    """AP per category from COCOeval.eval["precision"], -1 if undefined (no ground truth of that category).
+
+    detectron2's COCOEvaluator._derive_coco_results: precision[:, :, k, 0, -1] (every IoU threshold, area range 0 =
+    "all", the last maxDets), mean of the entries > -1. iou=0.5 takes only that threshold's row (AP50 per category).
+    """
     precision = np.asarray(evaluator.eval["precision"])  # [T iou, R recall, K categories, A areas, M max dets]
+    if iou is not None:
+        rows = np.flatnonzero(np.isclose(np.asarray(evaluator.params.iouThrs), iou))
+        if rows.size != 1:
+            raise CocoEvalError(f"IoU threshold {iou} is not among COCOeval's {list(evaluator.params.iouThrs)}")
+        precision = precision[rows]
     result = {}
     for k, cat_id in enumerate(evaluator.params.catIds):
         values = precision[:, :, k, 0, -1]
@@ -220,11 +220,13 @@ def evaluate_coco(
     iou_types: Sequence[str] = ("bbox",),
     backend: str = "auto",
     max_dets: Sequence[int] = DEFAULT_MAX_DETS,
+    gt_source: str = "",
 ) -> Dict[str, CocoStats]:
     """COCO metrics of `detections` against `gt` (path, dict or COCO object) for each iou type ("bbox", "segm").
 
     Returns {iou_type: CocoStats}; stats are the values of COCOeval.stats under STAT_NAMES. max_dets: COCOeval's
-    maxDets (see the module docstring).
+    maxDets (see the module docstring). Both inputs are type-checked first (coco_checks.py); gt_source names an
+    in-memory ground truth in those errors (a path names itself).
     """
     unknown = [t for t in iou_types if t not in IOU_TYPES]
     if unknown or not iou_types:
@@ -232,8 +234,12 @@ def evaluate_coco(
     backend = resolve_backend(backend)
     max_dets = check_max_dets(max_dets)
     gt_dict = _gt_dict(gt)
+    path_like = (str, os.PathLike)
+    check_ground_truth(gt_dict, source=str(gt) if isinstance(gt, path_like) else gt_source or "ground truth",
+                       iou_types=iou_types)
     dets = _dt_list(detections)
-    check_detections(gt_dict, dets, iou_types)
+    check_detections(gt_dict, dets, iou_types,
+                     source=str(detections) if isinstance(detections, path_like) else "detections")
     names = {int(c["id"]): str(c.get("name", c["id"])) for c in gt_dict["categories"]}
     results = {}
     for iou_type in iou_types:
@@ -244,7 +250,8 @@ def evaluate_coco(
         evaluator = _run(gt_dict, typed, iou_type, backend, max_dets)
         stats = {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats[: len(STAT_NAMES)])}
         results[iou_type] = CocoStats(iou_type=iou_type, stats=stats, per_category=per_category_ap(evaluator),
-                                      category_names=names, backend=backend)
+                                      category_names=names, backend=backend,
+                                      per_category_ap50=per_category_ap(evaluator, iou=0.5))
     return results
 
 
