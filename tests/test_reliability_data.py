@@ -5,7 +5,8 @@ palette / 16-bit PNGs, corrupt files in folders and tars) already cover:
   file; EXIF orientation is applied (as OpenCV and detectron2 do) and checked against the json's width/height (a
   json made on the unrotated pixels is refused with the reason); empty / degenerate polygons, unknown category ids
   are dropped and counted, never given another label; duplicate annotation or image ids and empty datasets are
-  refused naming the file; tools/train_det.py prints the dropped counts and refuses an empty set in one line.
+  refused naming the file; tools/train_det.py prints the dropped counts and refuses an empty set in one line, and
+  refuses (before training) a val ground truth whose annotation names an unknown category.
   Folders: EXIF orientation applied; truncated JPEG named through the dataset.
 """
 import importlib.util
@@ -153,6 +154,7 @@ def test_train_det_reports_dropped_items_and_refuses_an_empty_set(tmp_path, caps
     first = data["images"][0]
     data["images"] = [first]
     anns = [a for a in data["annotations"] if a["image_id"] == first["id"]][:2]
+    (tmp_path / "val.json").write_text(json.dumps(dict(data, annotations=anns)))  # evaluation GT: checked strictly
     data["annotations"] = anns + [dict(anns[0], id=10 ** 9, category_id=99999),
                                   dict(anns[0], id=10 ** 9 + 1, bbox=[5, 5, 0, 3])]
     (tmp_path / "ann.json").write_text(json.dumps(data))
@@ -165,12 +167,16 @@ def test_train_det_reports_dropped_items_and_refuses_an_empty_set(tmp_path, caps
               f"data.train.ann_file={tmp_path / 'ann.json'}", "model.num_classes=80", "solver.ims_per_batch=1",
               "solver.max_iter=1", "solver.warmup_iters=0", "solver.steps=[]", "train.progress=false",
               "test.max_images=1", "data.val.kind=coco", f"data.val.image_root={images}",
-              f"data.val.ann_file={tmp_path / 'ann.json'}"]
+              f"data.val.ann_file={tmp_path / 'val.json'}"]
     code = tool.main(common)
     captured = capsys.readouterr()
     out = captured.out
     assert code == 0, captured.err[-2000:]
     assert "unknown_category: 1" in out and "non_positive_size: 1" in out, out[-2000:]
+    # the same json as the evaluation ground truth: refused before training (COCOeval would ignore that object)
+    code = tool.main(common + [f"data.val.ann_file={tmp_path / 'ann.json'}", "--output", str(tmp_path / "o1")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and "ann.json: annotation #2 (id 1000000000): category_id 99999" in err[0], err
     data["images"] = []
     (tmp_path / "empty.json").write_text(json.dumps(data))
     code = tool.main(common + [f"data.train.ann_file={tmp_path / 'empty.json'}", "--output", str(tmp_path / "o2")])

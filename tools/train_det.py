@@ -13,13 +13,16 @@ from torchvision's cache in $TORCH_HOME, downloaded unless RESBACKBONES_OFFLINE=
 --export or checkpoint, ours, torchvision .pth, detectron2 .pkl); their metadata sets the input normalisation.
 With --eval-only: a checkpoint of this tool.
 Writes OUTPUT/{config.yaml, last.pt, metrics.csv, metrics.jsonl, tensorboard/, curves.png, eval.json} (COCO AP as a
-fraction, 0-1). A new run refuses a non-empty OUTPUT (continue with --resume, replace with --overwrite) and a second
-writer while one runs. --eval-only writes only CHECKPOINT.eval.json beside the checkpoint (e.g. OUTPUT/last.eval.json).
+fraction, 0-1; eval.json also holds AP and AP50 per category, also printed at the end), the detections the final
+evaluation scored (OUTPUT/inference/coco_instances_results.json, detectron2's name) and, with train.eval_period > 0,
+OUTPUT/best.pt: the checkpoint of the best AP of the first evaluated iou type (bbox unless test.iou_types says
+otherwise; named in the log line and in the checkpoint's best_metric_name). --resume prints "resumed from
+OUTPUT/last.pt: iteration N". A new run refuses a non-empty OUTPUT (continue with --resume, replace with
+--overwrite) and a second writer while one runs. --eval-only writes only CHECKPOINT.eval.json beside the checkpoint
+(e.g. OUTPUT/last.eval.json).
 Exit codes: 0 ok, 2 user error (one line on stderr), 3 training diverged (NaN/inf loss or gradients).
 """
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -45,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (train.device)")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt if it exists")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace the run in a non-empty output folder (deletes its last.pt, metrics, eval.json)")
+                        help="replace the run in a non-empty output folder (deletes its last.pt, best.pt, metrics, "
+                             "eval.json, inference/)")
     parser.add_argument("--weights", help="backbone weights to start from; with --eval-only: a checkpoint")
     parser.add_argument("--eval-only", action="store_true", help="evaluate --weights (or OUTPUT/last.pt) and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.max_iter=200")
@@ -76,6 +80,7 @@ def main(argv=None) -> int:
 def _run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     from resbackbones.detection.backbone_weights import refuse_untrainable_backbone
+    from resbackbones.engine.det_reports import write_json_atomic
     from resbackbones.engine.det_trainer import RUN_FILES, DetTrainer
     from resbackbones.engine.outputs import claim_run_dir
 
@@ -108,14 +113,13 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def _print_result(result, trainer, report: Path) -> None:
     # COCO AP as a fraction (0-1), the unit of eval.json and of every AP this package prints.
+    from resbackbones.engine.det_reports import final_report
+
+    tables = final_report(result, trainer.iou_types)
+    if tables:
+        print(tables)
     parts = [f"{t} AP {result[t]['AP']:.3f}" for t in trainer.iou_types if t in result]
     print(f"iteration {trainer.iteration}, train {trainer.train_seconds:.0f} s: " + ", ".join(parts)
           + f"  (COCO AP, 0-1; {report})")

@@ -1,5 +1,7 @@
 """Iteration-based detection training (Faster / Mask R-CNN): SGD + warm-up + steps, AMP, DDP, periodic COCO eval,
-atomic checkpoints with resume, tqdm, metrics.csv / TensorBoard, loss-curve PNG, final eval.json.
+atomic checkpoints with resume, tqdm, metrics.csv / TensorBoard, loss-curve PNG, final eval.json (12 COCO stats and
+AP / AP50 per category for each iou type), the final detections (inference/coco_instances_results.json) and best.pt
+by AP (with train.eval_period; see det_reports.py).
 
     trainer = DetTrainer(cfg, resume=True)       # cfg: detection.train_config.DetTrainConfig
     result = trainer.fit()                       # {"bbox": {"AP": ..}, "segm": {...}} of the final evaluation
@@ -7,7 +9,6 @@ atomic checkpoints with resume, tqdm, metrics.csv / TensorBoard, loss-curve PNG,
 Reuses engine/: device + autocast, distributed, optim (param groups, warm-up/step lambda), checkpoint (atomic save
 with RNG states), metrics_log (CSV/JSONL/TensorBoard).
 """
-import json
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
@@ -24,6 +25,7 @@ from ..detection.builder import build_detector
 from ..detection.train_config import DetTrainConfig, default_iou_types
 from .checkpoint import find_last_checkpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .det_curves import plot_det_curves
+from .det_reports import RESULTS_FILE, BestTracker, per_category_without_detections, write_json_atomic
 from .device import autocast, grad_scaler, resolve_amp, resolve_device
 from .distributed import init_distributed
 from .metrics_log import MetricsLogger
@@ -31,8 +33,10 @@ from .optim import build_optimizer_for, make_lr_lambda
 from .tool_errors import TrainingDiverged, clip_and_check_grads, kept_checkpoint_note  # TrainingDiverged: also imported from here
 
 LAST = "last.pt"
+BEST = "best.pt"
 # What a run writes into its output folder (train_det --overwrite deletes these and nothing else).
-RUN_FILES = ("config.yaml", LAST, "metrics.csv", "metrics.jsonl", "curves.png", "tensorboard", "eval.json")
+RUN_FILES = ("config.yaml", LAST, BEST, "metrics.csv", "metrics.jsonl", "curves.png", "tensorboard", "eval.json",
+             RESULTS_FILE.parts[0])
 
 
 class IterationSampler(torch.utils.data.Sampler):
@@ -91,6 +95,10 @@ class DetTrainer:
                                                                                flip_prob=cfg.data.flip_prob))
             self._check_classes(self.train_set, "train")
         self._check_classes(self.val_set, "val")
+        # The ground truth COCOeval will score against, type-checked now rather than after training (exit 2).
+        from ..evaluation.coco_checks import check_ground_truth
+
+        check_ground_truth(self.val_set.coco.dataset, source=str(self.val_set.ann_file), iou_types=self.iou_types)
         self.model = build_detector(cfg.model).to(self.device)
         # The dumped config.yaml names the input normalisation actually used (adopted from the backbone weights).
         t, icfg = self.model.transform, cfg.model.input
@@ -103,6 +111,8 @@ class DetTrainer:
         self.scaler = grad_scaler(self.device, self.amp)
         self.iteration = 0
         self.train_seconds = 0.0
+        self.best = BestTracker(self.iou_types[0])  # best.pt: the first evaluated iou type's AP
+        self.last_results: List[Dict] = []  # the detections of the latest evaluation (rank 0)
         # Evaluation of a checkpoint leaves the run folder alone (the tool writes its report beside the checkpoint).
         self.label_to_category = dict(self.val_set.label_to_category)  # evaluation: the checkpoint's, see _load
         self.logger = MetricsLogger(self.output, enabled=self.dist.is_main and not eval_only, index_key="iter")
@@ -112,6 +122,8 @@ class DetTrainer:
             last = find_last_checkpoint(self.output)
             if last is not None:
                 self._load(last, weights_only_model=False)
+            elif self.dist.is_main:
+                print(f"resume: no checkpoint in {self.output}, starting from scratch", flush=True)
         if self.dist.is_main and not eval_only:
             self.output.mkdir(parents=True, exist_ok=True)
             dump_yaml(cfg, self.output / "config.yaml")
@@ -131,6 +143,7 @@ class DetTrainer:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
                 "iteration": self.iteration, "train_seconds": self.train_seconds, "rng": rng_state(),
+                **self.best.state(),
                 "label_to_category": dict(self.val_set.label_to_category),
                 "categories": [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))}
                                for c in self.val_set.categories]}
@@ -162,7 +175,10 @@ class DetTrainer:
         self.train_seconds = float(state.get("train_seconds", 0.0))
         if "rng" in state:
             set_rng_state(state["rng"])
+        self.best.load(state)
         self.logger.resume(self.iteration)
+        if self.dist.is_main:  # train_cls's wording
+            print(f"resumed from {path}: iteration {self.iteration}", flush=True)
 
     # -- training ---------------------------------------------------------------------------------------------
     def _loader(self):
@@ -317,7 +333,7 @@ class DetTrainer:
         if self.dist.is_main:
             if results:
                 stats = evaluate_coco(self._gt(), results, iou_types=self.iou_types, backend=self.cfg.test.backend,
-                                      max_dets=self.cfg.test.max_dets)
+                                      max_dets=self.cfg.test.max_dets, gt_source=str(self.val_set.ann_file))
                 out = {t: dict(s.stats) for t, s in stats.items()}
             else:  # nothing detected: COCOeval cannot load an empty result list; every stat is 0 by definition
                 out = {t: {"AP": 0.0} for t in self.iou_types}
@@ -325,6 +341,9 @@ class DetTrainer:
             out["amp"] = self.eval_amp  # the precision these numbers were measured at
             out["max_dets"] = list(self.cfg.test.max_dets)  # COCOeval maxDets: AP is measured at the last
             out["ap_unit"] = "fraction (0-1)"  # COCOeval's; the console prints the same numbers
+            out["per_category"] = ({t: s.per_category_report() for t, s in stats.items()} if results
+                                   else per_category_without_detections(self._gt(), self.iou_types))
+            self.last_results = results
         return out
 
     def _eval_and_log(self, final: bool = False) -> Dict:
@@ -337,8 +356,17 @@ class DetTrainer:
                     row[f"{t}_AP50"] = result[t]["AP50"]
             self.logger.log(row)
             plot_det_curves(self.logger.rows, self.output / "curves.png")
+            if (self.cfg.train.eval_period or self.best.value is not None) and self.best.update(result, self.iteration):
+                state = self.state_dict()  # last.pt too, so that a resumed run knows this best
+                save_atomic(state, self.output / BEST)
+                save_atomic(state, self.output / LAST)
+                print(self.best.line(self.output / BEST), flush=True)
             if final:
-                summary = dict(result, iteration=self.iteration, train_seconds=round(self.train_seconds, 1))
-                (self.output / "eval.json").write_text(json.dumps(summary, indent=2))
+                write_json_atomic(self.output / RESULTS_FILE, self.last_results, indent=None)
+                summary = dict(result, iteration=self.iteration, train_seconds=round(self.train_seconds, 1),
+                               coco_results=str(RESULTS_FILE))
+                if self.best.value is not None:
+                    summary["best"] = {"checkpoint": BEST, **self.best.state()}
+                write_json_atomic(self.output / "eval.json", summary)
         self.model.train()
         return result
