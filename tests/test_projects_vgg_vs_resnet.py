@@ -33,7 +33,7 @@ def test_run_sh_tiny_schedule(tmp_path):
     params = {r["backbone"]: float(r["params_m"]) for r in rows}
     assert 14.0 < params["vgg16"] < 20.0 and 23.0 < params["resnet50"] < 30.0  # backbone + small FPN/heads
     for row in rows:
-        assert 0.0 <= float(row["AP"]) <= float(row["AP50"]) <= 100.0
+        assert 0.0 <= float(row["AP"]) <= float(row["AP50"]) <= 1.0  # fractions, as in eval.json
         assert float(row["train_s_per_img"]) > 0 and float(row["infer_s_per_img"]) > 0
     details = list(csv.DictReader((tmp_path / "results" / "details.csv").open()))
     assert float(details[0]["backbone_gmacs_224"]) > float(details[1]["backbone_gmacs_224"])  # VGG-16 > ResNet-50

@@ -6,11 +6,12 @@
 Inputs: RUNS/<backbone>/{config.yaml, eval.json, metrics.csv} for each backbone that has been trained.
 Outputs in RESULTS/:
   summary.csv   backbone,AP,AP50,params_m,train_s_per_img,infer_s_per_img
-                AP / AP50: COCO bbox mAP@[.5:.95] / mAP@.5 on the val split, percent. params_m: the whole detector,
-                millions. train_s_per_img: training wall seconds / (iterations x images per batch).
+                AP / AP50: COCO bbox mAP@[.5:.95] / mAP@.5 on the val split, fractions (0-1, COCOeval's unit, as in
+                eval.json; 4 decimals). params_m: the whole detector, millions. train_s_per_img: training wall
+                seconds / (iterations x images per batch).
                 infer_s_per_img: wall seconds of the final evaluation (inference + COCOeval) / val images.
   details.csv   the same plus backbone parameters, backbone GMACs at 224x224 and at the run's input size, iters
-  ap_bars.png   AP and AP50 per backbone, paper's COCO numbers beside ours
+  ap_bars.png   AP and AP50 (fractions 0-1) per backbone, paper's COCO numbers beside ours
 Times are wall clock on whatever machine ran the training: on a shared CPU they measure that machine that hour.
 """
 import argparse
@@ -21,8 +22,9 @@ from pathlib import Path
 
 ORDER = ("vgg16", "resnet50", "resnet101")
 SUMMARY_COLUMNS = ("backbone", "AP", "AP50", "params_m", "train_s_per_img", "infer_s_per_img")
-# Faster R-CNN on COCO val (He et al. 2016, Table 7): mAP@.5, mAP@[.5:.95] in percent.
-PAPER_COCO = {"vgg16": (41.5, 21.2), "resnet101": (48.4, 27.2)}
+# Faster R-CNN on COCO val (He et al. 2016, Table 8): mAP@.5, mAP@[.5:.95] as fractions (the paper: 41.5, 21.2 / 48.4,
+# 27.2 percent).
+PAPER_COCO = {"vgg16": (0.415, 0.212), "resnet101": (0.484, 0.272)}
 
 
 class SummaryError(RuntimeError):
@@ -30,13 +32,13 @@ class SummaryError(RuntimeError):
 
 
 def read_run(run: Path) -> dict:
-    """Measured numbers of one finished run: AP, AP50 (percent), iterations, train seconds, eval seconds."""
+    """Measured numbers of one finished run: AP, AP50 (fractions 0-1), iterations, train seconds, eval seconds."""
     eval_path = run / "eval.json"
     if not eval_path.is_file():
         raise SummaryError(f"missing {eval_path}: the run has not finished (run projects/vgg_vs_resnet/run.sh)")
     result = json.loads(eval_path.read_text())
     bbox = result.get("bbox", {})
-    return {"AP": 100.0 * bbox.get("AP", 0.0), "AP50": 100.0 * bbox.get("AP50", 0.0),
+    return {"AP": float(bbox.get("AP", 0.0)), "AP50": float(bbox.get("AP50", 0.0)),
             "iters": int(result["iteration"]), "train_seconds": float(result["train_seconds"]),
             "eval_seconds": float(result.get("eval_seconds", float("nan")))}
 
@@ -87,7 +89,7 @@ def summarize(runs: Path, backbones) -> list:
 
 def write(rows, results: Path) -> None:
     results.mkdir(parents=True, exist_ok=True)
-    fmt = {"AP": "{:.2f}", "AP50": "{:.2f}", "params_m": "{:.2f}", "train_s_per_img": "{:.3f}",
+    fmt = {"AP": "{:.4f}", "AP50": "{:.4f}", "params_m": "{:.2f}", "train_s_per_img": "{:.3f}",
            "infer_s_per_img": "{:.3f}", "backbone_params_m": "{:.2f}", "backbone_gmacs_224": "{:.2f}",
            "backbone_gmacs_input": "{:.2f}"}
     formatted = [{k: fmt[k].format(v) if k in fmt else v for k, v in row.items()} for row in rows]
@@ -113,10 +115,10 @@ def plot(rows, path: Path) -> None:
         xs = range(len(rows))
         ax.bar([x - 0.2 for x in xs], [r[key] for r in rows], width=0.4, label="ours, BCCD (CPU scale)")
         paper = [PAPER_COCO.get(n, (float("nan"),) * 2)[paper_index] for n in names]
-        ax.bar([x + 0.2 for x in xs], paper, width=0.4, label="paper, COCO (Table 7)", alpha=0.6)
+        ax.bar([x + 0.2 for x in xs], paper, width=0.4, label="paper, COCO (Table 8)", alpha=0.6)
         ax.set_xticks(list(xs))
         ax.set_xticklabels(names)
-        ax.set_title(title + " (%)")
+        ax.set_title(title + " (fraction 0-1)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -141,8 +143,8 @@ def main(argv=None) -> int:
     for r in rows:
         gain = ""
         if base is not None and r is not base and base["AP"] > 0:
-            gain = f"  ({r['AP'] - base['AP']:+.2f} AP, {100 * (r['AP'] / base['AP'] - 1):+.0f} % relative to vgg16)"
-        print(f"{r['backbone']:10s} AP {r['AP']:6.2f}  AP50 {r['AP50']:6.2f}  params {r['params_m']:6.2f} M  "
+            gain = f"  ({r['AP'] - base['AP']:+.4f} AP, {100 * (r['AP'] / base['AP'] - 1):+.0f} % relative to vgg16)"
+        print(f"{r['backbone']:10s} AP {r['AP']:.4f}  AP50 {r['AP50']:.4f} (0-1)  params {r['params_m']:6.2f} M  "
               f"train {r['train_s_per_img']:.3f} s/img  infer {r['infer_s_per_img']:.3f} s/img{gain}")
     print(f"wrote {results / 'summary.csv'}, {results / 'details.csv'}, {results / 'ap_bars.png'}")
     return 0
