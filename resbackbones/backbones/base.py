@@ -21,6 +21,8 @@ class Backbone(nn.Module):
     # Types for TorchScript (empty lists cannot be inferred); no `stages: nn.ModuleDict` here, it cannot read that.
     _out_features: List[str]
     _checkpoint_stages: List[str]
+    # Python-side metadata that forward never reads: TorchScript need not compile it (subclasses' overrides too).
+    __jit_unused_properties__ = ["size_divisibility", "stage_names", "out_features"]
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,0 +1,57 @@
+"""load_detector(checkpoint, config): a tools/train_det.py checkpoint back as an eval-mode detector with its class names.
+
+    loaded = load_detector("output/quickstart/last.pt")          # config.yaml beside the checkpoint
+    loaded.model([image])                                        # image float [3, H, W] RGB in [0, 1]
+    loaded.label_names                                           # {1: "person", ...}: model label -> category name
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from torch import nn
+
+from ..config import ConfigError, load_config
+from ..detection.train_config import DetTrainConfig
+from ..engine.checkpoint import CheckpointError, load_checkpoint
+
+
+@dataclass
+class LoadedDetector:
+    model: nn.Module            # torchvision FasterRCNN / MaskRCNN from build_detector, eval mode, on CPU
+    config: DetTrainConfig      # what it was built from
+    config_path: Path
+    label_names: Dict[int, str]  # model label (1..num_classes) -> category name (its id as text when unnamed)
+
+    def names_list(self) -> List[str]:
+        """label_names as a list indexed by label, "__background__" at 0 (TorchScript-friendly)."""
+        count = self.config.model.num_classes + 1
+        return ["__background__"] + [self.label_names.get(label, str(label)) for label in range(1, count)]
+
+
+def load_detector(checkpoint, config=None, overrides: Sequence[str] = ()) -> LoadedDetector:
+    """Build the detector of `config` (default: config.yaml beside the checkpoint, written by tools/train_det.py)
+    and load every weight from `checkpoint`. Raises ConfigError / CheckpointError in one line."""
+    from ..detection.builder import build_detector
+
+    checkpoint = Path(checkpoint)
+    config_path = Path(config) if config else checkpoint.parent / "config.yaml"
+    if not config and not config_path.is_file():
+        raise ConfigError(f"{checkpoint} has no config.yaml beside it: give --config, the config it was trained with")
+    cfg = load_config(DetTrainConfig, config_path, overrides)
+    cfg.model.backbone.weights = ""  # the checkpoint holds every weight
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    model = build_detector(cfg.model)
+    expected, saved = model.state_dict(), state["model"]
+    problems = {"missing": [k for k in expected if k not in saved], "unexpected": [k for k in saved if k not in expected],
+                "of another shape": [f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                                     if k in saved and tuple(saved[k].shape) != tuple(v.shape)]}
+    if any(problems.values()):
+        listed = "; ".join(f"{what} {len(keys)} ({', '.join(keys[:2])}{', ...' if len(keys) > 2 else ''})"
+                           for what, keys in problems.items() if keys)
+        raise CheckpointError(f"checkpoint {checkpoint} does not match the model of {config_path}: {listed}; give "
+                              f"the config it was trained with")
+    model.load_state_dict(saved)
+    by_id = {int(c["id"]): str(c["name"]) for c in state.get("categories", [])}
+    names = {int(label): by_id.get(int(cat), str(cat)) for label, cat in state.get("label_to_category", {}).items()}
+    return LoadedDetector(model.eval(), cfg, config_path, names)
+

@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Export a trained detector whole (resize, backbone, FPN, RPN, heads, NMS, mask pasting) for deployment.
+
+    python tools/export_detector.py --checkpoint output/quickstart/last.pt --format torchscript --output det.pt
+    python tools/export_detector.py --config C --checkpoint CK --format torchscript --output det.pt --check img.jpg
+    python tools/export_detector.py --checkpoint CK --format onnx --output det.onnx     # needs: pip install onnx
+
+The file runs without resbackbones (torch + torchvision only):
+    import torch, torchvision; model = torch.jit.load("det.pt")
+    detections = model([image])       # image float [3, H, W] RGB in [0, 1]; boxes/labels/scores(/masks) per image
+    model.label_names[label]          # class name of a label
+--check IMAGE runs the eager model and the exported file on IMAGE (float32, CPU) and prints the largest differences;
+exit 1 if they differ by more than 1e-3 (boxes: relative to the image size). --format export (torch.export) is
+refused in one line while torch cannot capture torchvision's R-CNN. Exit codes: 0 ok, 1 check failed, 2 user error
+(one line on stderr), 130 interrupted.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from resbackbones.config import ConfigError  # noqa: E402
+from resbackbones.data.errors import DataError  # noqa: E402
+from resbackbones.deploy import FORMATS, DeployError  # noqa: E402
+from resbackbones.engine.checkpoint import CheckpointError  # noqa: E402
+from resbackbones.engine.tool_errors import run_tool  # noqa: E402
+from resbackbones.weights.errors import WeightsError  # noqa: E402
+
+TOLERANCE = 1e-3
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="last.pt written by tools/train_det.py")
+    parser.add_argument("--config", help="its training config; default: config.yaml next to the checkpoint")
+    parser.add_argument("--format", default="torchscript", choices=FORMATS, help="file format (default torchscript)")
+    parser.add_argument("--output", required=True, help="file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--check", metavar="IMAGE", help="compare the exported file with the eager model on IMAGE")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. model.input.*)")
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return run_tool(lambda: _run(args), interrupt_hint="interrupted; the output is written atomically (old file or none)",
+                    user_errors=(ConfigError, DataError, CheckpointError, WeightsError, DeployError))
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from resbackbones.data.folders import read_image
+    from resbackbones.deploy import load_detector
+    from resbackbones.deploy.export import check_export, export_detector
+    from resbackbones.engine.outputs import OutputError, refuse_inputs
+
+    output = Path(args.output)
+    refuse_inputs({"--output": output}, {"--checkpoint": args.checkpoint, "--config": args.config,
+                                         "--check": args.check})
+    if output.is_dir() or (output.exists() and not args.overwrite):
+        raise OutputError(f"--output {output} exists{' and is a folder' if output.is_dir() else ''}: give a new "
+                          f"file name{'' if output.is_dir() else ' or --overwrite'}")
+    image = None
+    if args.check:
+        image = torch.from_numpy(read_image(args.check).transpose(2, 0, 1).copy()).float().div_(255)
+    loaded = load_detector(args.checkpoint, args.config, args.overrides)
+    export_detector(loaded.model, output, fmt=args.format, label_names=loaded.names_list(), example=image)
+    print(f"wrote {output} ({args.format}, {loaded.config.model.num_classes} classes, from {args.checkpoint})")
+    if image is None:
+        return 0
+    diffs = check_export(loaded.model, output, args.format, image)
+    scale = {"boxes": float(max(image.shape[1:]))}
+    print(f"check on {args.check}: max |exported - eager| " + ", ".join(f"{k} {v:.3g}" for k, v in diffs.items()))
+    bad = [k for k, v in diffs.items() if not v <= TOLERANCE * scale.get(k, 1.0)]
+    if bad:
+        print(f"error: the exported model differs from the eager one in {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
