@@ -3,17 +3,20 @@
     check_ground_truth(gt_dict, source="val.json", iou_types=("bbox", "segm"))
     check_detections(gt_dict, detections, ("bbox",), source="dets.json")
 
-pycocotools takes every field at face value: a string image id never matches, iscrowd=2 counts as crowd, a
-2-point polygon is read as a box, a missing area raises a KeyError deep inside evaluate(). Here each record is
-checked first and the first bad one raises CocoEvalError, one line naming the file, the record (its index and id)
-and the field, with the fix. Pure Python: no pycocotools needed.
+pycocotools takes every field at face value: a string image id never matches, iscrowd=2 counts as crowd, a polygon
+of 7 numbers is cut to 3 points (5: an empty mask) without a word, one of 4 is taken for a box and fails with a
+TypeError, a missing area raises a KeyError deep inside evaluate(). Here each record is checked first and the first
+bad one raises CocoEvalError, one line naming the file, the record (its index and id) and the field, with the fix.
+Pure Python: no pycocotools needed.
 
 Ground truth: images / annotations / categories lists; ids ints (bools refused), unique; every annotation's
 image_id and category_id known; bbox 4 finite numbers with w, h >= 0 (required for bbox evaluation); iscrowd 0 or
 1 where present; area a finite number >= 0 (COCOeval sorts by it); for segm evaluation a segmentation in every
-annotation, polygons of >= 3 points (>= 6 finite numbers, an even count; pycocotools reads a 4-number polygon as
-a box) or RLE {"size": [h, w], "counts"}, and every image's width / height (positive ints; checked where present
-for bbox too). Box-only sets may keep "segmentation": [] when only bbox is evaluated.
+annotation, polygons of >= 3 points (>= 6 finite numbers, an even count) or RLE {"size": [h, w], "counts"}, and
+every image's width / height (positive ints; checked where present for bbox too). Box-only sets may keep
+"segmentation": [] when only bbox is evaluated.
+Training data (types_only, data/coco.py): wrong types are refused the same way; bad values are the reader's to
+drop and count.
 Detections: a non-empty list; image_id an int known in the ground truth, category_id an int of its categories,
 score a finite number, bbox 4 finite numbers with w, h >= 0, segmentation (where present) an RLE dict with size
 (the image's [height, width] when the ground truth gives them) and counts.
