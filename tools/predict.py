@@ -4,11 +4,15 @@
     python tools/predict.py --checkpoint output/quickstart/last.pt --images IMAGE_OR_DIR [...] --output preds/
     python tools/predict.py --checkpoint C --config configs/quickstart.yaml --images img.jpg --score-thresh 0.5
     python tools/predict.py --checkpoint C --images DIR --amp none        # force fp32 (default: bf16 where native)
+    python tools/predict.py --checkpoint C --images DIR --gt DIR.json     # ground truth drawn beside predictions
 
 The model is rebuilt from --config, or from config.yaml next to the checkpoint (written by tools/train_det.py).
 Each image X.ext becomes OUTPUT/X.png; an output that would replace an input image, or that two inputs would share
-(a.jpg and a.png, or two folders with the same names), is refused before anything runs.
-Exit codes: 0 ok, 2 user error (one line on stderr).
+(a.jpg and a.png, or two folders with the same names), is refused before anything runs. --gt COCO_JSON: images of
+that json (matched by file name) are drawn as [predictions | ground truth] under a legend. Images run in batches
+of --batch-size (only images of the same resized shape share one: the detections equal one-by-one inference).
+An image the model would resize to under 8 px across (e.g. a 10000x50 strip) is refused, naming it and its size.
+Exit codes: 0 ok, 2 user error (one line on stderr), 130 interrupted.
 """
 import argparse
 import sys
@@ -17,16 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from resbackbones.config import ConfigError, load_config  # noqa: E402
 from resbackbones.data.errors import DataError  # noqa: E402
-from resbackbones.data.folders import IMG_EXTENSIONS, read_image  # noqa: E402
+from resbackbones.data.folders import IMG_EXTENSIONS  # noqa: E402
 from resbackbones.detection.train_config import DetTrainConfig  # noqa: E402
-from resbackbones.engine.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from resbackbones.engine.device import AMP_MODES, autocast, resolve_amp  # noqa: E402
-from resbackbones.engine.outputs import OutputError, unique_targets  # noqa: E402
+from resbackbones.engine.checkpoint import CheckpointError  # noqa: E402
+from resbackbones.engine.device import AMP_MODES, resolve_amp  # noqa: E402
+from resbackbones.engine.outputs import OutputError, refuse_inputs, unique_targets  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -36,6 +38,8 @@ def parse_args(argv=None):
     parser.add_argument("--images", "--input", dest="input", nargs="+", required=True,
                         help="image files and/or folders of images (--input: the same flag's older name)")
     parser.add_argument("--output", default="predictions", help="folder for the drawn PNGs")
+    parser.add_argument("--gt", metavar="COCO_JSON", help="draw this json's ground truth beside the predictions")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="draw detections scoring at least this")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--amp", default="auto", choices=AMP_MODES,
@@ -43,35 +47,6 @@ def parse_args(argv=None):
                              "capability >= 8.0), fp16 on older GPUs, else fp32; none = fp32")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser.parse_intermixed_args(argv)  # key=value overrides may come before or after flags
-
-
-def palette(index: int):
-    rng = np.random.default_rng(index * 7919 + 1)
-    return tuple(int(v) for v in rng.integers(60, 255, 3))
-
-
-def draw(image: np.ndarray, output, names, *, score_thresh: float) -> np.ndarray:
-    """image uint8 [H, W, 3] RGB + one detector output -> BGR uint8 image with masks (blended), boxes, labels."""
-    canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR).astype(np.float32)
-    keep = output["scores"] >= score_thresh
-    boxes, labels, scores = output["boxes"][keep], output["labels"][keep], output["scores"][keep]
-    masks = output["masks"][keep][:, 0] > 0.5 if "masks" in output else None
-    for k in range(len(boxes)):
-        colour = np.array(palette(int(labels[k])), np.float32)
-        if masks is not None:
-            m = masks[k].numpy()
-            canvas[m] = 0.5 * canvas[m] + 0.5 * colour
-    canvas = canvas.astype(np.uint8)
-    for k in range(len(boxes)):
-        colour = palette(int(labels[k]))
-        x1, y1, x2, y2 = (int(round(v)) for v in boxes[k].tolist())
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, 2)
-        text = f"{names.get(int(labels[k]), int(labels[k]))} {float(scores[k]):.2f}"
-        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
-        cv2.rectangle(canvas, (x1, max(0, y1 - th - 4)), (x1 + tw + 2, max(th + 4, y1)), colour, -1)
-        cv2.putText(canvas, text, (x1 + 1, max(th + 1, y1 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
-                    cv2.LINE_AA)
-    return canvas
 
 
 def list_images(inputs):
@@ -92,45 +67,55 @@ def list_images(inputs):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        if not 0.0 <= args.score_thresh <= 1.0:
-            raise ValueError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
-        checkpoint = Path(args.checkpoint)
-        config = args.config or checkpoint.parent / "config.yaml"
-        cfg = load_config(DetTrainConfig, config, args.overrides)
-        cfg.model.backbone.weights = ""  # the checkpoint holds every weight
-        out_dir = Path(args.output)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise OutputError(f"--output {out_dir} is a file; give a folder for the drawn PNGs")
-        targets = unique_targets(list_images(args.input), out_dir, suffix=".png")
-        from resbackbones.detection.builder import build_detector
-        from resbackbones.engine.device import resolve_device
-
-        device = resolve_device(args.device)
-        amp, reason = resolve_amp(args.amp, device)
-        print(f"amp: {amp} ({reason if args.amp == 'auto' else 'set by --amp'})", flush=True)
-        state = load_checkpoint(checkpoint, map_location="cpu")
-        model = build_detector(cfg.model)
-        missing, unexpected = model.load_state_dict(state["model"], strict=False)
-        if missing or unexpected:
-            raise CheckpointError(f"checkpoint {checkpoint} does not match the model of {config}: missing "
-                                  f"{missing[:3]}, unexpected {unexpected[:3]}")
-        model.to(device).eval()
-        by_id = {int(c["id"]): c["name"] for c in state.get("categories", [])}
-        names = {int(label): by_id.get(int(cat), str(cat)) for label, cat in state.get("label_to_category", {}).items()}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for path, target in targets.items():
-            image = read_image(path)
-            tensor = torch.from_numpy(image.transpose(2, 0, 1).copy()).float().div_(255).to(device)
-            with torch.no_grad(), autocast(device, amp):  # boxes / scores / masks come out float32 either way
-                output = {k: v.cpu() for k, v in model([tensor])[0].items()}
-            cv2.imwrite(str(target), draw(image, output, names, score_thresh=args.score_thresh))
-            print(f"{path} -> {target}: {int((output['scores'] >= args.score_thresh).sum())} detections")
+        return _run(args)
     except (ConfigError, DataError, CheckpointError, ValueError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; the PNGs written so far are complete", file=sys.stderr)
         return 130
+
+
+def _run(args) -> int:
+    if not 0.0 <= args.score_thresh <= 1.0:
+        raise ValueError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    checkpoint = Path(args.checkpoint)
+    config = args.config or checkpoint.parent / "config.yaml"
+    cfg = load_config(DetTrainConfig, config, args.overrides)
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--output {out_dir} is a file; give a folder for the drawn PNGs")
+    refuse_inputs({"--output": out_dir}, {"--gt": args.gt})
+    from resbackbones.deploy import load_detector
+    from resbackbones.deploy.predict import (GroundTruth, check_resizable, draw_detections, draw_with_ground_truth,
+                                             header_size, predict_images)
+    from resbackbones.engine.device import resolve_device
+
+    targets = unique_targets(list_images(args.input), out_dir, suffix=".png")
+    icfg = cfg.model.input
+    for path in targets:  # refuse what the model cannot resize before anything runs
+        size = header_size(path)
+        if size is not None:
+            check_resizable(path, *size, min_size=icfg.min_size[-1], max_size=icfg.max_size)
+    truth = GroundTruth(args.gt) if args.gt else None
+    device = resolve_device(args.device)
+    amp, reason = resolve_amp(args.amp, device)
+    print(f"amp: {amp} ({reason if args.amp == 'auto' else 'set by --amp'})", flush=True)
+    loaded = load_detector(checkpoint, cfg)
+    model = loaded.model.to(device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path, image, output in predict_images(model, list(targets), batch_size=args.batch_size, device=device,
+                                              amp=amp):
+        drawn = truth.for_image(path, *image.shape[:2]) if truth is not None else None
+        if drawn is None:
+            canvas = draw_detections(image, output, loaded.label_names, score_thresh=args.score_thresh)
+        else:
+            canvas = draw_with_ground_truth(image, output, loaded.label_names, drawn, score_thresh=args.score_thresh)
+        cv2.imwrite(str(targets[path]), canvas)
+        gt_note = "" if truth is None else f", {len(drawn[0])} ground truth" if drawn else ", not in --gt"
+        print(f"{path} -> {targets[path]}: {int((output['scores'] >= args.score_thresh).sum())} detections{gt_note}")
     return 0
 
 

@@ -4,6 +4,7 @@
     loaded.model([image])                                        # image float [3, H, W] RGB in [0, 1]
     loaded.label_names                                           # {1: "person", ...}: model label -> category name
 """
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -29,15 +30,20 @@ class LoadedDetector:
 
 
 def load_detector(checkpoint, config=None, overrides: Sequence[str] = ()) -> LoadedDetector:
-    """Build the detector of `config` (default: config.yaml beside the checkpoint, written by tools/train_det.py)
-    and load every weight from `checkpoint`. Raises ConfigError / CheckpointError in one line."""
+    """Build the detector of `config` (a file, a loaded DetTrainConfig, or None: config.yaml beside the checkpoint,
+    written by tools/train_det.py) and load every weight from `checkpoint`. Raises ConfigError / CheckpointError
+    in one line."""
     from ..detection.builder import build_detector
 
     checkpoint = Path(checkpoint)
-    config_path = Path(config) if config else checkpoint.parent / "config.yaml"
-    if not config and not config_path.is_file():
-        raise ConfigError(f"{checkpoint} has no config.yaml beside it: give --config, the config it was trained with")
-    cfg = load_config(DetTrainConfig, config_path, overrides)
+    if isinstance(config, DetTrainConfig):
+        cfg, config_path = copy.deepcopy(config), Path("(the given config)")
+    else:
+        config_path = Path(config) if config else checkpoint.parent / "config.yaml"
+        if not config and not config_path.is_file():
+            raise ConfigError(f"{checkpoint} has no config.yaml beside it: give --config, the config it was trained "
+                              f"with")
+        cfg = load_config(DetTrainConfig, config_path, overrides)
     cfg.model.backbone.weights = ""  # the checkpoint holds every weight
     state = load_checkpoint(checkpoint, map_location="cpu")
     model = build_detector(cfg.model)
