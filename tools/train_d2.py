@@ -11,24 +11,28 @@ MODEL.ROI_HEADS.NUM_CLASSES (and RETINANET.NUM_CLASSES) follow the training json
 INPUT.MASK_FORMAT bitmask. The preprocessing
 recorded in MODEL.RESBACKBONES.WEIGHTS (input format, pixel mean/std, stride_in_1x1) is adopted and printed.
 COCOEvaluator writes OUTPUT_DIR/inference/coco_instances_results.json (original category ids), which
-tools/eval_coco.py scores too. --num-gpus/--num-machines/--dist-url launch DDP as in detectron2.
+tools/eval_coco.py scores too. --num-gpus/--num-machines/--dist-url launch DDP as in detectron2. On a machine
+without CUDA add MODEL.DEVICE cpu. The command line is checked before anything starts (config file, override keys
+and types, jsons and image folders, device, --eval-only weights): exit 2 with one line naming what is wrong;
+Ctrl-C exits 130.
 """
-import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+# detectron2 scripts a few functions at import: torch's deprecation notice for that is not the user's to act on.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data.datasets import register_coco_instances  # noqa: E402
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.evaluation import COCOEvaluator  # noqa: E402
 
-from resbackbones.integrations.detectron2 import add_resbackbones_config, apply_weights_conventions  # noqa: E402
-
-TRAIN, TEST = "resbackbones_train", "resbackbones_test"
+from resbackbones.engine.tool_errors import run_tool  # noqa: E402
+from resbackbones.integrations.detectron2 import apply_weights_conventions  # noqa: E402
+from resbackbones.integrations.detectron2_train import D2UserError, build_cfg, register_datasets  # noqa: E402
+from resbackbones.weights.errors import WeightsError  # noqa: E402
 
 
 class Trainer(DefaultTrainer):
@@ -38,56 +42,8 @@ class Trainer(DefaultTrainer):
         return COCOEvaluator(dataset_name, output_dir=output_folder)
 
 
-def _read_json(json_path: str) -> dict:
-    with open(json_path) as handle:
-        return json.load(handle)
-
-
-def _num_classes(coco: dict, json_path: str) -> int:
-    if not coco.get("categories"):
-        raise SystemExit(f"{json_path}: no 'categories' in the COCO json")
-    return len(coco["categories"])
-
-
-def _uses_rle_masks(coco: dict) -> bool:
-    # detectron2 reads polygons unless told otherwise; RLE masks (dicts) need INPUT.MASK_FORMAT bitmask.
-    # Crowd regions are RLE in COCO itself but never reach training, so only non-crowd annotations count.
-    return any(isinstance(a.get("segmentation"), dict) for a in coco.get("annotations", []) if not a.get("iscrowd"))
-
-
-def register_datasets(args) -> None:
-    """register_coco_instances for the given jsons (re-registers a name when called again with other files)."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    for name, ann, images in ((TRAIN, args.train_json, args.train_images), (TEST, args.test_json, args.test_images)):
-        if not ann:
-            continue
-        for path in (ann, images):
-            if not path or not os.path.exists(path):
-                raise SystemExit(f"{name}: {path!r} does not exist (give --{name.split('_')[1]}-json and -images)")
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        register_coco_instances(name, {}, ann, images)
-
-
 def setup(args):
-    cfg = get_cfg()
-    add_resbackbones_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    if args.train_json:
-        cfg.DATASETS.TRAIN = (TRAIN,)
-    if args.test_json:
-        cfg.DATASETS.TEST = (TEST,)
-    elif args.train_json:
-        cfg.DATASETS.TEST = ()  # the yaml's COCO val is not registered here: no evaluation without --test-json
-    class_source = args.train_json or args.test_json
-    if class_source:
-        coco = _read_json(class_source)
-        cfg.MODEL.ROI_HEADS.NUM_CLASSES = cfg.MODEL.RETINANET.NUM_CLASSES = _num_classes(coco, class_source)
-        if _uses_rle_masks(coco):
-            cfg.INPUT.MASK_FORMAT = "bitmask"
-    cfg.merge_from_list(args.opts)
+    cfg = build_cfg(args)
     for line in apply_weights_conventions(cfg):
         print(f"[train_d2] adopted from the backbone weights: {line}")
     cfg.freeze()
@@ -116,8 +72,19 @@ def build_parser():
     return parser
 
 
-if __name__ == "__main__":
-    args = build_parser().parse_args()
+def cli(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     print("[train_d2] command line:", args)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+
+    def run() -> int:
+        apply_weights_conventions(build_cfg(args))  # every user error before a process or a file is made
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+        return 0
+
+    return run_tool(run, interrupt_hint="interrupted; continue with --resume (OUTPUT_DIR/last_checkpoint)",
+                    user_errors=(D2UserError, WeightsError, FileNotFoundError))
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

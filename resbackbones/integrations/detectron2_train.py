@@ -1,0 +1,114 @@
+"""What tools/train_d2.py needs besides detectron2's train_net: COCO-json datasets, the config built and checked
+before any process starts, and user errors as one line (D2UserError) instead of detectron2's assertions.
+
+    cfg = build_cfg(args)          # args: detectron2's default_argument_parser + --train/test-json/-images
+    register_datasets(args)        # resbackbones_train / resbackbones_test from the jsons
+"""
+import json
+import os
+from typing import Any, Dict
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data.datasets import register_coco_instances
+
+from .detectron2 import add_resbackbones_config
+
+TRAIN, TEST = "resbackbones_train", "resbackbones_test"
+
+
+class D2UserError(ValueError):
+    """A bad command line, config file, override, dataset or device for tools/train_d2.py: one line, exit 2."""
+
+
+def _read_json(path: str) -> Dict[str, Any]:
+    try:
+        with open(path) as handle:
+            coco = json.load(handle)
+    except OSError as error:
+        raise D2UserError(f"cannot read {path}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise D2UserError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(coco, dict) or not coco.get("categories"):
+        raise D2UserError(f"{path}: no 'categories' in the COCO json; give a COCO instances json")
+    return coco
+
+
+def _uses_rle_masks(coco: dict) -> bool:
+    # detectron2 reads polygons unless told otherwise; RLE masks (dicts) need INPUT.MASK_FORMAT bitmask.
+    # Crowd regions are RLE in COCO itself but never reach training, so only non-crowd annotations count.
+    return any(isinstance(a.get("segmentation"), dict) for a in coco.get("annotations", []) if not a.get("iscrowd"))
+
+
+def _check_datasets(args) -> None:
+    for split in ("train", "test"):
+        ann, images = getattr(args, f"{split}_json"), getattr(args, f"{split}_images")
+        if not ann and not images:
+            continue
+        if not ann or not images:
+            raise D2UserError(f"--{split}-json and --{split}-images go together: give both")
+        if not os.path.isfile(ann):
+            raise D2UserError(f"--{split}-json {ann} not found")
+        if not os.path.isdir(images):
+            raise D2UserError(f"--{split}-images {images} is not a folder")
+
+
+def register_datasets(args) -> None:
+    """register_coco_instances for the given jsons (re-registers a name when called again with other files)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    _check_datasets(args)
+    for name, ann, images in ((TRAIN, args.train_json, args.train_images), (TEST, args.test_json, args.test_images)):
+        if not ann:
+            continue
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_coco_instances(name, {}, ann, images)
+
+
+def _merge(what: str, merge) -> None:
+    try:
+        merge()
+    except (AssertionError, KeyError, ValueError, TypeError) as error:  # yacs reports bad keys / types this way
+        text = " ".join(str(error).strip("'\"").split())
+        raise D2UserError(f"{what}: {text}") from None
+
+
+def build_cfg(args) -> CfgNode:
+    """The detectron2 config of a train_d2 command line (not frozen; nothing written): the yaml, our datasets and
+    their class count / mask format, then the KEY VALUE overrides. Raises D2UserError naming what is wrong."""
+    if not os.path.isfile(args.config_file or ""):
+        raise D2UserError(f"--config-file {args.config_file or '(none)'} not found; e.g. "
+                          f"configs/detectron2/mask_rcnn_R_50_FPN_1x.yaml")
+    flags = [o for o in args.opts if str(o).startswith("--")]
+    if flags:  # detectron2's parser hands everything after the first KEY VALUE pair to the config
+        raise D2UserError(f"{flags[0]} comes after the KEY VALUE config overrides, which take the rest of the line: "
+                          f"put the flags first")
+    _check_datasets(args)
+    cfg = get_cfg()
+    add_resbackbones_config(cfg)
+    _merge(f"--config-file {args.config_file}", lambda: cfg.merge_from_file(args.config_file))
+    if args.train_json:
+        cfg.DATASETS.TRAIN = (TRAIN,)
+    if args.test_json:
+        cfg.DATASETS.TEST = (TEST,)
+    elif args.train_json:
+        cfg.DATASETS.TEST = ()  # the yaml's COCO val is not registered here: no evaluation without --test-json
+    class_source = args.train_json or args.test_json
+    if class_source:
+        coco = _read_json(class_source)
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = cfg.MODEL.RETINANET.NUM_CLASSES = len(coco["categories"])
+        if _uses_rle_masks(coco):
+            cfg.INPUT.MASK_FORMAT = "bitmask"
+    _merge("config overrides (KEY VALUE pairs of detectron2's config, e.g. SOLVER.MAX_ITER 100)",
+           lambda: cfg.merge_from_list(args.opts))
+    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+        raise D2UserError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE} but no CUDA device is available: add MODEL.DEVICE cpu")
+    if args.num_gpus > 1 and args.num_gpus > torch.cuda.device_count():
+        raise D2UserError(f"--num-gpus {args.num_gpus} but {torch.cuda.device_count()} CUDA device(s) are available")
+    weights = cfg.MODEL.WEIGHTS
+    if args.eval_only and (not weights or ("://" not in weights and not os.path.isfile(weights))):
+        raise D2UserError(f"--eval-only evaluates MODEL.WEIGHTS, but {weights or 'none is given'}"
+                          f"{' was not found' if weights else ''}: add MODEL.WEIGHTS OUTPUT_DIR/model_final.pth")
+    return cfg
