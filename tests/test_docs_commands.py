@@ -52,12 +52,19 @@ SMOKE: Dict[str, Smoke] = {
               after=(TRAIN_C,)),
     "python tools/train_cls.py --config C --resume --eval-only --export r50.safetensors":
         Smoke(subs={"C": SMOKE_CFG}, after=(TRAIN_C,), creates=("r50.safetensors",)),
+    "python tools/train_cls.py --weights OUTPUT/checkpoints/best.pt --export bb.safetensors":
+        Smoke(subs={"OUTPUT/checkpoints/best.pt": "output/smoke_cls/checkpoints/best.pt"}, after=(TRAIN_C,),
+              creates=("bb.safetensors",)),
     "python tools/train_det.py --config configs/bccd_frcnn_r50.yaml":
         Smoke(add=TINY_DET, needs=("shared", "torchvision"), creates=("output/bccd_frcnn_r50/eval.json",)),
     "python tools/eval_coco.py --gt GT.json --dt DETECTIONS.json --iou-type bbox segm --out stats.json":
         Smoke(needs=("coco",), creates=("stats.json",)),
     "python tools/predict.py --config configs/quickstart.yaml --checkpoint output/quickstart/last.pt --images DIR "
     "--output preds/": Smoke(needs=("coco",), after=(QUICKSTART,), creates=("preds",)),
+    "python tools/predict.py --checkpoint output/quickstart/last.pt --images DIR --gt GT.json --output preds_gt/":
+        Smoke(needs=("coco",), after=(QUICKSTART,), creates=("preds_gt",)),
+    "python tools/export_detector.py --checkpoint output/quickstart/last.pt --format torchscript --output detector.pt":
+        Smoke(after=(QUICKSTART,), creates=("detector.pt",)),
     PRETRAIN: Smoke(add=TINY_CLS, needs=("shared",)),
     EXPORT: Smoke(add=TINY_CLS, after=(PRETRAIN,), creates=("r50_cifar.safetensors",)),
     "python tools/train_det.py --config configs/bccd_frcnn_r50.yaml model.backbone.weights=r50_cifar.safetensors":
