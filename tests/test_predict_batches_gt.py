@@ -110,6 +110,7 @@ def test_extreme_aspect_ratio_is_refused_naming_the_file(run, tmp_path, capsys):
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--gt", str(FIXTURES / "coco_sample" / "SOURCE.md")], "not valid JSON"),
     (["--gt", "missing.json"], "cannot read"),
+    (["model.num_classes=5"], "does not match"),  # was a RuntimeError traceback (size mismatch)
 ])
 def test_bad_options_are_one_line(run, tmp_path, capsys, extra, expected):
     assert predict.main(["--checkpoint", str(run / "last.pt"), "--images", str(IMAGES), "--output",
