@@ -103,7 +103,7 @@ def _run(args) -> int:
     device = resolve_device(args.device)
     amp, reason = resolve_amp(args.amp, device)
     print(f"amp: {amp} ({reason if args.amp == 'auto' else 'set by --amp'})", flush=True)
-    loaded = load_detector(checkpoint, cfg)
+    loaded = load_detector(checkpoint, cfg, source=config)
     model = loaded.model.to(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     for path, image, output in predict_images(model, list(targets), batch_size=args.batch_size, device=device,

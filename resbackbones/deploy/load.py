@@ -29,15 +29,15 @@ class LoadedDetector:
         return ["__background__"] + [self.label_names.get(label, str(label)) for label in range(1, count)]
 
 
-def load_detector(checkpoint, config=None, overrides: Sequence[str] = ()) -> LoadedDetector:
+def load_detector(checkpoint, config=None, overrides: Sequence[str] = (), *, source=None) -> LoadedDetector:
     """Build the detector of `config` (a file, a loaded DetTrainConfig, or None: config.yaml beside the checkpoint,
     written by tools/train_det.py) and load every weight from `checkpoint`. Raises ConfigError / CheckpointError
-    in one line."""
+    in one line. source: how messages name a given DetTrainConfig (e.g. the file it was read from)."""
     from ..detection.builder import build_detector
 
     checkpoint = Path(checkpoint)
     if isinstance(config, DetTrainConfig):
-        cfg, config_path = copy.deepcopy(config), Path("(the given config)")
+        cfg, config_path = copy.deepcopy(config), Path(source or "(the given config)")
     else:
         config_path = Path(config) if config else checkpoint.parent / "config.yaml"
         if not config and not config_path.is_file():
