@@ -55,6 +55,13 @@ def test_train_eval_predict(data_root, tmp_path, capsys):
     again = json.loads((out / "last.eval.json").read_text())
     assert again["bbox"] == result["bbox"] and again["segm"] == result["segm"]
     assert again["amp"] == result["amp"] in ("none", "bf16")  # the precision the stats were measured at
+    # a config with another model than the checkpoint's (FPN width): one line naming the file and the shapes
+    capsys.readouterr()
+    assert train_det.main(_tiny(data_root, out, "--eval-only", "--weights", str(out / "last.pt"),
+                                "model.fpn.out_channels=32")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "last.pt" in err and "of another shape" in err and "(64, 64, 1, 1) vs (32, 64, 1, 1)" in err, err
     # predict.py draws PNGs
     assert predict.main(["--checkpoint", str(out / "last.pt"), "--images", str(data_root / "val" / "images"),
                          "--output", str(tmp_path / "pred"), "--score-thresh", "0", "--device", "cpu"]) == 0

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import ConfigError, load_config
 from ..detection.train_config import DetTrainConfig
-from ..engine.checkpoint import CheckpointError, load_checkpoint
+from ..engine.checkpoint import load_checkpoint, load_matching_state
 
 
 @dataclass
@@ -47,16 +47,7 @@ def load_detector(checkpoint, config=None, overrides: Sequence[str] = (), *, sou
     cfg.model.backbone.weights = ""  # the checkpoint holds every weight
     state = load_checkpoint(checkpoint, map_location="cpu")
     model = build_detector(cfg.model)
-    expected, saved = model.state_dict(), state["model"]
-    problems = {"missing": [k for k in expected if k not in saved], "unexpected": [k for k in saved if k not in expected],
-                "of another shape": [f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                                     if k in saved and tuple(saved[k].shape) != tuple(v.shape)]}
-    if any(problems.values()):
-        listed = "; ".join(f"{what} {len(keys)} ({', '.join(keys[:2])}{', ...' if len(keys) > 2 else ''})"
-                           for what, keys in problems.items() if keys)
-        raise CheckpointError(f"checkpoint {checkpoint} does not match the model of {config_path}: {listed}; give "
-                              f"the config it was trained with")
-    model.load_state_dict(saved)
+    load_matching_state(model, state["model"], checkpoint=checkpoint, model_source=str(config_path))
     by_id = {int(c["id"]): str(c["name"]) for c in state.get("categories", [])}
     names = {int(label): by_id.get(int(cat), str(cat)) for label, cat in state.get("label_to_category", {}).items()}
     return LoadedDetector(model.eval(), cfg, config_path, names)

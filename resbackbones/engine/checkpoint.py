@@ -152,6 +152,22 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     return obj
 
 
+def load_matching_state(model: torch.nn.Module, saved: Dict[str, torch.Tensor], *, checkpoint: PathLike,
+                        model_source: str) -> None:
+    """Load `saved` into `model` only if every key and shape matches; else one CheckpointError listing what
+    differs (a config with another class count, backbone or head than the run that wrote the checkpoint)."""
+    expected = model.state_dict()
+    problems = {"missing": [k for k in expected if k not in saved], "unexpected": [k for k in saved if k not in expected],
+                "of another shape": [f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                                     if k in saved and tuple(saved[k].shape) != tuple(v.shape)]}
+    if any(problems.values()):
+        listed = "; ".join(f"{what} {len(keys)} ({', '.join(keys[:2])}{', ...' if len(keys) > 2 else ''})"
+                           for what, keys in problems.items() if keys)
+        raise CheckpointError(f"checkpoint {checkpoint} does not match the model of {model_source}: {listed}; give "
+                              f"the config it was trained with")
+    model.load_state_dict(saved)
+
+
 def find_last_checkpoint(folder: PathLike) -> Optional[Path]:
     """folder/last.pt if present, else the highest epoch_N.pt / iter_N.pt; None if the folder has none."""
     folder = Path(folder)

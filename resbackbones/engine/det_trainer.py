@@ -23,7 +23,7 @@ from ..data.det_transforms import build_det_transforms, collate_detection
 from ..detection.backbone_weights import refuse_untrainable_backbone
 from ..detection.builder import build_detector
 from ..detection.train_config import DetTrainConfig, default_iou_types
-from .checkpoint import find_last_checkpoint, load_checkpoint, rng_state, save_atomic, set_rng_state
+from .checkpoint import find_last_checkpoint, load_checkpoint, load_matching_state, rng_state, save_atomic, set_rng_state
 from .det_curves import plot_det_curves
 from .det_reports import RESULTS_FILE, BestTracker, per_category_without_detections, write_json_atomic
 from .device import autocast, grad_scaler, resolve_amp, resolve_device
@@ -155,11 +155,7 @@ class DetTrainer:
 
     def _load(self, path, *, weights_only_model: bool) -> None:
         state = load_checkpoint(path, map_location=self.device)
-        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
-        if missing or unexpected:
-            from .checkpoint import CheckpointError
-            raise CheckpointError(f"checkpoint {path} does not match the model built from the config: "
-                                  f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        load_matching_state(self.model, state["model"], checkpoint=path, model_source="the config")
         if weights_only_model:  # evaluation: score each label as the category it was trained on
             from ..evaluation.coco_results import checkpoint_label_mapping
 
