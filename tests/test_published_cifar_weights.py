@@ -23,6 +23,8 @@ PUBLISHED = {
     "readme/resnet20": REPO / "docs" / "results" / "cifar_resnet20" / "resnet20.safetensors",
     "degradation/resnet20": DEGRADATION / "resnet20.safetensors",
     "degradation/plain20": DEGRADATION / "plain20.safetensors",
+    "degradation/resnet56": DEGRADATION / "resnet56.safetensors",
+    "degradation/plain56": DEGRADATION / "plain56.safetensors",
 }
 SUBSET = range(0, 10000, 20)
 ONE_IMAGE = 100.0 / len(SUBSET)
@@ -62,3 +64,18 @@ def test_published_weights_reproduce_their_accuracy(name, test_subset):
     # The full-test-set number it states is consistent with the subset (500 of the 10,000 images).
     assert abs(float(raw["test_top1"]) - top1) < 5.0
     assert raw["test_count"] == "10000" and raw["train_count"] == "50000"
+
+
+def test_degradation_claims_hold_on_the_committed_checkpoints():
+    """The paper's CIFAR-10 claims (Fig. 6, Table 6), on the numbers each committed checkpoint states (eval mode,
+    no augmentation, all 50,000 train / 10,000 test images; the subset test above keeps those numbers honest)."""
+    top1 = {}
+    for name in ("plain20", "plain56", "resnet20", "resnet56"):
+        _, raw = rb.weights.load_with_metadata(DEGRADATION / f"{name}.safetensors")
+        top1[name] = (float(raw["train_top1"]), float(raw["test_top1"]))
+        assert raw["epochs"] == "20" and raw["iterations"] == "7800", name  # one protocol for the four
+    train_err = {name: 100.0 - v[0] for name, v in top1.items()}
+    test_err = {name: 100.0 - v[1] for name, v in top1.items()}
+    assert train_err["plain56"] > train_err["plain20"]    # degradation: the deeper plain net trains worse
+    assert train_err["resnet56"] < train_err["resnet20"]  # shortcuts: the deeper ResNet trains better
+    assert test_err["resnet56"] < test_err["resnet20"]    # ... and generalises better
