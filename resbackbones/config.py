@@ -316,13 +316,26 @@ def load_config(
         return from_dict(schema_cls, data, source=source)
     # Validate the file alone first so that a file error is reported against the file, not the overrides.
     from_dict(schema_cls, data, source=source)
+    # The overrides act together (data.train.ann_file=... before data.train.image_root=... is fine). An error of the
+    # result names the override without which the config loads (else the last one: several are wrong).
+    original = copy.deepcopy(data)
     for key, value in parsed:
         _apply_override(data, key, value)
-        try:
-            from_dict(schema_cls, data, source="")
-        except ConfigError as error:
-            raise ConfigError(f"override {key}={value!r}: {error}") from None
-    return from_dict(schema_cls, data, source=source)
+    try:
+        return from_dict(schema_cls, data, source="")
+    except ConfigError as error:
+        culprit = parsed[-1]
+        for skipped in reversed(range(len(parsed))):
+            trial = copy.deepcopy(original)
+            for key, value in parsed[:skipped] + parsed[skipped + 1:]:
+                _apply_override(trial, key, value)
+            try:
+                from_dict(schema_cls, trial, source="")
+            except ConfigError:
+                continue
+            culprit = parsed[skipped]
+            break
+        raise ConfigError(f"override {culprit[0]}={culprit[1]!r}: {error}") from None
 
 
 # -- output -------------------------------------------------------------------------------------------------------

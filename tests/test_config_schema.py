@@ -102,3 +102,18 @@ def test_file_errors(tmp_path):
     (tmp_path / "loop.yaml").write_text("_base_: loop.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(Cfg, tmp_path / "loop.yaml")
+
+
+def test_overrides_act_together_in_any_order():
+    """Cross-field checks see all overrides: ann_file before image_root loads; a real error names its override."""
+    from resbackbones.detection.train_config import DetTrainConfig
+
+    both = ["data.train.kind=coco", "data.train.ann_file=a.json", "data.train.image_root=imgs"]
+    for order in (both, [both[0], both[2], both[1]]):
+        cfg = load_config(DetTrainConfig, None, order)
+        assert (cfg.data.train.ann_file, cfg.data.train.image_root) == ("a.json", "imgs")
+    with pytest.raises(ConfigError, match=r"^override data.train.ann_file='a.json': .*data.train.image_root is "
+                                          r"required with data.train.ann_file"):
+        load_config(DetTrainConfig, None, ["data.train.kind=coco", "data.train.ann_file=a.json", "solver.base_lr=0.1"])
+    with pytest.raises(ConfigError, match=r"^override solver.base_lr=-1"):  # broken later, fixed earlier: named
+        load_config(DetTrainConfig, None, both[:2] + ["solver.base_lr=-1", both[2]])

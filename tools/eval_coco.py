@@ -96,7 +96,9 @@ def run_checkpoint(args) -> str:
     import torch
 
     from resbackbones.config import ConfigError, load_config
+    from resbackbones.data.errors import DataError
     from resbackbones.data.folders import read_image
+    from resbackbones.data.resizable import check_coco_images_resizable
     from resbackbones.detection.builder import build_detector
     from resbackbones.detection.train_config import DetTrainConfig
     from resbackbones.engine.device import autocast, resolve_amp, resolve_device
@@ -120,6 +122,11 @@ def run_checkpoint(args) -> str:
         load_state_dict(model, state.get("model", state), source=str(args.checkpoint))
     except (ConfigError, WeightsError, RuntimeError) as error:
         raise CocoEvalError(str(error).splitlines()[0]) from None
+    try:  # a 10000x50 strip would shrink under a pixel across and fail inside interpolate, mid-run
+        check_coco_images_resizable(gt.get("images", []), source=args.gt, min_size=cfg.model.input.min_size[-1],
+                                    max_size=cfg.model.input.max_size)
+    except DataError as error:
+        raise CocoEvalError(str(error)) from None
     try:
         device = resolve_device(args.device)
         amp, reason = resolve_amp(args.amp, device)

@@ -16,9 +16,9 @@ from torch import nn
 
 from ..data.errors import DataError
 from ..data.folders import read_image
+from ..data.resizable import MIN_RESIZED_SIDE, check_resizable  # noqa: F401 - public here too
 from ..engine.device import autocast
 
-MIN_RESIZED_SIDE = 8  # pixels: a thinner resized image holds no detectable object (and below 1 px resizing fails)
 
 
 def header_size(path) -> Optional[Tuple[int, int]]:
@@ -35,18 +35,6 @@ def header_size(path) -> Optional[Tuple[int, int]]:
         return None
     finally:
         Image.MAX_IMAGE_PIXELS = saved
-
-
-def check_resizable(name, height: int, width: int, *, min_size: int, max_size: int) -> None:
-    """DataError when the detector's resize (short side to min_size, long side at most max_size) would leave the
-    image's short side below MIN_RESIZED_SIDE pixels, e.g. a 10000x50 strip; names the file, its size and the fix."""
-    short, long = min(height, width), max(height, width)
-    scale = min(min_size / max(short, 1), max_size / max(long, 1))
-    if short * scale < MIN_RESIZED_SIDE:
-        raise DataError(
-            f"image {name} is {width}x{height}: the model resizes it to {width * scale:.1f}x{height * scale:.1f} px "
-            f"(input.min_size {min_size}, max_size {max_size}), under {MIN_RESIZED_SIDE} px across; crop or split it "
-            f"into pieces of aspect ratio at most {max_size // MIN_RESIZED_SIDE}:1")
 
 
 def padded_shape(transform: nn.Module, height: int, width: int) -> Tuple[int, int]:

@@ -20,6 +20,7 @@ from torch import nn
 from ..config import dump_yaml
 from ..data.det_datasets import build_det_dataset, check_data_paths
 from ..data.det_transforms import build_det_transforms, collate_detection
+from ..data.resizable import check_coco_images_resizable
 from ..detection.backbone_weights import refuse_untrainable_backbone
 from ..detection.builder import build_detector
 from ..detection.train_config import DetTrainConfig, default_iou_types
@@ -99,6 +100,12 @@ class DetTrainer:
         from ..evaluation.coco_checks import check_ground_truth
 
         check_ground_truth(self.val_set.coco.dataset, source=str(self.val_set.ann_file), iou_types=self.iou_types)
+        icfg = cfg.model.input  # a 10000x50 strip would shrink under a pixel across and fail inside interpolate
+        for split in (self.train_set, self.val_set):
+            if split is not None:
+                check_coco_images_resizable(split.coco.dataset.get("images", []), source=split.ann_file,
+                                            min_size=icfg.min_size if split is self.train_set else icfg.min_size[-1],
+                                            max_size=icfg.max_size)
         self.model = build_detector(cfg.model).to(self.device)
         # The dumped config.yaml names the input normalisation actually used (adopted from the backbone weights).
         t, icfg = self.model.transform, cfg.model.input
