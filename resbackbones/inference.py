@@ -16,6 +16,7 @@ from typing import Any, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .engine.device import amp_dtype, resolve_amp
@@ -193,6 +194,8 @@ class InferenceModel(nn.Module):
             f"precision={self.precision}"
 
     def forward(self, images: torch.Tensor) -> Any:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"the optimized model takes one batch tensor [N, C, H, W], got {type(images).__name__}")
         out_dtype = images.dtype
         memory_format = torch.channels_last if images.dim() == 4 else torch.preserve_format
         x = images.to(dtype=self.dtype or images.dtype, memory_format=memory_format)  # one copy for both
@@ -241,6 +244,10 @@ def optimize_for_inference(model: nn.Module, dtype: Union[str, torch.dtype, None
     The original model is left untouched. Output: same structure as model(images), cast back to the input dtype.
     fp32 outputs match the eager model within ~1e-4; bf16 agrees on top-1 for >= 99 % of inputs.
     """
+    if isinstance(model, GeneralizedRCNN):
+        raise TypeError(f"optimize_for_inference takes a backbone or classifier (a batch tensor in), not a detector "
+                        f"({type(model).__name__}); for a fast detector use predict.py / eval_coco.py --amp auto, or "
+                        f"tools/export_detector.py")
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype, reason = inference_dtype(dtype, device)

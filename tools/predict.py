@@ -87,7 +87,7 @@ def _run(args) -> int:
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"--output {out_dir} is a file; give a folder for the drawn PNGs")
-    refuse_inputs({"--output": out_dir}, {"--gt": args.gt})
+    refuse_inputs({"--output": out_dir}, {"--gt": args.gt}, folders=True)
     from resbackbones.deploy import load_detector
     from resbackbones.deploy.predict import (GroundTruth, check_resizable, draw_detections, draw_with_ground_truth,
                                              header_size, predict_images)

@@ -123,22 +123,24 @@ def _run(args: argparse.Namespace) -> int:
                                                    "best.pt": output / "checkpoints" / "best.pt"})
     lock = None if args.eval_only else claim_run_dir(output, resume=bool(args.resume), overwrite=args.overwrite,
                                                      run_files=RUN_FILES)
-    trainer = ClsTrainer(cfg, resume=args.resume, build_train=not args.eval_only or bool(args.resume),
-                         write_run_files=not args.eval_only)
-    if args.eval_only:
-        metrics = trainer.evaluate()
-        if trainer.is_main:
-            print(f"top-1 {metrics['val_top1']:.2f} %  top-5 {metrics['val_top5']:.2f} %  "
-                  f"loss {metrics['val_loss']:.4f}  ({metrics['val_count']} images, "
-                  f"{cfg.model.arch}, {args.weights or 'last checkpoint'})")
-    else:
-        metrics = trainer.fit()
-        if args.export and not metrics:  # resumed an already finished run: measure what the export records
+    try:  # released on an error too (the process may go on: main() called in-process)
+        trainer = ClsTrainer(cfg, resume=args.resume, build_train=not args.eval_only or bool(args.resume),
+                             write_run_files=not args.eval_only)
+        if args.eval_only:
             metrics = trainer.evaluate()
-    if args.export and trainer.is_main:
-        print(f"exported backbone weights to {trainer.export_backbone(args.export, metrics=metrics)}")
-    if lock is not None:
-        lock.release()
+            if trainer.is_main:
+                print(f"top-1 {metrics['val_top1']:.2f} %  top-5 {metrics['val_top5']:.2f} %  "
+                      f"loss {metrics['val_loss']:.4f}  ({metrics['val_count']} images, "
+                      f"{cfg.model.arch}, {args.weights or 'last checkpoint'})")
+        else:
+            metrics = trainer.fit()
+            if args.export and not metrics:  # resumed an already finished run: measure what the export records
+                metrics = trainer.evaluate()
+        if args.export and trainer.is_main:
+            print(f"exported backbone weights to {trainer.export_backbone(args.export, metrics=metrics)}")
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
 
 

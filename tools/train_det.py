@@ -98,18 +98,21 @@ def _run(args: argparse.Namespace) -> int:
         report = Path(cfg.train.output_dir) / "eval.json"
         refuse_untrainable_backbone(cfg.model)  # a config mistake: refused before the output folder is touched
         lock = claim_run_dir(cfg.train.output_dir, resume=args.resume, overwrite=args.overwrite, run_files=RUN_FILES)
-        trainer = DetTrainer(cfg, resume=args.resume)
-        if trainer.dist.is_main and trainer.train_set is not None:
-            print(trainer.train_set.describe())
-            print(f"amp: {trainer.amp} ({trainer.amp_reason})", flush=True)
-            t = trainer.model.transform  # its normalisation: the backbone weights' unless model.input sets it
-            print(f"backbone weights: {cfg.model.backbone.weights or 'none (random init)'}; input {t.input_format}, "
-                  f"mean {[round(v, 4) for v in t.image_mean]}, std {[round(v, 4) for v in t.image_std]}", flush=True)
-        result = trainer.fit()
+        try:  # released on an error too (the process may go on: main() called in-process)
+            trainer = DetTrainer(cfg, resume=args.resume)
+            if trainer.dist.is_main and trainer.train_set is not None:
+                print(trainer.train_set.describe())
+                print(f"amp: {trainer.amp} ({trainer.amp_reason})", flush=True)
+                t = trainer.model.transform  # its normalisation: the backbone weights' unless model.input sets it
+                print(f"backbone weights: {cfg.model.backbone.weights or 'none (random init)'}; input "
+                      f"{t.input_format}, mean {[round(v, 4) for v in t.image_mean]}, "
+                      f"std {[round(v, 4) for v in t.image_std]}", flush=True)
+            result = trainer.fit()
+        finally:
+            if lock is not None:
+                lock.release()
     if trainer.dist.is_main:
         _print_result(result, trainer, report)
-    if lock is not None:
-        lock.release()
     return 0
 
 

@@ -168,6 +168,31 @@ def load_matching_state(model: torch.nn.Module, saved: Dict[str, torch.Tensor], 
     model.load_state_dict(saved)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Dict[str, Any], *, checkpoint: PathLike) -> None:
+    """Load a training checkpoint's optimizer state into `optimizer` (a resume), or one CheckpointError naming the
+    checkpoint when it was written by another optimizer (sgd vs adamw: torch raised a KeyError deep in
+    __setstate__) or for other parameter groups (torch's ValueError)."""
+    saved = state.get("optimizer")
+    recorded = ((state.get("config") or {}).get("solver") or {}).get("optimizer")
+    ours = type(optimizer).__name__
+    hint = f"resume with solver.optimizer={recorded}" if recorded else "resume with the optimizer it was trained with"
+    if not isinstance(saved, dict) or "param_groups" not in saved:
+        raise CheckpointError(f"checkpoint {checkpoint} has no optimizer state to resume from")
+    theirs = set().union(*(group.keys() for group in saved["param_groups"])) - {"params"}
+    mine = set().union(*(group.keys() for group in optimizer.param_groups)) - {"params"}
+    foreign = sorted((theirs ^ mine) - {"initial_lr", "foreach", "differentiable", "fused", "maximize",
+                                          "capturable", "decoupled_weight_decay"})
+    if foreign:
+        raise CheckpointError(f"checkpoint {checkpoint} holds the state of another optimizer"
+                              f"{f' ({recorded})' if recorded else ''} than this run's {ours} (settings "
+                              f"{', '.join(foreign[:4])} differ): {hint}, or start a new run")
+    try:
+        optimizer.load_state_dict(saved)
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {checkpoint}: its optimizer state does not fit this run's {ours} "
+                              f"({error}): {hint}, or start a new run") from None
+
+
 def find_last_checkpoint(folder: PathLike) -> Optional[Path]:
     """folder/last.pt if present, else the highest epoch_N.pt / iter_N.pt; None if the folder has none."""
     folder = Path(folder)

@@ -27,7 +27,8 @@ from ..data.errors import DataError
 from ..data.folders import ImageFolderDataset, find_split
 from ..data.synthetic_cls import default_cache_dir, write_image_folder
 from . import distributed as dist_utils
-from .checkpoint import CheckpointManager, find_last_checkpoint, load_checkpoint, rng_state, set_rng_state
+from .checkpoint import (CheckpointManager, find_last_checkpoint, load_checkpoint, load_optimizer_state, rng_state,
+                         set_rng_state)
 from .cls_config import ClsConfig
 from .data_loading import ResumableSampler, make_loader
 from ..evaluation.classification import evaluate_classifier
@@ -227,7 +228,7 @@ class ClsTrainer:
             return
         state = load_checkpoint(path, map_location=self.device)
         rb_weights.load_state_dict(self.model, state["model"], source=str(path))
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state, checkpoint=path)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -24,7 +24,8 @@ from ..data.resizable import check_coco_images_resizable
 from ..detection.backbone_weights import refuse_untrainable_backbone
 from ..detection.builder import build_detector
 from ..detection.train_config import DetTrainConfig, default_iou_types
-from .checkpoint import find_last_checkpoint, load_checkpoint, load_matching_state, rng_state, save_atomic, set_rng_state
+from .checkpoint import (find_last_checkpoint, load_checkpoint, load_matching_state, load_optimizer_state, rng_state,
+                         save_atomic, set_rng_state)
 from .det_curves import plot_det_curves
 from .det_reports import RESULTS_FILE, BestTracker, per_category_without_detections, write_json_atomic
 from .device import autocast, grad_scaler, resolve_amp, resolve_device
@@ -170,7 +171,7 @@ class DetTrainer:
             if note and self.dist.is_main:
                 print(f"note: {note}", flush=True)
             return
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state, checkpoint=path)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -76,6 +76,7 @@ def claim_run_dir(folder: PathLike, *, resume: bool, overwrite: bool, run_files:
         raise OutputError("--resume continues the run in the output folder and --overwrite replaces it: give one")
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"output folder {folder} is a file; give --output a folder (new or empty)")
+    check_output_path(folder, "--output", folder=True)
     folder.mkdir(parents=True, exist_ok=True)
     lock = RunLock(folder)
     present = sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
@@ -117,10 +118,30 @@ def same_path(a: PathLike, b: PathLike) -> bool:
     return a.resolve() == b.resolve()
 
 
-def refuse_inputs(outputs: Mapping[str, Optional[PathLike]], inputs: Mapping[str, Optional[PathLike]]) -> None:
-    """OutputError when an output path is one of the inputs, or two outputs are one path (names: the flags)."""
+def check_output_path(path: PathLike, flag: str, *, folder: bool = False) -> None:
+    """OutputError when `path` cannot be written: a file output that is an existing folder, a folder output that is
+    a file, or a path under a file (`afile/out.json`; open / mkdir raised NotADirectoryError or FileExistsError)."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path} is a file; give a folder (new or empty)")
+    if not folder and path.is_dir():
+        raise OutputError(f"{flag} {path} is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise OutputError(f"{flag} {path} cannot be written: {parent} is a file, not a folder; give a path "
+                                  f"in a folder")
+            break
+
+
+def refuse_inputs(outputs: Mapping[str, Optional[PathLike]], inputs: Mapping[str, Optional[PathLike]], *,
+                  folders: bool = False) -> None:
+    """OutputError when an output path is one of the inputs, or two outputs are one path (names: the flags), or an
+    output cannot be written (check_output_path; folders: the outputs are folders, else files)."""
     given_in = [(flag, p) for flag, p in inputs.items() if p]
     given_out = [(flag, p) for flag, p in outputs.items() if p]
+    for flag, out in given_out:
+        check_output_path(out, flag, folder=folders)
     for flag, out in given_out:
         for in_flag, source in given_in:
             if same_path(out, source):

@@ -156,6 +156,11 @@ class FastCOCOeval:
         gt_ig_all = gts["ignore"][None, :] | (gts["area"][None, :] < area_lo[:, None]) | \
             (gts["area"][None, :] > area_hi[:, None])  # [A, Ngt]
         p_group, p_d, p_g, p_iou = pairs
+        # gathered with index 0 where no gt is (masked by valid_g): a set without any gt needs one dummy entry
+        some_gt = gt_ig_all.shape[1] > 0
+        gt_ig_g = gt_ig_all if some_gt else np.ones((A, 1), dtype=bool)
+        crowd_g = gts["crowd"] if some_gt else np.zeros(1, dtype=bool)
+        id_g = gts["id"] if some_gt else np.zeros(1, dtype=np.int64)
         g_pad_of = np.left_shift(1, np.ceil(np.log2(np.maximum(grp["G"], 1))).astype(np.int64))
         d_pad_of = np.left_shift(1, np.ceil(np.log2(np.maximum(grp["D"], 1))).astype(np.int64))
         has_dets = grp["D"] > 0
@@ -173,9 +178,9 @@ class FastCOCOeval:
             g_local = np.arange(G_pad)[None, :]
             valid_g = g_local < grp["G"][members][:, None]
             g_index = np.where(valid_g, grp["g_start"][members][:, None] + g_local, 0)
-            ig = np.where(valid_g[:, None, :], gt_ig_all[:, g_index].transpose(1, 0, 2), True)  # [B, A, G]
-            crowd = gts["crowd"][g_index] & valid_g
-            gt_ids = np.where(valid_g, gts["id"][g_index], 0)
+            ig = np.where(valid_g[:, None, :], gt_ig_g[:, g_index].transpose(1, 0, 2), True)  # [B, A, G]
+            crowd = crowd_g[g_index] & valid_g
+            gt_ids = np.where(valid_g, id_g[g_index], 0)
             # evaluateImg sorts gts with a stable argsort on _ignore: non-ignored first
             key_sort = ig.astype(np.int64) + 2 * (~valid_g)[:, None, :]
             order = np.argsort(key_sort, axis=2, kind="stable")

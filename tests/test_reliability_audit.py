@@ -1,0 +1,156 @@
+"""Bad inputs of issue 16 that still reached the user as a Python traceback (audit against the issue's list):
+an output path under a file or a file output that is a folder (every tool that writes), a resume with another
+optimizer, optimize_for_inference on a detector, and ground truth without any annotation (the fast COCOeval
+backend's IndexError). Each is one line naming the thing, exit 2, nothing written - or, for the empty ground truth,
+pycocotools' answer (every stat -1)."""
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from conftest import REPO
+from resbackbones.engine.checkpoint import CheckpointError, load_optimizer_state
+
+sys.path.insert(0, str(REPO / "tools"))
+import convert_weights  # noqa: E402
+import eval_coco  # noqa: E402
+import export_detector  # noqa: E402
+import predict  # noqa: E402
+import train_cls  # noqa: E402
+import train_det  # noqa: E402
+
+QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
+GT = REPO / "tests" / "fixtures" / "coco_sample" / "annotations.json"
+CLS = ["solver.max_iter=2", "solver.batch_size=4", "data.synthetic.train_per_class=2", "data.synthetic.val_per_class=1",
+       "data.workers=0", "train.progress=false", "train.tensorboard=false", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("RESBACKBONES_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def _snapshot(folder: Path):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# (tool, argv given tmp_path t with t/afile (a file), t/adir (a folder), t/r18.pth, t/dt.json; words in the error)
+UNWRITABLE = [
+    ("convert_weights", lambda t: ["--from", "torchvision", str(t / "r18.pth"), str(t / "adir")], "is a folder"),
+    ("convert_weights", lambda t: ["--from", "torchvision", str(t / "r18.pth"), str(t / "afile" / "o.safetensors")],
+     "afile is a file, not a folder"),
+    ("eval_coco", lambda t: ["--gt", str(GT), "--dt", str(t / "dt.json"), "--out", str(t / "adir")], "is a folder"),
+    ("eval_coco", lambda t: ["--gt", str(GT), "--dt", str(t / "dt.json"), "--out", str(t / "adir"), "--overwrite"],
+     "is a folder"),
+    ("eval_coco", lambda t: ["--gt", str(GT), "--dt", str(t / "dt.json"), "--out", str(t / "afile" / "s.json")],
+     "afile is a file, not a folder"),
+    ("export_detector", lambda t: ["--checkpoint", str(t / "last.pt"), "--config", QUICKSTART, "--output",
+                                   str(t / "afile" / "m.pt")], "afile is a file, not a folder"),
+    ("export_detector", lambda t: ["--checkpoint", str(t / "last.pt"), "--config", QUICKSTART, "--output",
+                                   str(t / "adir")], "is a folder"),
+    ("predict", lambda t: ["--checkpoint", str(t / "last.pt"), "--config", QUICKSTART, "--images", str(t / "x.png"),
+                           "--output", str(t / "afile" / "o")], "afile is a file, not a folder"),
+    ("train_cls", lambda t: ["--output", str(t / "afile" / "run"), *CLS], "afile is a file, not a folder"),
+    ("train_cls", lambda t: ["--output", str(t / "run"), "--export", str(t / "afile" / "bb.safetensors"), *CLS],
+     "afile is a file, not a folder"),
+    ("train_det", lambda t: ["--config", QUICKSTART, "--output", str(t / "afile" / "run"), "--device", "cpu"],
+     "afile is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("tool,argv,words", UNWRITABLE)
+def test_an_output_that_cannot_be_written_is_one_line(tool, argv, words, tmp_path, capsys):
+    """Was NotADirectoryError / FileExistsError / IsADirectoryError tracebacks (or, with --overwrite, a write into
+    a folder); now refused before any work, naming the flag and the file in the way."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+            for a in json.loads(GT.read_text())["annotations"][:5]]
+    (tmp_path / "dt.json").write_text(json.dumps(dets))
+    before = _snapshot(tmp_path)
+    assert {"convert_weights": convert_weights, "eval_coco": eval_coco, "export_detector": export_detector,
+            "predict": predict, "train_cls": train_cls, "train_det": train_det}[tool].main(argv(tmp_path)) == 2
+    assert words in _error(capsys)
+    assert _snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == \
+        ["adir", "afile", "dt.json", "r18.pth"] and not any((tmp_path / "adir").iterdir())
+
+
+def test_resume_with_another_optimizer_or_head_is_one_line(tmp_path, capsys):
+    """train_cls --resume with solver.optimizer=adamw over an SGD run was a KeyError('step') traceback inside
+    torch's Adam.__setstate__; a changed head was already one line (kept here as a regression check)."""
+    out = tmp_path / "run"
+    assert train_cls.main(["--output", str(out), *CLS]) == 0
+    capsys.readouterr()
+    before = _snapshot(out)
+    assert train_cls.main(["--output", str(out), *CLS, "solver.max_iter=4", "solver.optimizer=adamw", "--resume"]) == 2
+    err = _error(capsys)
+    assert "another optimizer (sgd)" in err and "solver.optimizer=sgd" in err and "last.pt" in err
+    assert train_cls.main(["--output", str(out), *CLS, "solver.max_iter=4", "model.num_classes=5", "--resume"]) == 2
+    assert "head.fc.weight" in _error(capsys)
+    assert {k: v for k, v in _snapshot(out).items() if k.name != ".lock"} == \
+        {k: v for k, v in before.items() if k.name != ".lock"}
+
+
+def test_load_optimizer_state_rules(tmp_path):
+    """The check both trainers use on resume (train_det's as well): same optimizer loads; another optimizer or
+    other parameter groups are a CheckpointError naming the checkpoint."""
+    params = [torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))]
+    sgd = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    params[0].grad, params[1].grad = torch.ones(2), torch.ones(3)
+    sgd.step()
+    state = {"optimizer": sgd.state_dict(), "config": {"solver": {"optimizer": "sgd"}}}
+    fresh = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    load_optimizer_state(fresh, state, checkpoint="c.pt")
+    assert torch.equal(fresh.state[params[0]]["momentum_buffer"], sgd.state[params[0]]["momentum_buffer"])
+    with pytest.raises(CheckpointError, match=r"c.pt holds the state of another optimizer \(sgd\) than this run's "
+                                              r"AdamW.*solver.optimizer=sgd"):
+        load_optimizer_state(torch.optim.AdamW(params, lr=0.1), state, checkpoint="c.pt")
+    with pytest.raises(CheckpointError, match="c.pt: its optimizer state does not fit"):
+        load_optimizer_state(torch.optim.SGD(params[:1], lr=0.1, momentum=0.9), state, checkpoint="c.pt")
+    with pytest.raises(CheckpointError, match="no optimizer state"):
+        load_optimizer_state(fresh, {"model": {}}, checkpoint="c.pt")
+
+
+def test_optimize_for_inference_refuses_a_detector():
+    """Was accepted, then an AttributeError ('list' object has no attribute 'dtype') at the first call."""
+    import resbackbones as rb
+    from resbackbones.config import load_config
+    from resbackbones.detection.builder import build_detector
+    from resbackbones.detection.train_config import DetTrainConfig
+
+    detector = build_detector(load_config(DetTrainConfig, QUICKSTART, ["model.backbone.norm=BN"]).model)
+    with pytest.raises(TypeError, match=r"not a detector \(MaskRCNN\).*export_detector") as info:
+        rb.optimize_for_inference(detector)
+    assert "\n" not in str(info.value)
+    fast = rb.optimize_for_inference(rb.build_classifier("resnet18", num_classes=3).eval(), dtype=torch.float32)
+    with pytest.raises(TypeError, match="one batch tensor"):
+        fast([torch.rand(3, 32, 32)])
+
+
+def test_ground_truth_without_annotations_scores_like_pycocotools(tmp_path, capsys):
+    """The fast backend died with an IndexError in its matching on a json without any annotation; pycocotools
+    answers -1 (undefined) for every stat. Now both agree, and eval_coco exits 0."""
+    from resbackbones.evaluation.coco import _run
+
+    gt = json.loads(GT.read_text())
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.5}
+            for a in gt["annotations"][:10]]
+    gt["annotations"] = []
+    fast = _run(gt, copy.deepcopy(dets), "bbox", "fast")
+    reference = _run(gt, copy.deepcopy(dets), "bbox", "pycocotools")
+    assert list(fast.stats) == list(reference.stats) == [-1.0] * 12
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(json.dumps(dets))
+    assert eval_coco.main(["--gt", str(tmp_path / "gt.json"), "--dt", str(tmp_path / "dt.json")]) == 0
+    assert "Traceback" not in capsys.readouterr().err
