@@ -34,6 +34,7 @@ def data(tmp_path):
                                                   "categories": [{"id": 1, "name": "a"}]}))
     (tmp_path / "nocats.json").write_text(json.dumps({"images": [], "annotations": []}))
     (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "scalar.yaml").write_text("just a string")
     return tmp_path
 
 
@@ -56,6 +57,14 @@ def _cases(d):
          "nope.pth was not found"),
         (["--config-file", CONFIG, *CPU, "MODEL.RESBACKBONES.WEIGHTS", str(d / "nope.safetensors"), *out],
          "weights file not found"),
+        # audit of issue 16: these four were tracebacks (NotADirectoryError x2, yacs' AttributeError, detectron2's
+        # AssertionError "Dataset 'resbackbones_train' is empty!")
+        (["--config-file", CONFIG, *CPU, "OUTPUT_DIR", str(d / "ok.json")], "is a file; give a folder"),
+        (["--config-file", CONFIG, *CPU, "OUTPUT_DIR", str(d / "ok.json" / "run")], "ok.json is a file, not a folder"),
+        (["--config-file", str(d / "broken.json")], "not readable YAML"),
+        (["--config-file", str(d / "scalar.yaml")], "not a mapping of detectron2 config keys (it holds scalar)"),
+        (["--config-file", CONFIG, "--train-json", str(d / "ok.json"), "--train-images", str(d / "images"), *CPU,
+          *out], "has no images: nothing to train on"),
     ]
 
 

@@ -9,9 +9,11 @@ import os
 from typing import Any, Dict
 
 import torch
+import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data.datasets import register_coco_instances
 
+from ..engine.outputs import check_output_path
 from .detectron2 import add_resbackbones_config
 
 TRAIN, TEST = "resbackbones_train", "resbackbones_test"
@@ -86,6 +88,16 @@ def build_cfg(args) -> CfgNode:
         raise D2UserError(f"{flags[0]} comes after the KEY VALUE config overrides, which take the rest of the line: "
                           f"put the flags first")
     _check_datasets(args)
+    try:
+        with open(args.config_file) as handle:
+            node = yaml.compose(handle)  # parsed, not constructed: detectron2's yamls carry python tags
+    except (OSError, yaml.YAMLError) as error:
+        raise D2UserError(f"--config-file {args.config_file} is not readable YAML: "
+                          f"{' '.join(str(error).split())}") from None
+    if not isinstance(node, yaml.MappingNode):  # yacs died with AttributeError ('str' object has no attribute ...)
+        raise D2UserError(f"--config-file {args.config_file} is not a mapping of detectron2 config keys (it holds "
+                          f"{'nothing' if node is None else type(node).__name__.replace('Node', '').lower()}); e.g. "
+                          f"configs/detectron2/mask_rcnn_R_50_FPN_1x.yaml")
     cfg = get_cfg()
     add_resbackbones_config(cfg)
     _merge(f"--config-file {args.config_file}", lambda: cfg.merge_from_file(args.config_file))
@@ -101,8 +113,15 @@ def build_cfg(args) -> CfgNode:
         cfg.MODEL.ROI_HEADS.NUM_CLASSES = cfg.MODEL.RETINANET.NUM_CLASSES = len(coco["categories"])
         if _uses_rle_masks(coco):
             cfg.INPUT.MASK_FORMAT = "bitmask"
+    if args.train_json and not args.eval_only:  # detectron2 asserted "Dataset 'resbackbones_train' is empty!"
+        train = coco if class_source == args.train_json else _read_json(args.train_json)
+        missing = "images" if not train.get("images") else "annotations" if not train.get("annotations") else ""
+        if missing:
+            raise D2UserError(f"--train-json {args.train_json} has no {missing}: nothing to train on (detectron2 "
+                              f"trains on annotated images only)")
     _merge("config overrides (KEY VALUE pairs of detectron2's config, e.g. SOLVER.MAX_ITER 100)",
            lambda: cfg.merge_from_list(args.opts))
+    check_output_path(cfg.OUTPUT_DIR, "OUTPUT_DIR", folder=True)  # a file, or under one: NotADirectoryError
     if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
         raise D2UserError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE} but no CUDA device is available: add MODEL.DEVICE cpu")
     if args.num_gpus > 1 and args.num_gpus > torch.cuda.device_count():
