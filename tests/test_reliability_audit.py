@@ -154,3 +154,35 @@ def test_ground_truth_without_annotations_scores_like_pycocotools(tmp_path, caps
     (tmp_path / "dt.json").write_text(json.dumps(dets))
     assert eval_coco.main(["--gt", str(tmp_path / "gt.json"), "--dt", str(tmp_path / "dt.json")]) == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_train_det_resume_with_another_optimizer_is_one_line(tmp_path, capsys):
+    """The quickstart trains with AdamW; resuming it with solver.optimizer=sgd was torch's error deep in
+    load_state_dict. Its checkpoint records no config: the message names the checkpoint and both settings."""
+    out = tmp_path / "run"
+    common = ["--config", QUICKSTART, "--output", str(out), "--device", "cpu", "data.train.num_images=2",
+              f"data.train.root={tmp_path / 'train'}", "data.val.num_images=1", f"data.val.root={tmp_path / 'val'}",
+              "solver.ims_per_batch=2", "train.progress=false"]
+    assert train_det.main([*common, "solver.max_iter=1"]) == 0
+    capsys.readouterr()
+    last = (out / "last.pt").read_bytes()
+    assert train_det.main([*common, "solver.max_iter=2", "solver.optimizer=sgd", "--resume"]) == 2
+    err = _error(capsys)
+    assert "last.pt holds the state of another optimizer than this run's SGD" in err and "betas" in err
+    assert (out / "last.pt").read_bytes() == last
+
+
+@pytest.mark.parametrize("tool,argv", [
+    ("train_cls", lambda t: ["--output", str(t / "run"), "--resume", str(t / "notes.txt"), *CLS]),
+    ("predict", lambda t: ["--checkpoint", str(t / "notes.txt"), "--config", QUICKSTART, "--images", str(GT.parent /
+                           "images"), "--output", str(t / "o"), "--device", "cpu"]),
+    ("convert_weights", lambda t: ["--from", "torchvision", str(t / "notes.txt"), str(t / "o.safetensors")]),
+])
+def test_a_text_file_as_a_checkpoint_is_not_called_pickled_code(tool, argv, tmp_path, capsys):
+    """A text file given as a checkpoint / weights was reported as "carries pickled objects … could run code";
+    it holds no pickle at all: `cannot read … it is neither a torch zip file nor a pickle`."""
+    (tmp_path / "notes.txt").write_text("x = 1\n")
+    module = {"train_cls": train_cls, "predict": predict, "convert_weights": convert_weights}[tool]
+    assert module.main(argv(tmp_path)) == 2
+    err = _error(capsys)
+    assert "notes.txt" in err and "neither a torch zip file nor a pickle" in err and "run code" not in err

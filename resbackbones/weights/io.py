@@ -1,6 +1,7 @@
 """Read and write weights without running pickled code: safetensors, or torch files loaded with weights_only=True."""
 import os
 import pickle
+import pickletools
 import warnings
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Type, Union
@@ -56,6 +57,9 @@ def save(
     return path
 
 
+_PICKLE_OPCODES = {op.code for op in pickletools.opcodes}  # a file starting with none of them is no pickle
+
+
 def torch_load_refusing_code(
     path: PathLike,
     map_location: Union[str, torch.device] = "cpu",
@@ -79,6 +83,12 @@ def torch_load_refusing_code(
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         from .formats import numpy_pickle_format, unconverted_message
+
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+        if not head.startswith(b"PK") and head[:1].decode("latin-1") not in _PICKLE_OPCODES:  # text, garbage: no code
+            raise error(f"cannot read {file_kind} {path} (truncated or not a {file_kind}?): it is neither a torch "
+                        f"zip file nor a pickle ({path.stat().st_size} bytes)") from None
 
         expected = "a training checkpoint" if file_kind == "checkpoint" else "converted weights"
         message = unconverted_message(path, numpy_pickle_format(path), expected=expected)
