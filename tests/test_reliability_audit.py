@@ -186,3 +186,30 @@ def test_a_text_file_as_a_checkpoint_is_not_called_pickled_code(tool, argv, tmp_
     assert module.main(argv(tmp_path)) == 2
     err = _error(capsys)
     assert "notes.txt" in err and "neither a torch zip file nor a pickle" in err and "run code" not in err
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_in_training_is_exit_130_and_frees_the_folder(tmp_path, capsys, monkeypatch):
+    """Ctrl-C anywhere in train_cls / train_det: one line with the resume hint, exit 130, and the run folder's lock
+    released (a second main() in the same process is not refused as 'in use by a running job')."""
+    from resbackbones.engine.cls_trainer import ClsTrainer
+    from resbackbones.engine.det_trainer import DetTrainer
+
+    out = tmp_path / "cls"
+    monkeypatch.setattr(ClsTrainer, "fit", _interrupt)
+    assert train_cls.main(["--output", str(out), *CLS]) == 130
+    assert "resume with --resume" in _error(capsys)
+    monkeypatch.setattr(ClsTrainer, "fit", _interrupt)
+    assert train_cls.main(["--output", str(out), *CLS, "--resume"]) == 130  # not "in use by a running job"
+    assert "resume with --resume" in _error(capsys)
+    monkeypatch.setattr(DetTrainer, "fit", _interrupt)
+    det = ["--config", QUICKSTART, "--output", str(tmp_path / "det"), "--device", "cpu", "data.train.num_images=2",
+           f"data.train.root={tmp_path / 'train'}", "data.val.num_images=1", f"data.val.root={tmp_path / 'val'}",
+           "solver.ims_per_batch=2", "train.progress=false"]
+    assert train_det.main(det) == 130
+    assert "continue with --resume" in capsys.readouterr().err
+    assert train_det.main([*det, "--resume"]) == 130
+    assert "continue with --resume" in capsys.readouterr().err
