@@ -213,3 +213,21 @@ def test_ctrl_c_in_training_is_exit_130_and_frees_the_folder(tmp_path, capsys, m
     assert "continue with --resume" in capsys.readouterr().err
     assert train_det.main([*det, "--resume"]) == 130
     assert "continue with --resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides,named", [
+    (["data.train.ann_file=/data/train.json", "data.train.image_root=/data/images"], "data.train.ann_file"),
+    (["data.val.image_root=/data/images"], "data.val.image_root"),
+])
+def test_coco_paths_on_a_synthetic_split_are_refused(overrides, named, tmp_path, capsys):
+    """SILENT-WRONG found by the audit: the quickstart's splits are kind 'shapes'; a data.train.ann_file override
+    without data.train.kind=coco was ignored and the run trained (exit 0) on the synthetic set. Now refused before
+    the output folder is made, naming the key and the fix."""
+    from resbackbones.config import ConfigError, load_config
+    from resbackbones.detection.train_config import DetTrainConfig
+
+    with pytest.raises(ConfigError, match=f"{named} is set but .* is 'shapes'.*kind=coco"):
+        load_config(DetTrainConfig, QUICKSTART, overrides)
+    load_config(DetTrainConfig, QUICKSTART, [*overrides, f"data.{named.split('.')[1]}.kind=coco"])  # the fix loads
+    assert train_det.main(["--config", QUICKSTART, "--output", str(tmp_path / "run"), *overrides]) == 2
+    assert "kind=coco" in _error(capsys) and not (tmp_path / "run").exists()

@@ -149,6 +149,10 @@ class DetTrainConfig:
             d = getattr(self.data, split)
             if d.kind == "coco" and d.ann_file and not d.image_root:
                 raise ValueError(f"data.{split}.image_root is required with data.{split}.ann_file")
+            if d.kind == "shapes" and (d.ann_file or d.image_root):  # was ignored: trained on the synthetic set
+                given = "ann_file" if d.ann_file else "image_root"
+                raise ValueError(f"data.{split}.{given} is set but data.{split}.kind is 'shapes' (the embedded "
+                                 f"synthetic set), which would ignore it: add data.{split}.kind=coco")
             if d.kind == "shapes" and d.num_images < 1:
                 raise ValueError(f"data.{split}.num_images must be >= 1 for kind 'shapes', got {d.num_images}")
         for t in self.test.iou_types:
