@@ -65,6 +65,9 @@ UNWRITABLE = [
      "afile is a file, not a folder"),
     ("train_det", lambda t: ["--config", QUICKSTART, "--output", str(t / "afile" / "run"), "--device", "cpu"],
      "afile is a file, not a folder"),
+    ("train_cls", lambda t: ["--output", str(t / "afile"), *CLS], "afile is a file"),
+    ("train_det", lambda t: ["--config", QUICKSTART, "--output", str(t / "afile"), "--device", "cpu"],
+     "afile is a file"),
 ]
 
 
@@ -100,6 +103,8 @@ def test_resume_with_another_optimizer_or_head_is_one_line(tmp_path, capsys):
     assert "head.fc.weight" in _error(capsys)
     assert {k: v for k, v in _snapshot(out).items() if k.name != ".lock"} == \
         {k: v for k, v in before.items() if k.name != ".lock"}
+    assert train_cls.main(["--output", str(out), *CLS, "solver.max_iter=4", "--resume"]) == 0  # the same optimizer
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["global_iter"] == 4
 
 
 def test_load_optimizer_state_rules(tmp_path):
@@ -169,6 +174,8 @@ def test_train_det_resume_with_another_optimizer_is_one_line(tmp_path, capsys):
     assert train_det.main([*common, "solver.max_iter=2", "solver.optimizer=sgd", "--resume"]) == 2
     err = _error(capsys)
     assert "last.pt holds the state of another optimizer than this run's SGD" in err and "betas" in err
+    assert train_det.main([*common, "solver.max_iter=2", "model.fpn.out_channels=32", "--resume"]) == 2  # a changed
+    assert "of another shape" in _error(capsys)  # model (FPN width, head): one line through --resume too
     assert (out / "last.pt").read_bytes() == last
 
 
