@@ -238,3 +238,31 @@ def test_coco_paths_on_a_synthetic_split_are_refused(overrides, named, tmp_path,
     load_config(DetTrainConfig, QUICKSTART, [*overrides, f"data.{named.split('.')[1]}.kind=coco"])  # the fix loads
     assert train_det.main(["--config", QUICKSTART, "--output", str(tmp_path / "run"), *overrides]) == 2
     assert "kind=coco" in _error(capsys) and not (tmp_path / "run").exists()
+
+
+def test_eval_coco_checkpoint_with_missing_or_corrupt_images_is_one_line(tmp_path, capsys):
+    """eval_coco --checkpoint on a json naming an image the folder lacks died mid-run with a DataError traceback;
+    now refused before the model runs (missing) or named in one line (corrupt)."""
+    from resbackbones.config import dump_yaml, load_config
+    from resbackbones.detection.builder import build_detector
+    from resbackbones.detection.train_config import DetTrainConfig
+
+    cfg = load_config(DetTrainConfig, QUICKSTART, ["model.input.min_size=[128]", "model.input.max_size=160",
+                                                   "model.num_classes=80"])
+    dump_yaml(cfg, tmp_path / "config.yaml")
+    torch.save({"model": build_detector(cfg.model).state_dict()}, tmp_path / "last.pt")
+    gt = json.loads(GT.read_text())
+    image = gt["images"][0]
+    gt["images"] = [image]
+    gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] == image["id"]]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "images").mkdir()
+    common = ["--gt", str(tmp_path / "gt.json"), "--checkpoint", str(tmp_path / "last.pt"), "--config",
+              str(tmp_path / "config.yaml"), "--images", str(tmp_path / "images"), "--device", "cpu",
+              "--out", str(tmp_path / "s.json")]
+    assert eval_coco.main(common) == 2
+    err = _error(capsys)
+    assert f"1 image(s) of {tmp_path / 'gt.json'} are not in --images" in err and image["file_name"] in err
+    (tmp_path / "images" / image["file_name"]).write_bytes(b"not a jpeg")
+    assert eval_coco.main(common) == 2
+    assert image["file_name"] in _error(capsys) and not (tmp_path / "s.json").exists()

@@ -140,11 +140,18 @@ def run_checkpoint(args) -> str:
         raise CocoEvalError(str(error)) from None
     if note:
         print(f"note: {note}", flush=True)
+    missing = [im for im in gt["images"] if not (Path(args.images) / str(im.get("file_name"))).is_file()]
+    if missing:  # was a DataError traceback at that image, mid-run
+        raise CocoEvalError(f"{len(missing)} image(s) of {args.gt} are not in --images {args.images} (first: "
+                            f"{missing[0].get('file_name')}, id {missing[0].get('id')}); give the image folder of --gt")
     results = []
     started = time.perf_counter()
     with torch.no_grad(), autocast(device, amp):  # detections come out float32 either way (fp32_outputs.py)
         for image in gt["images"]:
-            pixels = read_image(Path(args.images) / image["file_name"])  # RGB uint8 [H, W, 3]
+            try:
+                pixels = read_image(Path(args.images) / image["file_name"])  # RGB uint8 [H, W, 3]
+            except DataError as error:  # corrupt or not an image: named, one line
+                raise CocoEvalError(str(error)) from None
             tensor = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255).to(device)
             output = model([tensor])[0]
             results += to_coco_results([output], [image["id"]], mapping)
