@@ -266,3 +266,10 @@ def test_eval_coco_checkpoint_with_missing_or_corrupt_images_is_one_line(tmp_pat
     (tmp_path / "images" / image["file_name"]).write_bytes(b"not a jpeg")
     assert eval_coco.main(common) == 2
     assert image["file_name"] in _error(capsys) and not (tmp_path / "s.json").exists()
+
+
+def test_convert_weights_into_a_folder_it_cannot_write_is_one_line(tmp_path, capsys):
+    """/proc takes no new files (whoever runs the test, root included): was a SafetensorError traceback."""
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    assert convert_weights.main(["--from", "torchvision", str(tmp_path / "r18.pth"), "/proc/r18.safetensors"]) == 2
+    assert "cannot write /proc/r18.safetensors" in _error(capsys)

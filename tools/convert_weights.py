@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import resbackbones as rb  # noqa: E402
 from resbackbones.engine.outputs import refuse_inputs  # noqa: E402
@@ -33,7 +35,10 @@ def main(argv=None) -> int:
         state, meta = convert(args.source, args.input, arch=args.arch)
         if args.verify:
             _verify(state, meta)
-        rb.weights.save(state, args.output, metadata=meta.to_dict())
+        try:
+            rb.weights.save(state, args.output, metadata=meta.to_dict())
+        except (OSError, SafetensorError) as error:  # a folder it may not write in (read-only, /proc): was a traceback
+            raise WeightsError(f"cannot write {args.output}: {' '.join(str(error).split())}") from None
     except (WeightsError, ValueError) as error:  # OutputError is a ValueError
         print(f"convert_weights: error: {error}", file=sys.stderr)
         return 2
