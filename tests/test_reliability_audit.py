@@ -65,6 +65,16 @@ UNWRITABLE = [
      "afile is a file, not a folder"),
     ("train_det", lambda t: ["--config", QUICKSTART, "--output", str(t / "afile" / "run"), "--device", "cpu"],
      "afile is a file, not a folder"),
+    # a folder that takes no new files (/proc, whoever runs the test): FileNotFoundError / SafetensorError before
+    ("eval_coco", lambda t: ["--gt", str(GT), "--dt", str(t / "dt.json"), "--out", "/proc/s.json"],
+     "no file can be made in /proc"),
+    ("predict", lambda t: ["--checkpoint", str(t / "last.pt"), "--config", QUICKSTART, "--images", str(t / "x.png"),
+                           "--output", "/proc/pred"], "no file can be made in /proc"),
+    ("export_detector", lambda t: ["--checkpoint", str(t / "last.pt"), "--config", QUICKSTART, "--output",
+                                   "/proc/m.pt"], "no file can be made in /proc"),
+    ("train_cls", lambda t: ["--output", "/proc/run", *CLS], "no file can be made in /proc"),
+    ("train_det", lambda t: ["--config", QUICKSTART, "--output", "/proc/run", "--device", "cpu"],
+     "no file can be made in /proc"),
     ("train_cls", lambda t: ["--output", str(t / "afile"), *CLS], "afile is a file"),
     ("train_det", lambda t: ["--config", QUICKSTART, "--output", str(t / "afile"), "--device", "cpu"],
      "afile is a file"),
@@ -272,4 +282,4 @@ def test_convert_weights_into_a_folder_it_cannot_write_is_one_line(tmp_path, cap
     """/proc takes no new files (whoever runs the test, root included): was a SafetensorError traceback."""
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
     assert convert_weights.main(["--from", "torchvision", str(tmp_path / "r18.pth"), "/proc/r18.safetensors"]) == 2
-    assert "cannot write /proc/r18.safetensors" in _error(capsys)
+    assert "/proc/r18.safetensors cannot be written: no file can be made in /proc" in _error(capsys)

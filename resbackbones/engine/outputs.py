@@ -15,6 +15,7 @@ Every refusal is an OutputError (a ValueError: the tools print it as one line an
 import os
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
@@ -126,11 +127,17 @@ def check_output_path(path: PathLike, flag: str, *, folder: bool = False) -> Non
         raise OutputError(f"{flag} {path} is a file; give a folder (new or empty)")
     if not folder and path.is_dir():
         raise OutputError(f"{flag} {path} is a folder; give a file name")
-    for parent in path.parents:
+    for parent in ([path] if folder else []) + list(path.parents):
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
                 raise OutputError(f"{flag} {path} cannot be written: {parent} is a file, not a folder; give a path "
                                   f"in a folder")
+            try:  # the first existing folder must take new files (a read-only mount, /proc, no permission)
+                with tempfile.TemporaryFile(dir=parent):
+                    pass
+            except OSError as error:
+                raise OutputError(f"{flag} {path} cannot be written: no file can be made in {parent} "
+                                  f"({error.strerror or error}); give a path in a writable folder") from None
             break
 
 
