@@ -16,6 +16,15 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 os.environ["RESBACKBONES_OFFLINE"] = "1"
 
 
+def tiny_train_det_args(shapes_root: Path, out: Path, *extra: str) -> list:
+    """tools/train_det.py arguments for a tiny quickstart run (Mask R-CNN, 6 synthetic train / 3 val images under
+    shapes_root, batch 2, logged every iteration, no flips) writing to `out`; `extra` appends flags / overrides."""
+    return ["--config", str(REPO / "configs" / "quickstart.yaml"), "--output", str(out), "--device", "cpu",
+            "data.train.num_images=6", f"data.train.root={shapes_root / 'train'}", "data.val.num_images=3",
+            f"data.val.root={shapes_root / 'val'}", "solver.ims_per_batch=2", "train.log_period=1",
+            "train.progress=false", "data.flip_prob=0.0", *extra]
+
+
 def require_shared(relative: str) -> Path:
     """Path to ../shared/<relative>; skip when absent, but fail under CI where it must exist."""
     path = SHARED / relative

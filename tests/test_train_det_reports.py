@@ -10,13 +10,12 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, tiny_train_det_args
 from resbackbones.engine.det_reports import BestTracker
 
 sys.path.insert(0, str(REPO / "tools"))
 import train_det  # noqa: E402
 
-QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +24,7 @@ def data_root(tmp_path_factory):
 
 
 def _tiny(root, out, *extra):
-    return ["--config", QUICKSTART, "--output", str(out), "--device", "cpu",
-            "data.train.num_images=6", f"data.train.root={root / 'train'}", "data.val.num_images=3",
-            f"data.val.root={root / 'val'}", "solver.ims_per_batch=2", "train.log_period=1",
-            "train.progress=false", "data.flip_prob=0.0", "model.roi_heads.score_thresh=0.0", *extra]
+    return tiny_train_det_args(root, out, "model.roi_heads.score_thresh=0.0", *extra)
 
 
 def test_per_category_results_json_best_and_resume(data_root, tmp_path, capsys):

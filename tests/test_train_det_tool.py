@@ -13,6 +13,7 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import predict  # noqa: E402
 import train_det  # noqa: E402
+from conftest import tiny_train_det_args  # noqa: E402
 
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 
@@ -23,10 +24,7 @@ def data_root(tmp_path_factory):
 
 
 def _tiny(root, out, *extra):
-    return ["--config", QUICKSTART, "--output", str(out), "--device", "cpu",
-            "data.train.num_images=6", f"data.train.root={root / 'train'}", "data.val.num_images=3",
-            f"data.val.root={root / 'val'}", "solver.ims_per_batch=2", "train.log_period=1",
-            "train.progress=false", "data.flip_prob=0.0", *extra]
+    return tiny_train_det_args(root, out, *extra)
 
 
 def test_train_eval_predict(data_root, tmp_path, capsys):
