@@ -2,6 +2,8 @@
 evaluation leaves the run's files alone, and no tool writes over its inputs or gives two inputs one output name.
 Each case checks the bytes of the files that must survive, not only the exit code."""
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +109,32 @@ def test_second_writer_is_refused_while_the_first_runs(tmp_path, capsys):
         holder.kill()  # kill -9: the kernel drops its lock
         holder.wait()
     claim_run_dir(out, resume=True, overwrite=False, run_files=()).release()
+
+
+def test_forked_worker_outliving_a_killed_run_does_not_hold_its_folder(tmp_path):
+    """A DataLoader worker is a fork: it must not keep the flock after its parent is killed (the CI flake of
+    test_kill9_and_resume, where --resume found the folder 'in use' by the dead run's orphaned worker)."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys, time\nfrom resbackbones.engine.outputs import claim_run_dir\n"
+         "lock = claim_run_dir(sys.argv[1], resume=False, overwrite=False, run_files=())\n"
+         "child = os.fork()\n"
+         "if child == 0:\n    time.sleep(60)\n    os._exit(0)\n"
+         "print(child, flush=True)\ntime.sleep(120)\n", str(out)], stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(OutputError, match=f"in use by a running job \\(pid {holder.pid}"):
+            claim_run_dir(out, resume=True, overwrite=False, run_files=())  # the parent still holds it
+        holder.kill()
+        holder.wait()
+        os.kill(child, 0)  # the orphaned child still runs...
+        claim_run_dir(out, resume=True, overwrite=False, run_files=()).release()  # ...and holds nothing
+    finally:
+        holder.kill()
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_train_det_new_run_and_eval_only(tmp_path, capsys):

@@ -7,7 +7,9 @@
 A run folder belongs to one run. A new run refuses a folder that is not empty (continue that run with --resume, or
 replace it with --overwrite, which first deletes the files a run of that tool writes and nothing else), and an
 exclusive lock (flock on FOLDER/.lock, released by the kernel when the process ends, kill -9 included) refuses a
-second writer while the first runs. Under torchrun only rank 0 writes, so only rank 0 claims. A tool never writes
+second writer while the first runs. Forked children (DataLoader workers) close their copy of the lock's descriptor at
+once: a flock belongs to the open file, so an orphaned worker still draining after its parent was killed would
+otherwise hold the folder and refuse the --resume that follows. Under torchrun only rank 0 writes, so only rank 0 claims. A tool never writes
 over one of its own inputs, and never gives two inputs the same output name.
 
 Every refusal is an OutputError (a ValueError: the tools print it as one line and exit 2) naming the path and the fix.
@@ -16,6 +18,7 @@ import os
 import shutil
 import socket
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
@@ -32,8 +35,20 @@ class OutputError(ValueError):
     """An output that would replace another run's files or one of the tool's inputs; one line with the fix."""
 
 
+_HELD_LOCKS: "weakref.WeakSet[RunLock]" = weakref.WeakSet()
+
+
+def _drop_locks_in_forked_child() -> None:
+    for lock in list(_HELD_LOCKS):
+        lock._forget_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_locks_in_forked_child)
+
+
 class RunLock:
-    """An exclusive flock on FOLDER/.lock held until release() or the end of the process."""
+    """An exclusive flock on FOLDER/.lock held until release() or the end of the process (never by forked children)."""
 
     def __init__(self, folder: Path):
         self.path = folder / LOCK_NAME
@@ -51,12 +66,20 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
+        _HELD_LOCKS.add(self)
+
+    def _forget_in_child(self) -> None:
+        # Close only this process's descriptor: the parent keeps the flock, and the file's text stays the parent's.
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def release(self) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
             os.close(self._fd)  # closing the last descriptor drops the flock
             self._fd = None
+        _HELD_LOCKS.discard(self)
 
 
 def is_main_process() -> bool:
