@@ -37,11 +37,12 @@ class ResizeShortestEdge(A.SmallestMaxSize):
         return {"scale": min(size / min(height, width), self.longest / max(height, width))}
 
 
-class DetectionTransform:
+class DetectionAugmentation:
     """Callable (image uint8 [H, W, 3], target of numpy arrays) -> (image float [3, H, W] in [0, 1], target tensors).
 
     Boxes are xyxy pixels (albumentations "pascal_voc"); masks travel as a list with the image, and every instance
     keeps its box, label and mask together (an instance whose box leaves the image is dropped from all three).
+    Dataset side only; the model-side resize/normalise is `detection.transform.DetectionTransform`.
     """
 
     def __init__(self, transforms: Sequence[A.BasicTransform]):
@@ -81,7 +82,7 @@ class DetectionTransform:
 
 
 def build_det_transforms(*, train: bool, flip_prob: float = 0.5,
-                         resize: Optional[Tuple[Sequence[int], int]] = None) -> DetectionTransform:
+                         resize: Optional[Tuple[Sequence[int], int]] = None) -> DetectionAugmentation:
     """Training: optional ResizeShortestEdge(resize[0] sizes, resize[1] max) + horizontal flip; eval: resize only
     (the largest of the sizes), no flip. See the module docstring for why resizing is usually left to the model."""
     steps = []
@@ -91,7 +92,7 @@ def build_det_transforms(*, train: bool, flip_prob: float = 0.5,
         steps.append(ResizeShortestEdge(sizes if train else [max(sizes)], max_size))
     if train and flip_prob > 0:
         steps.append(A.HorizontalFlip(p=flip_prob))
-    return DetectionTransform(steps)
+    return DetectionAugmentation(steps)
 
 
 def collate_detection(batch):
