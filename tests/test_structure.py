@@ -1,0 +1,112 @@
+"""Ratchets for the layout of issue 15 (docs/dev/engine_refactor_plan.md, step 1): small files, thin tools without
+sys.path edits, one copy of each name and of the training step, no private reach into backbones, detection below
+engine. Each allow-list below records today's offenders at today's values: they may only shrink (a refactor that
+fixes one lowers or deletes its entry), and nothing new may join them."""
+import re
+from pathlib import Path
+from typing import Dict, Iterable, List
+
+from conftest import REPO
+
+PACKAGE = REPO / "resbackbones"
+TOOLS = REPO / "tools"
+
+MAX_PACKAGE_LINES = 400
+MAX_TOOL_LINES = 100
+# Today's offenders at today's sizes; may only shrink.
+PACKAGE_LINES_ALLOWED = {
+    "engine/cls_trainer.py": 433,
+    "integrations/detectron2.py": 427,
+}
+TOOL_LINES_ALLOWED = {
+    "eval_coco.py": 202,
+    "predict.py": 123,
+    "train_cls.py": 163,
+    "train_det.py": 132,
+}
+# Tools that still put the checkout on sys.path; may only shrink (the editable install makes the edit unnecessary).
+TOOLS_WITH_SYS_PATH_ALLOWED = {
+    "convert_weights.py", "eval_coco.py", "export_detector.py", "predict.py", "train_cls.py", "train_d2.py",
+    "train_det.py",
+}
+# data/det_transforms.py and detection/transform.py both define it today; may only shrink to one.
+DETECTION_TRANSFORM_CLASSES_ALLOWED = 2
+# Files outside backbones/base.py that read Backbone._stage_shapes; may only shrink.
+STAGE_SHAPES_READERS_ALLOWED = {
+    "backbones/vgg.py",
+    "detection/c4.py",
+}
+# Files holding a call of each piece of the training step (cls_trainer and det_trainer today); may only shrink to
+# the one loop core.
+STEP_CALL_FILES_ALLOWED = {
+    "scaler.scale(": 2,
+    "clip_and_check_grads(": 2,
+    "torch.isfinite(loss": 2,
+}
+# detection/ modules importing engine/ (the only upward import); may only shrink.
+DETECTION_IMPORTS_ENGINE_ALLOWED = {"detection/train_config.py"}
+
+
+def _package_files() -> List[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def _rel(path: Path, root: Path = PACKAGE) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _line_count(path: Path) -> int:
+    return len(path.read_text(encoding="utf-8").splitlines())
+
+
+def _oversized(files: Iterable[Path], root: Path, limit: int, allowed: Dict[str, int]) -> List[str]:
+    problems = []
+    for path in files:
+        name, lines = _rel(path, root), _line_count(path)
+        cap = allowed.get(name, limit)
+        if lines > cap:
+            problems.append(f"{name}: {lines} lines > {cap}" + (" (allow-list: may only shrink)" if name in allowed
+                                                                  else ""))
+    return problems
+
+
+def test_package_files_stay_small():
+    assert _oversized(_package_files(), PACKAGE, MAX_PACKAGE_LINES, PACKAGE_LINES_ALLOWED) == []
+
+
+def test_tools_stay_thin():
+    assert _oversized(sorted(TOOLS.glob("*.py")), TOOLS, MAX_TOOL_LINES, TOOL_LINES_ALLOWED) == []
+
+
+def test_no_new_sys_path_edits_in_tools():
+    editing = {path.name for path in TOOLS.glob("*.py") if "sys.path" in path.read_text(encoding="utf-8")}
+    assert editing <= TOOLS_WITH_SYS_PATH_ALLOWED, sorted(editing - TOOLS_WITH_SYS_PATH_ALLOWED)
+
+
+def test_one_detection_transform_class():
+    pattern = re.compile(r"^\s*class DetectionTransform\b", re.MULTILINE)
+    found = [_rel(p) for p in _package_files() if pattern.search(p.read_text(encoding="utf-8"))]
+    assert len(found) <= DETECTION_TRANSFORM_CLASSES_ALLOWED, found
+
+
+def test_stage_shapes_stay_private_to_backbone_base():
+    readers = {_rel(p) for p in _package_files()
+               if "._stage_shapes" in p.read_text(encoding="utf-8")} - {"backbones/base.py"}
+    assert readers <= STAGE_SHAPES_READERS_ALLOWED, sorted(readers - STAGE_SHAPES_READERS_ALLOWED)
+
+
+def test_training_step_pieces_are_called_from_few_files():
+    files = _package_files() + sorted(TOOLS.glob("*.py"))
+    for needle, allowed in STEP_CALL_FILES_ALLOWED.items():
+        # A definition line ("def clip_and_check_grads(") is not a call site.
+        call = re.compile(r"^(?!\s*def ).*" + re.escape(needle), re.MULTILINE)
+        callers = [_rel(p, REPO) for p in files if call.search(p.read_text(encoding="utf-8"))]
+        assert len(callers) <= allowed, (needle, callers)
+
+
+def test_detection_does_not_import_engine():
+    pattern = re.compile(r"^\s*(from\s+(\.\.engine|resbackbones\.engine)\b|from\s+\.\.\s+import\s+engine\b|"
+                         r"import\s+resbackbones\.engine\b)", re.MULTILINE)
+    importers = {_rel(p) for p in sorted((PACKAGE / "detection").rglob("*.py"))
+                 if pattern.search(p.read_text(encoding="utf-8"))}
+    assert importers <= DETECTION_IMPORTS_ENGINE_ALLOWED, sorted(importers - DETECTION_IMPORTS_ENGINE_ALLOWED)
