@@ -98,6 +98,7 @@ def run_checkpoint(args) -> str:
     from resbackbones.config import ConfigError, load_config
     from resbackbones.data.errors import DataError
     from resbackbones.data.folders import read_image
+    from resbackbones.data.images import image_to_tensor
     from resbackbones.data.resizable import check_coco_images_resizable
     from resbackbones.detection.builder import build_detector
     from resbackbones.detection.train_config import DetTrainConfig
@@ -152,8 +153,7 @@ def run_checkpoint(args) -> str:
                 pixels = read_image(Path(args.images) / image["file_name"])  # RGB uint8 [H, W, 3]
             except DataError as error:  # corrupt or not an image: named, one line
                 raise CocoEvalError(str(error)) from None
-            tensor = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255).to(device)
-            output = model([tensor])[0]
+            output = model([image_to_tensor(pixels).to(device)])[0]
             results += to_coco_results([output], [image["id"]], mapping)
     print(f"detected {len(results)} objects on {len(gt['images'])} images in {time.perf_counter() - started:.1f} s")
     path = results_path(args)

@@ -49,9 +49,8 @@ def main(argv=None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-
     from resbackbones.data.folders import read_image
+    from resbackbones.data.images import image_to_tensor
     from resbackbones.deploy import load_detector
     from resbackbones.deploy.export import check_export, export_detector
     from resbackbones.engine.outputs import OutputError, refuse_inputs
@@ -64,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
                           f"file name{'' if output.is_dir() else ' or --overwrite'}")
     image = None
     if args.check:
-        image = torch.from_numpy(read_image(args.check).transpose(2, 0, 1).copy()).float().div_(255)
+        image = image_to_tensor(read_image(args.check))
     loaded = load_detector(args.checkpoint, args.config, args.overrides)
     export_detector(loaded.model, output, fmt=args.format, label_names=loaded.names_list(), example=image)
     print(f"wrote {output} ({args.format}, {loaded.config.model.num_classes} classes, from {args.checkpoint})")

@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 import torch
 
+from .images import image_to_tensor
+
 
 class ResizeShortestEdge(A.SmallestMaxSize):
     """Scale so the shortest side is `sizes` (one drawn at random per image when several) while the longest side
@@ -77,8 +79,7 @@ class DetectionAugmentation:
         result["labels"] = torch.from_numpy(np.ascontiguousarray(labels))
         if masks is not None:
             result["masks"] = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8))
-        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
-        return tensor, result
+        return image_to_tensor(image), result
 
 
 def build_det_transforms(*, train: bool, flip_prob: float = 0.5,

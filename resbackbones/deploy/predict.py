@@ -16,6 +16,7 @@ from torch import nn
 
 from ..data.errors import DataError
 from ..data.folders import read_image
+from ..data.images import image_to_tensor
 from ..data.resizable import MIN_RESIZED_SIDE, check_resizable  # noqa: F401 - public here too
 from ..engine.device import autocast
 
@@ -57,7 +58,7 @@ def predict_images(model: nn.Module, paths: Sequence[Path], *, batch_size: int, 
     buckets: "OrderedDict[Tuple[int, int], List]" = OrderedDict()
 
     def run(items):
-        tensors = [torch.from_numpy(img.transpose(2, 0, 1).copy()).float().div_(255).to(device) for _, img in items]
+        tensors = [image_to_tensor(img).to(device) for _, img in items]
         with torch.no_grad(), autocast(device, amp):  # boxes / scores / masks come out float32 either way
             outputs = model(tensors)
         for (path, image), output in zip(items, outputs):
