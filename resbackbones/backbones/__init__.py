@@ -2,6 +2,9 @@
 from .base import Backbone
 from .classifier import Classifier, FeatureClassifier, build_classifier
 from .registry import build_backbone, list_backbones, register_backbone
+# Importing the family modules runs their @register_backbone decorators; the registry is complete once this package
+# is imported (any `resbackbones.backbones.*` import runs this file first). Order = list_backbones() order (README).
+from . import resnet, cifar, vgg  # noqa: F401
 
 __all__ = [
     "Backbone",

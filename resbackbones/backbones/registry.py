@@ -34,12 +34,10 @@ def register_backbone(name: str, *, family: str, description: str = ""):
 
 def list_backbones(family: Optional[str] = None) -> List[str]:
     """Registered backbone names (in registration order), optionally only one family."""
-    _ensure_registered()
     return [n for n, e in _REGISTRY.items() if family is None or e.family == family]
 
 
 def get_entry(name: str) -> BackboneEntry:
-    _ensure_registered()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -88,8 +86,3 @@ def build_backbone(name: str, *, weights: Optional[WeightsReference] = None, **o
     backbone = entry.builder(**adopt_conventions(name, resolved, options, valid))
     load_backbone(backbone, resolved, name=name)
     return backbone
-
-
-def _ensure_registered() -> None:
-    # Importing the family modules runs their @register_backbone decorators.
-    from . import families  # noqa: F401
