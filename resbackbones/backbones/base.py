@@ -87,6 +87,25 @@ class Backbone(nn.Module):
         self._out_features = [n for n in self.stages.keys() if n in out_features]
         return self
 
+    def pop_stage(self, name: str) -> nn.Module:
+        """Remove the last built stage `name` and return it (e.g. res5 handed to a C4 box head).
+
+        Its ShapeSpec goes with it, so output_shape() / stage_shapes() describe what is left; out_features keep the
+        remaining names, or become the new last stage when `name` was the only one returned. Raises ValueError naming
+        `name` and the stages present when it is not the last stage or is the only one.
+        """
+        names = self.stage_names
+        if not names or name != names[-1] or len(names) == 1:
+            reason = "only the last stage can be removed" if len(names) != 1 else "it is the only stage"
+            raise ValueError(f"{type(self).__name__}: cannot pop stage {name!r} ({reason}); "
+                             f"stages: {', '.join(names)}")
+        stage = self.stages[name]
+        del self.stages[name]
+        del self._stage_shapes[name]
+        self._checkpoint_stages = [s for s in self._checkpoint_stages if s != name]
+        self.select_out_features([f for f in self._out_features if f != name] or [names[-2]])
+        return stage
+
     def build_classifier_head(self, num_classes: int) -> nn.Module:
         """The family's classification head: last stage [N, C, H, W] -> logits [N, num_classes]."""
         raise NotImplementedError(f"{type(self).__name__} has no classification head")

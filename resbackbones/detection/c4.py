@@ -17,9 +17,6 @@ def split_res5(backbone: Backbone) -> Tuple[SingleFeature, nn.Module, int]:
     if "res5" not in backbone.stages or "res4" not in backbone.stages:
         raise ValueError(f"the C4 layout needs a backbone with res4 and res5 stages; got {backbone.stage_names}")
     res5_channels = backbone.stage_shapes()["res5"].channels
-    res5 = backbone.stages["res5"]
-    del backbone.stages["res5"]
-    # The Backbone keeps per-stage ShapeSpecs; drop res5's so output_shape()/stage_shapes() describe what is left.
-    backbone._stage_shapes.pop("res5", None)
+    res5 = backbone.pop_stage("res5")
     backbone.select_out_features(["res4"])
     return SingleFeature(backbone=backbone, feature="res4"), res5, res5_channels
