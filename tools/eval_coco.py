@@ -22,7 +22,6 @@ Bad inputs print one line `error: ...` naming the file and the record, and exit 
 """
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resbackbones.engine.outputs import OutputError, refuse_inputs  # noqa: E402
+from resbackbones.engine.outputs import OutputError, refuse_inputs, write_json_atomic  # noqa: E402
 from resbackbones.evaluation.coco import BACKENDS, IOU_TYPES, CocoEvalError, evaluate_coco, format_stats, load_json  # noqa: E402
 from resbackbones.evaluation.coco_checks import check_ground_truth  # noqa: E402
 
@@ -156,12 +155,7 @@ def run_checkpoint(args) -> str:
             output = model([image_to_tensor(pixels).to(device)])[0]
             results += to_coco_results([output], [image["id"]], mapping)
     print(f"detected {len(results)} objects on {len(gt['images'])} images in {time.perf_counter() - started:.1f} s")
-    path = results_path(args)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(results))
-    os.replace(tmp, path)
-    return str(path)
+    return str(write_json_atomic(results_path(args), results, indent=None))
 
 
 def main(argv=None) -> int:
@@ -189,12 +183,7 @@ def main(argv=None) -> int:
     out["per_category"] = {t: r.per_category_report() for t, r in results.items()}
     out["ap_unit"] = "fraction (0-1)"
     if args.out:
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(out, indent=2))
-        os.replace(tmp, path)
-        print(f"\nwrote {path}")
+        print(f"\nwrote {write_json_atomic(args.out, out)}")
     return 0
 
 

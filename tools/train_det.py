@@ -80,9 +80,8 @@ def main(argv=None) -> int:
 def _run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     from resbackbones.detection.backbone_weights import refuse_untrainable_backbone
-    from resbackbones.engine.det_reports import write_json_atomic
     from resbackbones.engine.det_trainer import RUN_FILES, DetTrainer
-    from resbackbones.engine.outputs import claim_run_dir
+    from resbackbones.engine.outputs import claim_run_dir, write_json_atomic
 
     lock = None
     if args.eval_only:

@@ -10,21 +10,10 @@ AP everywhere is COCOeval's fraction (0-1). best.pt is chosen by the first evalu
 default bbox, also for mask models): its name, value and iteration are in the checkpoint ("best_metric",
 "best_metric_name", "best_iteration", as train_cls's CheckpointManager writes them) and in the log line.
 """
-import json
-import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
 RESULTS_FILE = Path("inference") / "coco_instances_results.json"
-
-
-def write_json_atomic(path: Path, data: Any, *, indent: Optional[int] = 2) -> Path:
-    """json.dumps to a temp file in the same folder, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=indent))
-    os.replace(tmp, path)
-    return path
 
 
 def per_category_without_detections(gt: Mapping[str, Any], iou_types: Sequence[str]) -> Dict[str, Dict]:

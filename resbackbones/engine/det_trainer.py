@@ -27,11 +27,12 @@ from ..detection.train_config import DetTrainConfig, default_iou_types
 from .checkpoint import (find_last_checkpoint, load_checkpoint, load_matching_state, load_optimizer_state, rng_state,
                          save_atomic, set_rng_state)
 from .det_curves import plot_det_curves
-from .det_reports import RESULTS_FILE, BestTracker, per_category_without_detections, write_json_atomic
+from .det_reports import RESULTS_FILE, BestTracker, per_category_without_detections
 from .device import autocast, grad_scaler, resolve_amp, resolve_device
 from .distributed import init_distributed
 from .metrics_log import MetricsLogger
 from .optim import build_optimizer_for, make_lr_lambda
+from .outputs import write_json_atomic
 from .tool_errors import TrainingDiverged, clip_and_check_grads, kept_checkpoint_note  # TrainingDiverged: also imported from here
 
 LAST = "last.pt"

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from .outputs import write_text_atomic
+
 CSV_NAME = "metrics.csv"
 JSONL_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
@@ -78,8 +80,8 @@ class MetricsLogger:
     def _rewrite(self) -> None:
         # Rewriting the whole (small) files each epoch keeps the column set consistent when new keys appear.
         columns = self.columns or sorted({k for r in self.rows for k in r})
-        _write_atomic(self.folder / CSV_NAME, _csv_text(self.rows, columns))
-        _write_atomic(self.folder / JSONL_NAME, "".join(json.dumps(r) + "\n" for r in self.rows))
+        write_text_atomic(self.folder / CSV_NAME, _csv_text(self.rows, columns))
+        write_text_atomic(self.folder / JSONL_NAME, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def close(self) -> None:
         if self._tb is not None:
@@ -104,13 +106,6 @@ def _csv_text(rows: List[Dict], columns: List[str]) -> str:
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return buffer.getvalue()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def plot_panels(path: os.PathLike, panels: Sequence[Callable], *, title: str = "", dpi: int = 110,

@@ -13,14 +13,20 @@ otherwise hold the folder and refuse the --resume that follows. Under torchrun o
 over one of its own inputs, and never gives two inputs the same output name.
 
 Every refusal is an OutputError (a ValueError: the tools print it as one line and exit 2) naming the path and the fix.
+
+    write_json_atomic(OUTPUT / "eval.json", summary)   # every JSON a tool or trainer writes (text: write_text_atomic)
+
+A file is written beside its target under a hidden temp name and renamed over it, so a reader (or a run killed
+mid-write) never sees half a file: the target holds the old content or the new, nothing in between.
 """
+import json
 import os
 import shutil
 import socket
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 try:
     import fcntl
@@ -181,6 +187,28 @@ def refuse_inputs(outputs: Mapping[str, Optional[PathLike]], inputs: Mapping[str
         for other_flag, other in given_out[i + 1:]:
             if same_path(out, other):
                 raise OutputError(f"{flag} and {other_flag} are both {out}; give them different paths")
+
+
+def write_text_atomic(path: PathLike, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` through a temp file in the same folder and a rename; creates the folder.
+    Returns the path. The temp file (".<name>.tmp-<pid>") is removed when the write fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():  # only after a failed write: a successful one renamed it
+            tmp.unlink()
+    return path
+
+
+def write_json_atomic(path: PathLike, data: Any, *, indent: Optional[int] = 2) -> Path:
+    """json.dumps(data, indent=indent) written atomically (write_text_atomic); indent=None: one line, for large
+    files such as COCO results. Returns the path."""
+    return write_text_atomic(path, json.dumps(data, indent=indent))
 
 
 def unique_targets(sources: Iterable[PathLike], folder: PathLike, *, suffix: str) -> Dict[Path, Path]:
