@@ -25,10 +25,11 @@ def test_pop_only_returned_stage_returns_the_new_last_stage():
     assert backbone.output_shape() == {"res4": ShapeSpec(channels=256, stride=16)}
 
 
-@pytest.mark.parametrize("name, reason", [("res4", "only the last stage"), ("res6", "only the last stage")])
-def test_pop_refuses_a_stage_that_is_not_last(name, reason):
+@pytest.mark.parametrize("name", ["res4", "res6"])
+def test_pop_refuses_a_stage_that_is_not_last(name):
     backbone = rb.build_backbone("resnet18", out_features=("res5",))
-    with pytest.raises(ValueError, match=f"cannot pop stage '{name}' \\({reason}.*stages: stem, res2, res3, res4, res5"):
+    expected = f"cannot pop stage '{name}' \\(only the last stage can be removed\\); stages: stem, res2, res3, res4, res5"
+    with pytest.raises(ValueError, match=expected):
         backbone.pop_stage(name)
     assert backbone.stage_names[-1] == "res5"
 

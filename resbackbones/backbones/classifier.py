@@ -4,6 +4,8 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
+from ..weights.pretrained import adopt_conventions, load_classifier
+from ..weights.resolve import resolve_weights
 from .base import Backbone
 from .registry import WeightsReference, build_backbone, check_options
 
@@ -60,10 +62,6 @@ def build_classifier(
         raise ValueError(f"build_classifier({name!r}): num_classes must be a positive int, got {num_classes!r}")
     resolved = None
     if weights:
-        # weights/ reads the backbone tables (VGG conv counts), so it is imported here, not at module level.
-        from ..weights.pretrained import adopt_conventions, load_classifier
-        from ..weights.resolve import resolve_weights
-
         resolved = resolve_weights(weights, arch=name)
         options = adopt_conventions(name, resolved, options, check_options(name, options))
     backbone = build_backbone(name, out_features=None, **options)

@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
+from ..weights.pretrained import adopt_conventions, load_backbone
+from ..weights.resolve import resolve_weights
 from .base import Backbone
 
 
@@ -78,10 +80,6 @@ def build_backbone(name: str, *, weights: Optional[WeightsReference] = None, **o
     valid = check_options(name, options)
     if not weights:
         return entry.builder(**options)
-    # weights/ reads the backbone tables (VGG conv counts), so it is imported here, not at module level.
-    from ..weights.pretrained import adopt_conventions, load_backbone
-    from ..weights.resolve import resolve_weights
-
     resolved = resolve_weights(weights, arch=name)
     backbone = entry.builder(**adopt_conventions(name, resolved, options, valid))
     load_backbone(backbone, resolved, name=name)

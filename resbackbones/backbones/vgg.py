@@ -12,18 +12,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from torch import nn
 
 from ..layers import Conv2d, ShapeSpec, get_norm
+from ..layers.specs import (VGG_DEPTH_TO_CONVS as DEPTH_TO_CONVS, VGG_STAGE_NAMES as STAGE_NAMES,
+                            VGG_STAGE_WIDTHS as STAGE_WIDTHS)
 from .base import Backbone
 from .registry import register_backbone
-
-STAGE_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
-STAGE_WIDTHS = (64, 128, 256, 512, 512)
-# Convs per stage for each depth: torchvision's cfgs "A", "B", "D", "E".
-DEPTH_TO_CONVS: Dict[int, Tuple[int, ...]] = {
-    11: (1, 1, 2, 2, 2),
-    13: (2, 2, 2, 2, 2),
-    16: (2, 2, 3, 3, 3),
-    19: (2, 2, 4, 4, 4),
-}
 
 
 class VGG(Backbone):

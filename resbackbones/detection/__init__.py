@@ -1,5 +1,5 @@
 """Detectors: Faster / Mask R-CNN over any backbone (FPN, C4 or one feature map) with torchvision's heads."""
-from .backbone_weights import input_conventions, refuse_untrainable_backbone
+from .backbone_weights import refuse_untrainable_backbone
 from .builder import build_detector
 from .config import (
     AnchorConfig,
@@ -17,6 +17,6 @@ from .config import (
 
 __all__ = [
     "AnchorConfig", "BackboneConfig", "BoxHeadConfig", "DetectorConfig", "FPNConfig", "InputConfig",
-    "MaskHeadConfig", "RPNConfig", "RoIHeadsConfig", "build_detector", "c4_defaults", "input_conventions",
-    "refuse_untrainable_backbone", "vgg16_defaults",
+    "MaskHeadConfig", "RPNConfig", "RoIHeadsConfig", "build_detector", "c4_defaults", "refuse_untrainable_backbone",
+    "vgg16_defaults",
 ]

@@ -7,7 +7,7 @@ from torchvision.models.detection import FasterRCNN
 from ..backbones import build_backbone
 from ..necks import FPN, BackboneWithFPN
 from ..weights import weights_metadata
-from .backbone_weights import input_conventions
+from ..weights.conventions import input_conventions
 from .c4 import split_res5
 from .config import DetectorConfig
 from .heads import Res5Head, box_head, mask_head, roi_pooler

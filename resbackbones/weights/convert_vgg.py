@@ -9,7 +9,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
-from ..backbones.vgg import DEPTH_TO_CONVS, STAGE_NAMES
+from ..layers.specs import VGG_DEPTH_TO_CONVS as DEPTH_TO_CONVS, VGG_STAGE_NAMES as STAGE_NAMES
 from .errors import WeightsError
 
 _FEATURE_KEY = re.compile(r"^features\.(\d+)\.(.+)$")
