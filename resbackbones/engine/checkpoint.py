@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..weights.io import torch_load_refusing_code
+from ..weights.matching import diff_state_dict
 
 PathLike = Union[str, os.PathLike]
 LAST = "last.pt"
@@ -156,10 +157,9 @@ def load_matching_state(model: torch.nn.Module, saved: Dict[str, torch.Tensor], 
                         model_source: str) -> None:
     """Load `saved` into `model` only if every key and shape matches; else one CheckpointError listing what
     differs (a config with another class count, backbone or head than the run that wrote the checkpoint)."""
-    expected = model.state_dict()
-    problems = {"missing": [k for k in expected if k not in saved], "unexpected": [k for k in saved if k not in expected],
-                "of another shape": [f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                                     if k in saved and tuple(saved[k].shape) != tuple(v.shape)]}
+    diff = diff_state_dict(model, saved)  # no optional keys: the checkpoint was written from such a model
+    problems = {"missing": diff.missing, "unexpected": diff.unexpected,
+                "of another shape": [f"{k} {theirs} vs {mine}" for k, mine, theirs in diff.reshaped]}
     if any(problems.values()):
         listed = "; ".join(f"{what} {len(keys)} ({', '.join(keys[:2])}{', ...' if len(keys) > 2 else ''})"
                            for what, keys in problems.items() if keys)

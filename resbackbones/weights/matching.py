@@ -1,24 +1,56 @@
-"""Strict state-dict loading whose error names every missing/unexpected key and every shape mismatch."""
-from typing import List, Mapping
+"""Strict state-dict loading whose error names every missing/unexpected key and every shape mismatch.
+
+    diff = diff_state_dict(model, state)   # the differences alone; each caller words its own error
+    check_state_dict(model, state, source="w.safetensors")   # WeightsError listing them
+"""
+from dataclasses import dataclass
+from typing import List, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .errors import WeightsError
 
+# BatchNorm fills a missing num_batches_tracked and FrozenBN drops it, so weights files may have it or not.
+OPTIONAL_BUFFERS = ("num_batches_tracked",)
+
+Shape = Tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StateDictDiff:
+    """How a state dict differs from a model's: `missing` (model keys it lacks, model order), `unexpected` (its keys
+    the model lacks, its order), `reshaped` ((key, model shape, its shape) for keys in both, model order). All three
+    empty: it loads strictly."""
+    missing: List[str]
+    unexpected: List[str]
+    reshaped: List[Tuple[str, Shape, Shape]]
+
+
+def diff_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *,
+                    optional: Sequence[str] = ()) -> StateDictDiff:
+    """Compare `state` with model.state_dict(). Keys ending in one of `optional` (e.g. OPTIONAL_BUFFERS) are never
+    counted missing or unexpected; their shapes are still compared."""
+    expected = model.state_dict()
+    optional = tuple(optional)
+
+    def required(key: str) -> bool:
+        return not (optional and key.endswith(optional))
+
+    return StateDictDiff(
+        missing=[k for k in expected if k not in state and required(k)],
+        unexpected=[k for k in state if k not in expected and required(k)],
+        reshaped=[(k, tuple(v.shape), tuple(state[k].shape)) for k, v in expected.items()
+                  if k in state and tuple(v.shape) != tuple(state[k].shape)],
+    )
+
 
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "state dict") -> None:
     """Raise WeightsError listing each missing key, unexpected key and layer whose shape differs (both shapes)."""
-    expected = model.state_dict()
+    diff = diff_state_dict(model, state, optional=OPTIONAL_BUFFERS)
     problems: List[str] = []
-    # BatchNorm fills a missing num_batches_tracked and FrozenBN drops it, so it is optional both ways.
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected and not k.endswith("num_batches_tracked")]
-    mismatched = [
-        f"  {k}: model {tuple(expected[k].shape)} vs {source} {tuple(state[k].shape)}"
-        for k in expected
-        if k in state and tuple(expected[k].shape) != tuple(state[k].shape)
-    ]
+    missing, unexpected = diff.missing, diff.unexpected
+    mismatched = [f"  {k}: model {mine} vs {source} {theirs}" for k, mine, theirs in diff.reshaped]
     if missing:
         problems.append(f"missing keys ({len(missing)}):\n" + "\n".join(f"  {k}" for k in missing))
     if unexpected:
@@ -35,10 +67,8 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, stri
     if strict:
         check_state_dict(model, state, source=source)
         return model.load_state_dict(state, strict=True)
-    expected = model.state_dict()
-    mismatched = {k: v for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)}
+    mismatched = diff_state_dict(model, state).reshaped
     if mismatched:
-        lines = "\n".join(f"  {k}: model {tuple(expected[k].shape)} vs {source} {tuple(v.shape)}"
-                          for k, v in mismatched.items())
+        lines = "\n".join(f"  {k}: model {mine} vs {source} {theirs}" for k, mine, theirs in mismatched)
         raise WeightsError(f"{source} does not match {type(model).__name__}: shape mismatches:\n{lines}")
     return model.load_state_dict(state, strict=False)

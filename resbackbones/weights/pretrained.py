@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterable, Optional
 from torch import nn
 
 from .errors import WeightsError
-from .matching import check_state_dict, load_state_dict
+from .matching import OPTIONAL_BUFFERS, check_state_dict, diff_state_dict, load_state_dict
 from .metadata import WeightsMetadata, check_compatible
 from .resolve import ResolvedWeights
 
@@ -35,13 +35,11 @@ def adopt_conventions(name: str, resolved: ResolvedWeights, options: Dict[str, A
 
 
 def _arch_error(resolved: ResolvedWeights, name: str, model: nn.Module, state: Dict[str, Any]) -> WeightsError:
-    expected = model.state_dict()
-    missing = sum(1 for k in expected if k not in state and not k.endswith("num_batches_tracked"))
-    unexpected = sum(1 for k in state if k not in expected)
-    reshaped = sum(1 for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape))
-    return WeightsError(f"{resolved.source} holds {resolved.arch} weights but the model is {name} ({missing} keys "
-                        f"missing, {unexpected} unexpected, {reshaped} of another shape): build {resolved.arch} "
-                        f"or give {name} weights")
+    # load_backbone already dropped the optional buffers the model lacks: "unexpected" counts the same either way.
+    diff = diff_state_dict(model, state, optional=OPTIONAL_BUFFERS)
+    return WeightsError(f"{resolved.source} holds {resolved.arch} weights but the model is {name} "
+                        f"({len(diff.missing)} keys missing, {len(diff.unexpected)} unexpected, "
+                        f"{len(diff.reshaped)} of another shape): build {resolved.arch} or give {name} weights")
 
 
 def load_backbone(backbone: nn.Module, resolved: ResolvedWeights, *, name: str) -> None:
