@@ -16,7 +16,6 @@ MAX_TOOL_LINES = 100
 # Today's offenders at today's sizes; may only shrink.
 PACKAGE_LINES_ALLOWED = {
     "engine/cls_trainer.py": 433,
-    "integrations/detectron2.py": 427,
 }
 TOOL_LINES_ALLOWED = {
     "eval_coco.py": 191,

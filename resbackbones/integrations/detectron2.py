@@ -1,6 +1,8 @@
 """Our backbones inside detectron2: BACKBONE_REGISTRY builders, config keys, LazyConfig nodes, weight checks.
 
-The only module of resbackbones that imports detectron2. Importing it registers, in detectron2's BACKBONE_REGISTRY:
+The entry point of the detectron2 bridge (only integrations/detectron2*.py import detectron2; the config-side
+preprocessing checks live in detectron2_conventions.py and are re-exported here). Importing it registers, in
+detectron2's BACKBONE_REGISTRY:
 
     build_resbackbones_backbone            any of rb.list_backbones() (ResNet, plain, ResNeXt, VGG, CIFAR) alone,
                                            e.g. res4 for C4 heads or conv5 for a VGG-16 Faster R-CNN
@@ -41,6 +43,13 @@ from ..backbones import Backbone, build_backbone
 from ..backbones.registry import builder_options, get_entry
 from ..weights import WeightsError, load_state_dict, load_with_metadata, save
 from ..weights.metadata import WeightsMetadata
+from .detectron2_conventions import (
+    RESNET_FAMILIES,
+    apply_weights_conventions,
+    cfg_conventions,
+    configured_stride_in_1x1,
+    refuse_mismatch,
+)
 from .detectron2_weights import (
     Conventions,
     conventions_from_metadata,
@@ -57,9 +66,6 @@ __all__ = [
     "build_resbackbones_retinanet_fpn_backbone", "cfg_conventions", "export_backbone_weights", "lazy_fpn_backbone",
     "model_conventions", "save_for_detectron2",
 ]
-
-_RESNET_FAMILIES = ("resnet", "plain", "resnext")
-
 
 # -- the adapter --------------------------------------------------------------------------------------------------
 class ResBackbone(D2Backbone):
@@ -130,28 +136,6 @@ def add_resbackbones_config(cfg: CN) -> CN:
     return cfg
 
 
-def _weights_metadata(cfg: CN) -> Optional[Dict[str, str]]:
-    path = cfg.MODEL.RESBACKBONES.WEIGHTS
-    return load_with_metadata(path)[1] if path else None
-
-
-def _stride_in_1x1(cfg: CN) -> Optional[bool]:
-    value = cfg.MODEL.RESBACKBONES.STRIDE_IN_1X1
-    if value is None and cfg.MODEL.RESBACKBONES.WEIGHTS:
-        value = conventions_from_metadata(_weights_metadata(cfg), source=cfg.MODEL.RESBACKBONES.WEIGHTS).stride_in_1x1
-    return value
-
-
-def cfg_conventions(cfg: CN) -> Conventions:
-    """What the config feeds the backbone: INPUT.FORMAT, MODEL.PIXEL_MEAN/STD, the backbone's stride_in_1x1."""
-    arch_is_resnet = get_entry(cfg.MODEL.RESBACKBONES.ARCH).family in _RESNET_FAMILIES
-    stride = _stride_in_1x1(cfg)
-    return Conventions(
-        input_format=cfg.INPUT.FORMAT, pixel_mean=tuple(cfg.MODEL.PIXEL_MEAN), pixel_std=tuple(cfg.MODEL.PIXEL_STD),
-        stride_in_1x1=(bool(stride) if stride is not None else False) if arch_is_resnet else None,
-    )
-
-
 def model_conventions(model: torch.nn.Module) -> Conventions:
     """Conventions of a built detectron2 meta-architecture (GeneralizedRCNN, RetinaNet) using our backbone."""
     adapters = [m for m in model.modules() if isinstance(m, ResBackbone)]
@@ -161,53 +145,6 @@ def model_conventions(model: torch.nn.Module) -> Conventions:
         pixel_std=tuple(model.pixel_std.flatten().tolist()) if hasattr(model, "pixel_std") else None,
         stride_in_1x1=adapters[0].stride_in_1x1 if adapters else None,
     )
-
-
-_CFG_KEYS = {
-    "input_format": "INPUT.FORMAT", "pixel_mean": "MODEL.PIXEL_MEAN", "pixel_std": "MODEL.PIXEL_STD",
-    "stride_in_1x1": "MODEL.RESBACKBONES.STRIDE_IN_1X1",
-}
-
-
-def _rounded(value):
-    return [round(v, 3) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-def _refuse_mismatch(recorded: Conventions, configured: Conventions, *, source: str) -> None:
-    problems = [(f, _rounded(want), _rounded(have)) for f, want, have in recorded.mismatches(configured)]
-    if problems:
-        lines = "\n".join(f"  {_CFG_KEYS[f]}: weights need {want!r}, config has {have!r}" for f, want, have in problems)
-        fixes = " ".join(f"{_CFG_KEYS[f]} \"{want}\"" for f, want, _ in problems)
-        raise WeightsError(
-            f"{source} was trained with other preprocessing than this config gives it (loading it anyway would "
-            f"silently cost accuracy):\n{lines}\nSet them in the config (e.g. {fixes}), or call "
-            f"apply_weights_conventions(cfg) / tools/train_d2.py, which does that for you."
-        )
-
-
-def apply_weights_conventions(cfg: CN) -> List[str]:
-    """Adopt the preprocessing recorded in MODEL.RESBACKBONES.WEIGHTS: sets INPUT.FORMAT, MODEL.PIXEL_MEAN/STD and
-    MODEL.RESBACKBONES.STRIDE_IN_1X1 (cfg must not be frozen). Returns one line per changed key (logged too)."""
-    if not cfg.MODEL.RESBACKBONES.WEIGHTS:
-        return []
-    path = cfg.MODEL.RESBACKBONES.WEIGHTS
-    recorded = conventions_from_metadata(_weights_metadata(cfg), source=path)
-    changes = []
-    for field, key in _CFG_KEYS.items():
-        value = getattr(recorded, field)
-        if value is None:
-            continue
-        node, leaf = cfg, key.split(".")
-        for part in leaf[:-1]:
-            node = node[part]
-        old = node[leaf[-1]]
-        new = list(value) if isinstance(value, tuple) else value
-        if old != new:
-            node[leaf[-1]] = new
-            changes.append(f"{key}: {old!r} -> {new!r} (from {path})")
-    for line in changes:
-        logger.info("resbackbones: %s", line)
-    return changes
 
 
 # -- builders -------------------------------------------------------------------------------------------------
@@ -227,7 +164,7 @@ def backbone_options(cfg: CN, *, out_features: Sequence[str], in_channels: int) 
     options: Dict[str, object] = {"out_features": list(out_features), "in_channels": in_channels,
                                   "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT if rbc.FREEZE_AT < 0 else rbc.FREEZE_AT}
     norm = rbc.NORM or ("FrozenBN" if _default(arch, "norm") == "BN" else None)
-    stride = _stride_in_1x1(cfg)
+    stride = configured_stride_in_1x1(cfg)
     wanted = {  # cfg key -> (option, value, is_set)
         "NORM": ("norm", norm, norm is not None),
         "SHORTCUT": ("shortcut", rbc.SHORTCUT, rbc.SHORTCUT != ""),
@@ -251,7 +188,7 @@ def _out_features(cfg: CN, *, fpn: bool) -> List[str]:
         return list(rbc.OUT_FEATURES)
     if fpn:
         return list(cfg.MODEL.FPN.IN_FEATURES)
-    if get_entry(rbc.ARCH).family in _RESNET_FAMILIES:
+    if get_entry(rbc.ARCH).family in RESNET_FAMILIES:
         return list(cfg.MODEL.RESNETS.OUT_FEATURES)
     return [build_backbone(rbc.ARCH).stage_names[-1]]  # a cheap build: its last stage only
 
@@ -261,7 +198,7 @@ def _load_weights(cfg: CN, adapter: ResBackbone) -> None:
     if not path:
         return
     state, metadata = load_with_metadata(path)
-    _refuse_mismatch(conventions_from_metadata(metadata, source=path), cfg_conventions(cfg), source=path)
+    refuse_mismatch(conventions_from_metadata(metadata, source=path), cfg_conventions(cfg), source=path)
     recorded = WeightsMetadata.from_dict(metadata)
     recorded_arch = recorded.arch if recorded is not None and recorded.arch != "unknown" else None
     if recorded_arch and recorded_arch != cfg.MODEL.RESBACKBONES.ARCH:
@@ -423,5 +360,5 @@ class ResBackbonesCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint):
         metadata = checkpoint.pop("resbackbones_metadata", None)
         if metadata:
-            _refuse_mismatch(conventions_from_metadata(metadata), model_conventions(self.model), source="checkpoint")
+            refuse_mismatch(conventions_from_metadata(metadata), model_conventions(self.model), source="checkpoint")
         return super()._load_model(checkpoint)
