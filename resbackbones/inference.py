@@ -8,6 +8,7 @@
 Folding y = gamma * (conv(x) - mean) / sqrt(var + eps) + beta into the conv gives
 w' = w * gamma / sqrt(var + eps), b' = beta + (b - mean) * gamma / sqrt(var + eps): one op instead of two, and
 in channels_last the conv, bias and ReLU run as a single oneDNN primitive on CPU / cuDNN kernel on GPU.
+(Loading a trained detector back from its checkpoint is resbackbones/evaluation/inference.py: load_detector.)
 """
 import copy
 from collections import OrderedDict

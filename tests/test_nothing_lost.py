@@ -242,7 +242,7 @@ def test_ctrl_c_is_exit_130_with_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(eval_coco, "evaluate_coco", _interrupt)
     assert eval_coco.main(["--gt", gt, "--dt", gt, "--out", str(tmp_path / "s.json")]) == 130
     assert "interrupted" in _error(capsys) and not (tmp_path / "s.json").exists()
-    monkeypatch.setattr(predict, "load_config", _interrupt)
+    monkeypatch.setattr(predict, "list_images", _interrupt)
     assert predict.main(["--checkpoint", "x.pt", "--images", gt]) == 130
     assert "interrupted" in _error(capsys)
     monkeypatch.setattr(convert_weights, "convert", _interrupt)

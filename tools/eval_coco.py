@@ -7,7 +7,7 @@ Detections file (the scripted form, fixed):
        "per_category": {"bbox": {NAME: {"id", "AP", "AP50"}}, ...} (detectron2's per-category AP; AP50 beside it),
        "ap_unit": "fraction (0-1)"}
 Checkpoint (runs the model first, writes its COCO results json next to --out, or to --results):
-    python tools/eval_coco.py --checkpoint out/last.pt --config configs/mrcnn_r50.yaml --gt GT.json --images DIR
+    python tools/eval_coco.py --checkpoint out/last.pt --gt GT.json --images DIR     # out/config.yaml, or --config
     (--amp none forces fp32; the default, auto, runs bf16 autocast where the hardware has it natively)
 
 AP and AR are fractions (0-1), COCOeval's unit, on the console and in the stats json. Outputs never replace an
@@ -44,7 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", help="write the stats json here")
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
     parser.add_argument("--checkpoint", help="training checkpoint (tools/train_det.py) to run instead of --dt")
-    parser.add_argument("--config", help="the training config of --checkpoint")
+    parser.add_argument("--config", help="the training config of --checkpoint; default: config.yaml beside it")
     parser.add_argument("--images", help="image folder of --gt (checkpoint form)")
     parser.add_argument("--results", help="checkpoint form: where to write the detections json")
     parser.add_argument("--device", default="auto", help="checkpoint form: cpu | cuda | auto")
@@ -91,23 +91,22 @@ def _is_stats_file(path: Path) -> bool:
 
 
 def run_checkpoint(args) -> str:
-    """Build the model of --config, load --checkpoint, detect on every --gt image; returns the results json path."""
+    """Load --checkpoint (load_detector: --config, else the config beside it), detect on every --gt image; returns
+    the results json path."""
     import torch
 
-    from resbackbones.config import ConfigError, load_config
+    from resbackbones.config import ConfigError
     from resbackbones.data.errors import DataError
     from resbackbones.data.folders import read_image
     from resbackbones.data.images import image_to_tensor
     from resbackbones.data.resizable import check_coco_images_resizable
-    from resbackbones.detection.builder import build_detector
-    from resbackbones.detection.train_config import DetTrainConfig
     from resbackbones.engine.device import autocast, resolve_amp, resolve_device
-    from resbackbones.evaluation.coco_results import checkpoint_label_mapping, to_coco_results
-    from resbackbones.weights import WeightsError, load_state_dict
-    from resbackbones.weights.io import torch_load_refusing_code
+    from resbackbones.evaluation.coco_results import to_coco_results
+    from resbackbones.evaluation.inference import load_detector
+    from resbackbones.weights.errors import CheckpointError
 
-    if not args.config or not args.images:
-        raise CocoEvalError("--checkpoint needs --config (its training config) and --images (the --gt image folder)")
+    if not args.images:
+        raise CocoEvalError("--checkpoint needs --images (the --gt image folder)")
     if not Path(args.checkpoint).is_file():
         raise CocoEvalError(f"checkpoint file not found: {args.checkpoint}")
     if not Path(args.images).is_dir():
@@ -115,27 +114,23 @@ def run_checkpoint(args) -> str:
     gt = load_json(args.gt, "ground-truth")
     check_ground_truth(gt, source=args.gt, iou_types=args.iou_type)  # before the model runs on every image
     try:
-        cfg = load_config(DetTrainConfig, args.config, overrides=list(args.opts) + ["model.backbone.weights="])
-        state = torch_load_refusing_code(args.checkpoint, error=CocoEvalError, what="checkpoint ",
-                                         file_kind="checkpoint")
-        model = build_detector(cfg.model)
-        load_state_dict(model, state.get("model", state), source=str(args.checkpoint))
-    except (ConfigError, WeightsError, RuntimeError) as error:
-        raise CocoEvalError(str(error).splitlines()[0]) from None
-    try:  # a 10000x50 strip would shrink under a pixel across and fail inside interpolate, mid-run
-        check_coco_images_resizable(gt.get("images", []), source=args.gt, min_size=cfg.model.input.min_size[-1],
-                                    max_size=cfg.model.input.max_size)
-    except DataError as error:
-        raise CocoEvalError(str(error)) from None
-    try:
         device = resolve_device(args.device)
         amp, reason = resolve_amp(args.amp, device)
     except ValueError as error:  # unknown device, CUDA asked for on a machine without it, fp16 on CPU
         raise CocoEvalError(str(error)) from None
+    try:
+        loaded = load_detector(args.checkpoint, args.config, overrides=args.opts, device=device)
+    except (ConfigError, CheckpointError) as error:
+        raise CocoEvalError(str(error).splitlines()[0]) from None
+    model, icfg = loaded.model, loaded.cfg.model.input
+    try:  # a 10000x50 strip would shrink under a pixel across and fail inside interpolate, mid-run
+        check_coco_images_resizable(gt.get("images", []), source=args.gt, min_size=icfg.min_size[-1],
+                                    max_size=icfg.max_size)
+    except DataError as error:
+        raise CocoEvalError(str(error)) from None
     print(f"amp: {amp} ({reason if args.amp == 'auto' else 'set by --amp'})", flush=True)
-    model.to(device).eval()
     try:  # each label scored as the category it was trained on (by name when the ids differ)
-        mapping, note = checkpoint_label_mapping(state, gt["categories"], where=f"checkpoint {args.checkpoint}")
+        mapping, note = loaded.label_mapping(gt["categories"])
     except ValueError as error:
         raise CocoEvalError(str(error)) from None
     if note:

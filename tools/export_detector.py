@@ -64,9 +64,9 @@ def _run(args: argparse.Namespace) -> int:
     image = None
     if args.check:
         image = image_to_tensor(read_image(args.check))
-    loaded = load_detector(args.checkpoint, args.config, args.overrides)
+    loaded = load_detector(args.checkpoint, args.config, overrides=args.overrides)
     export_detector(loaded.model, output, fmt=args.format, label_names=loaded.names_list(), example=image)
-    print(f"wrote {output} ({args.format}, {loaded.config.model.num_classes} classes, from {args.checkpoint})")
+    print(f"wrote {output} ({args.format}, {loaded.cfg.model.num_classes} classes, from {args.checkpoint})")
     if image is None:
         return 0
     diffs = check_export(loaded.model, output, args.format, image)

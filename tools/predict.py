@@ -6,7 +6,8 @@
     python tools/predict.py --checkpoint C --images DIR --amp none        # force fp32 (default: bf16 where native)
     python tools/predict.py --checkpoint C --images DIR --gt DIR.json     # ground truth drawn beside predictions
 
-The model is rebuilt from --config, or from config.yaml next to the checkpoint (written by tools/train_det.py).
+The model is rebuilt from --config, or from config.yaml next to the checkpoint (written by tools/train_det.py; see
+resbackbones.evaluation.inference.load_detector).
 Each image X.ext becomes OUTPUT/X.png; an output that would replace an input image, or that two inputs would share
 (a.jpg and a.png, or two folders with the same names), is refused before anything runs. --gt COCO_JSON: images of
 that json (matched by file name) are drawn as [predictions | ground truth] under a legend. Images run in batches
@@ -22,10 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
 
-from resbackbones.config import ConfigError, load_config  # noqa: E402
+from resbackbones.config import ConfigError  # noqa: E402
 from resbackbones.data.errors import DataError  # noqa: E402
 from resbackbones.data.folders import IMG_EXTENSIONS  # noqa: E402
-from resbackbones.detection.train_config import DetTrainConfig  # noqa: E402
 from resbackbones.engine.checkpoint import CheckpointError  # noqa: E402
 from resbackbones.engine.device import AMP_MODES, resolve_amp  # noqa: E402
 from resbackbones.engine.outputs import OutputError, refuse_inputs, unique_targets  # noqa: E402
@@ -81,9 +81,6 @@ def _run(args) -> int:
         raise ValueError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    checkpoint = Path(args.checkpoint)
-    config = args.config or checkpoint.parent / "config.yaml"
-    cfg = load_config(DetTrainConfig, config, args.overrides)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"--output {out_dir} is a file; give a folder for the drawn PNGs")
@@ -94,25 +91,24 @@ def _run(args) -> int:
     from resbackbones.engine.device import resolve_device
 
     targets = unique_targets(list_images(args.input), out_dir, suffix=".png")
-    icfg = cfg.model.input
-    for path in targets:  # refuse what the model cannot resize before anything runs
-        size = header_size(path)
-        if size is not None:
-            check_resizable(path, *size, min_size=icfg.min_size[-1], max_size=icfg.max_size)
     truth = GroundTruth(args.gt) if args.gt else None
     device = resolve_device(args.device)
     amp, reason = resolve_amp(args.amp, device)
     print(f"amp: {amp} ({reason if args.amp == 'auto' else 'set by --amp'})", flush=True)
-    loaded = load_detector(checkpoint, cfg, source=config)
-    model = loaded.model.to(device)
+    loaded = load_detector(args.checkpoint, args.config, overrides=args.overrides, device=device)
+    model, icfg = loaded.model, loaded.cfg.model.input
+    for path in targets:  # refuse what the model cannot resize before any image is decoded
+        size = header_size(path)
+        if size is not None:
+            check_resizable(path, *size, min_size=icfg.min_size[-1], max_size=icfg.max_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     for path, image, output in predict_images(model, list(targets), batch_size=args.batch_size, device=device,
                                               amp=amp):
         drawn = truth.for_image(path, *image.shape[:2]) if truth is not None else None
         if drawn is None:
-            canvas = draw_detections(image, output, loaded.label_names, score_thresh=args.score_thresh)
+            canvas = draw_detections(image, output, loaded.names, score_thresh=args.score_thresh)
         else:
-            canvas = draw_with_ground_truth(image, output, loaded.label_names, drawn, score_thresh=args.score_thresh)
+            canvas = draw_with_ground_truth(image, output, loaded.names, drawn, score_thresh=args.score_thresh)
         cv2.imwrite(str(targets[path]), canvas)
         gt_note = "" if truth is None else f", {len(drawn[0])} ground truth" if drawn else ", not in --gt"
         print(f"{path} -> {targets[path]}: {int((output['scores'] >= args.score_thresh).sum())} detections{gt_note}")

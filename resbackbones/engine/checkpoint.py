@@ -5,7 +5,7 @@ of python/numpy/torch/cuda, loop position). It is written to a temp file in the 
 renamed over the target, so a kill at any moment leaves either the old or the new file, never a torn one.
 The temp file (".<name>.tmp-<pid>") of a writer killed mid-write is removed by the next save into that folder
 once no process has that pid (remove_stale_temp_files).
-Loading uses torch.load(weights_only=True) through weights.io.torch_load_refusing_code (the same refusal as for
+Loading goes through weights.checkpoint.read_model_checkpoint (torch.load(weights_only=True), the same refusal as for
 weights files): a file that carries pickled code is refused.
 """
 import os
@@ -18,8 +18,9 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 import torch
 
-from ..weights.io import torch_load_refusing_code
-from ..weights.matching import diff_state_dict
+# CheckpointError and load_matching_state live with the reader in weights/ (evaluation and deploy load detectors
+# without engine/); the trainers and tools import them from here too.
+from ..weights.checkpoint import CheckpointError, load_matching_state, read_model_checkpoint  # noqa: F401
 
 PathLike = Union[str, os.PathLike]
 LAST = "last.pt"
@@ -27,10 +28,6 @@ BEST = "best.pt"
 _EPOCH_FILE = re.compile(r"^(epoch|iter)_(\d+)\.pt$")
 _TEMP_FILE = re.compile(r"^\.(?P<target>.+\.pt)\.tmp-(?P<pid>\d+)$")  # save_atomic's temp names
 _LOADED_AT = time.time()  # this process wrote no temp file before: one with our pid and an older mtime is stale
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or does not match the model; the message names the file."""
 
 
 def rng_state() -> Dict[str, Any]:
@@ -137,35 +134,12 @@ def save_atomic(obj: Dict[str, Any], path: PathLike) -> Path:
 
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Read a training checkpoint with weights_only=True. Raises CheckpointError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    obj = torch_load_refusing_code(path, map_location, error=CheckpointError, what="checkpoint ",
-                                   file_kind="checkpoint", chain_read_errors=False)
-    from ..weights.formats import sniff_format, unconverted_message
-
-    message = unconverted_message(path, sniff_format(obj), expected="a training checkpoint")
-    if message is not None:  # torchvision / detectron2 / CIFAR weights, also under "model" (their trainers' files)
-        raise CheckpointError(message)
-    if not isinstance(obj, dict) or "model" not in obj:
-        raise CheckpointError(f"{path} is not a training checkpoint (no 'model' entry)")
-    return obj
-
-
-def load_matching_state(model: torch.nn.Module, saved: Dict[str, torch.Tensor], *, checkpoint: PathLike,
-                        model_source: str) -> None:
-    """Load `saved` into `model` only if every key and shape matches; else one CheckpointError listing what
-    differs (a config with another class count, backbone or head than the run that wrote the checkpoint)."""
-    diff = diff_state_dict(model, saved)  # no optional keys: the checkpoint was written from such a model
-    problems = {"missing": diff.missing, "unexpected": diff.unexpected,
-                "of another shape": [f"{k} {theirs} vs {mine}" for k, mine, theirs in diff.reshaped]}
-    if any(problems.values()):
-        listed = "; ".join(f"{what} {len(keys)} ({', '.join(keys[:2])}{', ...' if len(keys) > 2 else ''})"
-                           for what, keys in problems.items() if keys)
-        raise CheckpointError(f"checkpoint {checkpoint} does not match the model of {model_source}: {listed}; give "
-                              f"the config it was trained with")
-    model.load_state_dict(saved)
+    """The whole training checkpoint (model, optimizer, RNG states, ...), read with weights_only=True. Raises
+    CheckpointError naming the file (also for a bare state dict: nothing to resume from)."""
+    checkpoint = read_model_checkpoint(path, map_location)
+    if not checkpoint.is_training_checkpoint:
+        raise CheckpointError(f"{checkpoint.path} is not a training checkpoint (no 'model' entry)")
+    return checkpoint.raw
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Dict[str, Any], *, checkpoint: PathLike) -> None:
