@@ -96,7 +96,7 @@ def bench_cls_step(args, device, amp, arch):
 def bench_cls_epoch(args, device, arch, out):
     """ClsTrainer.train_one_epoch (amp=auto, channels_last) vs a plain torchvision fp32 loop on the same data."""
     from resbackbones.config import from_dict
-    from resbackbones.engine.cls_config import ClsConfig
+    from resbackbones.config.cls import ClsConfig
     from resbackbones.engine.cls_trainer import ClsTrainer
 
     per_class = max(1, -(-args.batch * args.cls_iters // 10))  # 10 synthetic classes

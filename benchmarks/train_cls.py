@@ -32,8 +32,8 @@ from torchvision.transforms import v2  # noqa: E402
 from resbackbones.config import from_dict  # noqa: E402
 from resbackbones.data.cls_transforms import (CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD,  # noqa: E402
                                               build_cls_transform)
+from resbackbones.config.cls import ClsConfig  # noqa: E402
 from resbackbones.data.folders import ImageFolderDataset, decode_image  # noqa: E402
-from resbackbones.engine.cls_config import ClsConfig  # noqa: E402
 from resbackbones.engine.cls_trainer import ClsTrainer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

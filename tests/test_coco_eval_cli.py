@@ -91,7 +91,7 @@ def test_checkpoint_form_runs_the_model_then_evaluates(tmp_path, capsys):
 
     import resbackbones as rb
     from resbackbones.config import load_config
-    from resbackbones.detection.train_config import DetTrainConfig
+    from resbackbones.config.det import DetTrainConfig
 
     model_cfg = {"num_classes": 80, "backbone": {"name": "resnet18"}, "mask_head": {"enabled": True},
                  "input": {"min_size": [160], "max_size": 224}, "roi_heads": {"score_thresh": 0.0,

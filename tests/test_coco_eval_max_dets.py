@@ -67,7 +67,7 @@ def test_bad_max_dets_named_in_one_line(bad):
 
 
 def test_config_key_refuses_a_bad_value(tmp_path):
-    from resbackbones.detection.train_config import DetTrainConfig
+    from resbackbones.config.det import DetTrainConfig
 
     path = tmp_path / "c.yaml"
     path.write_text("model: {num_classes: 1}\ntest: {max_dets: [1, 400]}\n")

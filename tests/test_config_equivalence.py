@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from resbackbones.config import load_config, load_yaml_with_bases, to_dict
-from resbackbones.detection.train_config import DetTrainConfig
-from resbackbones.engine.cls_config import ClsConfig
+from resbackbones.config.cls import ClsConfig
+from resbackbones.config.det import DetTrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DUMPS = Path(__file__).resolve().parent / "fixtures" / "config_dumps"

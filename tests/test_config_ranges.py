@@ -11,9 +11,9 @@ import pytest
 
 from conftest import REPO
 from resbackbones.config import ConfigError, load_config
-from resbackbones.config_ranges import describe, out_of_range
-from resbackbones.detection.train_config import DetTrainConfig
-from resbackbones.engine.cls_config import ClsConfig
+from resbackbones.config.cls import ClsConfig
+from resbackbones.config.det import DetTrainConfig
+from resbackbones.config.ranges import describe, out_of_range
 
 
 def _numeric(tp) -> bool:

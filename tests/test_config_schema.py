@@ -106,7 +106,7 @@ def test_file_errors(tmp_path):
 
 def test_overrides_act_together_in_any_order():
     """Cross-field checks see all overrides: ann_file before image_root loads; a real error names its override."""
-    from resbackbones.detection.train_config import DetTrainConfig
+    from resbackbones.config.det import DetTrainConfig
 
     both = ["data.train.kind=coco", "data.train.ann_file=a.json", "data.train.image_root=imgs"]
     for order in (both, [both[0], both[2], both[1]]):

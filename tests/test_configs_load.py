@@ -7,10 +7,10 @@ import pytest
 
 from conftest import require_shared
 from resbackbones.config import load_config, load_yaml_with_bases
+from resbackbones.config.cls import ClsConfig
+from resbackbones.config.det import DetTrainConfig
 from resbackbones.data.det_datasets import check_data_paths
 from resbackbones.data.errors import DataError
-from resbackbones.detection.train_config import DetTrainConfig
-from resbackbones.engine.cls_config import ClsConfig
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))

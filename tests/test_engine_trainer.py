@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from resbackbones.config import from_dict
+from resbackbones.config.cls import ClsConfig
 from resbackbones.data.synthetic_cls import generate, write_image_folder
 from resbackbones.engine.checkpoint import load_checkpoint
-from resbackbones.engine.cls_config import ClsConfig
 from resbackbones.engine.cls_trainer import ClsTrainer, TrainingDiverged
 
 

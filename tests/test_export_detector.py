@@ -10,10 +10,10 @@ import torch
 
 from conftest import FIXTURES, REPO
 from resbackbones.config import dump_yaml, load_config
+from resbackbones.config.det import DetTrainConfig
 from resbackbones.data.folders import read_image
 from resbackbones.deploy import load_detector
 from resbackbones.detection.builder import build_detector
-from resbackbones.detection.train_config import DetTrainConfig
 
 sys.path.insert(0, str(REPO / "tools"))
 import export_detector  # noqa: E402

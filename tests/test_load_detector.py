@@ -6,8 +6,8 @@ import torch
 
 from conftest import REPO
 from resbackbones.config import ConfigError, dump_yaml, load_config, to_dict
+from resbackbones.config.det import DetTrainConfig
 from resbackbones.detection.builder import build_detector
-from resbackbones.detection.train_config import DetTrainConfig
 from resbackbones.engine.checkpoint import CheckpointError, load_checkpoint
 from resbackbones.evaluation.inference import load_detector
 from resbackbones.weights.checkpoint import read_model_checkpoint

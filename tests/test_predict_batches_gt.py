@@ -10,10 +10,10 @@ import torch
 
 from conftest import FIXTURES, REPO
 from resbackbones.config import dump_yaml, load_config
+from resbackbones.config.det import DetTrainConfig
 from resbackbones.deploy import load_detector
 from resbackbones.deploy.predict import GT_COLOUR, padded_shape, predict_images
 from resbackbones.detection.builder import build_detector
-from resbackbones.detection.train_config import DetTrainConfig
 
 sys.path.insert(0, str(REPO / "tools"))
 import predict  # noqa: E402

@@ -56,7 +56,7 @@ def test_run_sh_names_a_missing_dataset(tmp_path):
 def test_paper_setting_gpu_configs_load():
     """The GPU configs keep the paper's COCO setting: single-scale 600, lr 0.001 -> 0.0001, RoI pooling, C4 head."""
     from resbackbones.config import load_config
-    from resbackbones.detection.train_config import DetTrainConfig
+    from resbackbones.config.det import DetTrainConfig
 
     vgg = load_config(DetTrainConfig, str(PROJECT / "configs" / "coco" / "frcnn_vgg16_paper.yaml"), [])
     r101 = load_config(DetTrainConfig, str(PROJECT / "configs" / "coco" / "frcnn_r101_c4_paper.yaml"), [])

@@ -141,8 +141,8 @@ def test_optimize_for_inference_refuses_a_detector():
     """Was accepted, then an AttributeError ('list' object has no attribute 'dtype') at the first call."""
     import resbackbones as rb
     from resbackbones.config import load_config
+    from resbackbones.config.det import DetTrainConfig
     from resbackbones.detection.builder import build_detector
-    from resbackbones.detection.train_config import DetTrainConfig
 
     detector = build_detector(load_config(DetTrainConfig, QUICKSTART, ["model.backbone.norm=BN"]).model)
     with pytest.raises(TypeError, match=r"not a detector \(MaskRCNN\).*export_detector") as info:
@@ -241,7 +241,7 @@ def test_coco_paths_on_a_synthetic_split_are_refused(overrides, named, tmp_path,
     without data.train.kind=coco was ignored and the run trained (exit 0) on the synthetic set. Now refused before
     the output folder is made, naming the key and the fix."""
     from resbackbones.config import ConfigError, load_config
-    from resbackbones.detection.train_config import DetTrainConfig
+    from resbackbones.config.det import DetTrainConfig
 
     with pytest.raises(ConfigError, match=f"{named} is set but .* is 'shapes'.*kind=coco"):
         load_config(DetTrainConfig, QUICKSTART, overrides)
@@ -254,8 +254,8 @@ def test_eval_coco_checkpoint_with_missing_or_corrupt_images_is_one_line(tmp_pat
     """eval_coco --checkpoint on a json naming an image the folder lacks died mid-run with a DataError traceback;
     now refused before the model runs (missing) or named in one line (corrupt)."""
     from resbackbones.config import dump_yaml, load_config
+    from resbackbones.config.det import DetTrainConfig
     from resbackbones.detection.builder import build_detector
-    from resbackbones.detection.train_config import DetTrainConfig
 
     cfg = load_config(DetTrainConfig, QUICKSTART, ["model.input.min_size=[128]", "model.input.max_size=160",
                                                    "model.num_classes=80"])

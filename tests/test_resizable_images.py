@@ -9,10 +9,10 @@ import torch
 
 from conftest import FIXTURES, REPO
 from resbackbones.config import dump_yaml, load_config
+from resbackbones.config.det import DetTrainConfig
 from resbackbones.data.errors import DataError
 from resbackbones.data.resizable import check_coco_images_resizable, check_resizable
 from resbackbones.detection.builder import build_detector
-from resbackbones.detection.train_config import DetTrainConfig
 
 sys.path.insert(0, str(REPO / "tools"))
 import eval_coco  # noqa: E402

@@ -7,8 +7,8 @@ import typing
 import torch
 from torch import nn
 
-from resbackbones.detection.train_config import SolverConfig as DetSolver
-from resbackbones.engine.cls_config import SolverConfig as ClsSolver
+from resbackbones.config.cls import SolverConfig as ClsSolver
+from resbackbones.config.det import SolverConfig as DetSolver
 from resbackbones.engine.optim import build_optimizer, build_optimizer_for
 from resbackbones.engine.solver_config import SHARED_DEFAULT_EXCEPTIONS, SHARED_FIELDS, SolverSettings
 

@@ -26,9 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resbackbones.config import ConfigError, load_config  # noqa: E402
+from resbackbones.config.cls import ClsConfig  # noqa: E402
 from resbackbones.data.errors import DataError  # noqa: E402
 from resbackbones.engine.checkpoint import CheckpointError  # noqa: E402
-from resbackbones.engine.cls_config import ClsConfig  # noqa: E402
 from resbackbones.engine.tool_errors import run_tool  # noqa: E402
 from resbackbones.weights.errors import WeightsError  # noqa: E402
 

@@ -29,8 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resbackbones.config import ConfigError, load_config  # noqa: E402
+from resbackbones.config.det import DetTrainConfig  # noqa: E402
 from resbackbones.data.errors import DataError  # noqa: E402
-from resbackbones.detection.train_config import DetTrainConfig  # noqa: E402
 from resbackbones.engine.checkpoint import CheckpointError  # noqa: E402
 from resbackbones.engine.tool_errors import run_tool  # noqa: E402
 from resbackbones.evaluation.coco import CocoEvalError  # noqa: E402

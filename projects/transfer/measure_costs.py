@@ -43,7 +43,7 @@ def _timed(step, steps: int, warmup: int) -> float:
 def measure_cls(arch: str, px: int, batch: int, steps: int, warmup: int):
     import resbackbones as rb
     from resbackbones.config import load_config
-    from resbackbones.engine.cls_config import ClsConfig
+    from resbackbones.config.cls import ClsConfig
     from resbackbones.engine.device import autocast, resolve_amp
 
     cfg = load_config(ClsConfig, str(CONFIGS / f"pretrain_{arch}.yaml"), [])
@@ -80,7 +80,7 @@ def init_overrides(config: str, init: str, folder: Path):
         return ["model.backbone.weights=''", "model.backbone.norm=GN", "model.backbone.freeze_at=0"]
     import resbackbones as rb
     from resbackbones.config import load_config
-    from resbackbones.detection.train_config import DetTrainConfig
+    from resbackbones.config.det import DetTrainConfig
 
     name = load_config(DetTrainConfig, config, []).model.backbone.name
     norm = "none" if name.startswith("vgg") and not name.endswith("_bn") else "FrozenBN"  # as run.sh
@@ -91,7 +91,7 @@ def init_overrides(config: str, init: str, folder: Path):
 
 def measure_det(config: str, init: str, overrides, limit: int, steps: int, warmup: int):
     from resbackbones.config import load_config
-    from resbackbones.detection.train_config import DetTrainConfig
+    from resbackbones.config.det import DetTrainConfig
     from resbackbones.engine.det_trainer import DetTrainer
 
     # A throwaway folder: the trainer writes its config.yaml there, the stand-in export goes there too.

@@ -49,7 +49,7 @@ def model_costs(config_path: Path) -> dict:
 
     import resbackbones as rb
     from resbackbones.config import load_config
-    from resbackbones.detection.train_config import DetTrainConfig
+    from resbackbones.config.det import DetTrainConfig
     from resbackbones.utils.flops import count_macs, count_parameters
 
     cfg = load_config(DetTrainConfig, str(config_path), [])

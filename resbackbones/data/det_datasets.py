@@ -50,7 +50,7 @@ def check_data_paths(splits: Mapping[str, object]) -> None:
 
 
 def build_det_dataset(dcfg, *, split: str, transforms=None, cache_images: bool = False) -> CocoDetection:
-    """dcfg: a train_config.DatasetConfig; split names it in errors ("train" / "val")."""
+    """dcfg: a config.det.DatasetConfig; split names it in errors ("train" / "val")."""
     if dcfg.kind == "shapes":
         root = write_shapes_coco(shapes_root(dcfg, split), num_images=dcfg.num_images, seed=dcfg.seed,
                                  image_size=dcfg.image_size)

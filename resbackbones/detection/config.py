@@ -25,7 +25,7 @@ class BackboneConfig:
     options: extra keyword options for the backbone builder (e.g. {stride_in_1x1: true, res5_dilation: 2}).
     """
 
-    RANGES: ClassVar[Dict[str, str]] = {"freeze_at": "[0, 5]"}  # numeric ranges (config_ranges.py)
+    RANGES: ClassVar[Dict[str, str]] = {"freeze_at": "[0, 5]"}  # numeric ranges (config/ranges.py)
     name: str = "resnet50"
     norm: str = "FrozenBN"
     freeze_at: int = 2

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from ..config import load_config
+from ..config.cls import ClsConfig
 from ..weights import WeightsMetadata, load_state_dict
 from .checkpoint import CheckpointError, load_checkpoint
-from .cls_config import ClsConfig
 
 
 def train_cls_config(state: Any) -> Optional[Mapping]:

@@ -22,6 +22,7 @@ from torch import nn
 from .. import weights as rb_weights
 from ..backbones import build_classifier
 from ..config import ConfigError, dump_yaml, to_dict
+from ..config.cls import ClsConfig
 from ..data.cls_transforms import TransformedDataset, build_cls_transform
 from ..data.errors import DataError
 from ..data.folders import ImageFolderDataset, find_split
@@ -29,7 +30,6 @@ from ..data.synthetic_cls import default_cache_dir, write_image_folder
 from . import distributed as dist_utils
 from .checkpoint import (CheckpointManager, find_last_checkpoint, load_checkpoint, load_optimizer_state, rng_state,
                          set_rng_state)
-from .cls_config import ClsConfig
 from .data_loading import ResumableSampler, make_loader
 from ..evaluation.classification import evaluate_classifier
 from .device import amp_dtype, autocast, grad_scaler, resolve_amp, resolve_device, set_deterministic

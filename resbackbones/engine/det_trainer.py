@@ -3,7 +3,7 @@ atomic checkpoints with resume, tqdm, metrics.csv / TensorBoard, loss-curve PNG,
 AP / AP50 per category for each iou type), the final detections (inference/coco_instances_results.json) and best.pt
 by AP (with train.eval_period; see det_reports.py).
 
-    trainer = DetTrainer(cfg, resume=True)       # cfg: detection.train_config.DetTrainConfig
+    trainer = DetTrainer(cfg, resume=True)       # cfg: config.det.DetTrainConfig
     result = trainer.fit()                       # {"bbox": {"AP": ..}, "segm": {...}} of the final evaluation
 
 Reuses engine/: device + autocast, distributed, optim (param groups, warm-up/step lambda), checkpoint (atomic save
@@ -18,12 +18,12 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import dump_yaml
+from ..config.det import DetTrainConfig, default_iou_types
 from ..data.det_datasets import build_det_dataset, check_data_paths
 from ..data.det_transforms import build_det_transforms, collate_detection
 from ..data.resizable import check_coco_images_resizable
 from ..detection.backbone_weights import refuse_untrainable_backbone
 from ..detection.builder import build_detector
-from ..detection.train_config import DetTrainConfig, default_iou_types
 from .checkpoint import (find_last_checkpoint, load_checkpoint, load_matching_state, load_optimizer_state, rng_state,
                          save_atomic, set_rng_state)
 from .det_curves import plot_det_curves

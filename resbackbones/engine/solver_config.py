@@ -1,5 +1,5 @@
-"""What the `solver:` sections of classification (engine/cls_config.py) and detection training
-(detection/train_config.py) share: the optimizer settings, the shared option types, and the contract below.
+"""What the `solver:` sections of classification (config/cls.py) and detection training
+(config/det.py) share: the optimizer settings, the shared option types, and the contract below.
 
 Both SolverConfig dataclasses subclass SolverSettings. It is deliberately a plain mixin and not a dataclass base:
 a dataclass base would put its fields first in every subclass, and the field order of a section is visible to

@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from torch import nn
 
 from ..config import ConfigError, load_config
+from ..config.det import DetTrainConfig
 from ..detection.builder import build_detector
-from ..detection.train_config import DetTrainConfig
 from ..weights.checkpoint import CheckpointError, ModelCheckpoint, load_matching_state, read_model_checkpoint
 from .coco_results import checkpoint_label_mapping
 

@@ -1,12 +1,12 @@
 """Typed config schema of classification training (tools/train_cls.py, configs/cls/*.yaml).
 
 Each section's RANGES gives the valid range of its numeric fields, checked when a config is loaded
-(resbackbones/config_ranges.py): a value outside is one line naming the key and the range, exit 2 in the tools."""
+(resbackbones/config/ranges.py): a value outside is one line naming the key and the range, exit 2 in the tools."""
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Literal, Optional, Tuple
 
 from ..data.cls_transforms import CIFAR_MEAN, CIFAR_STD
-from .solver_config import OptimizerName, SolverSettings
+from ..engine.solver_config import OptimizerName, SolverSettings
 
 
 @dataclass

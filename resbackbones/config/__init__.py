@@ -1,5 +1,8 @@
 """The one config system: typed dataclass schemas, YAML with `_base_` inheritance, `a.b.c=value` overrides.
 
+The training schemas live side by side in this package: config/cls.py (ClsConfig, tools/train_cls.py) and
+config/det.py (DetTrainConfig, tools/train_det.py); config/ranges.py checks the numeric ranges they declare.
+
     @dataclass
     class Solver:
         lr: float = 0.1
@@ -13,7 +16,7 @@
 
 Supported field types: bool, int, float (an int is accepted), str, Any, Optional[X], Union[...], Literal[...],
 List[X], Tuple[X, ...], Tuple[X, Y], Dict[str, X] and nested dataclasses. A schema declares the numeric ranges of
-its fields in a class attribute RANGES (config_ranges.py), checked before its validate(). Every mistake raises
+its fields in a class attribute RANGES (config/ranges.py), checked before its validate(). Every mistake raises
 ConfigError (a ValueError) with one line naming the dotted key (and the file or override it came from), the
 expected type (or range) and the value, and for unknown keys the closest valid key.
 """
@@ -28,7 +31,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from .config_ranges import check_ranges
+from .ranges import check_ranges
 
 __all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "dump_yaml", "parse_overrides", "merge_dicts",
            "load_yaml_with_bases"]
@@ -254,7 +257,7 @@ def _build(schema_cls: Type[T], data: Mapping[str, Any], prefix: str, where: str
         raise ConfigError(f"{where}config section {prefix or '<top>'!r}: {error}") from None
     validate = getattr(instance, "validate", None)
     try:
-        check_ranges(instance, prefix)  # the schema's RANGES (config_ranges.py), before its own cross-field checks
+        check_ranges(instance, prefix)  # the schema's RANGES (config/ranges.py), before its own cross-field checks
     except ValueError as error:
         raise ConfigError(f"{where}{error}") from None
     if callable(validate):

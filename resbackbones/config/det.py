@@ -9,8 +9,8 @@ solver.base_lr belongs to that total batch, so a config trains the same whatever
 from dataclasses import dataclass, field
 from typing import ClassVar, Dict, Literal, Tuple
 
+from ..detection.config import DetectorConfig
 from ..engine.solver_config import OptimizerName, SolverSettings
-from .config import DetectorConfig
 
 
 @dataclass
@@ -23,7 +23,7 @@ class DatasetConfig:
     limit: use only the first `limit` images (0 = all) - quick runs and tests.
     """
 
-    RANGES: ClassVar[Dict[str, str]] = {  # numeric ranges (config_ranges.py)
+    RANGES: ClassVar[Dict[str, str]] = {  # numeric ranges (config/ranges.py)
         "num_images": "[0, inf)", "seed": "[0, inf)", "image_size": "[192, inf)", "limit": "[0, inf)"}
     kind: Literal["coco", "shapes"] = "coco"
     ann_file: str = ""
