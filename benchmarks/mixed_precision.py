@@ -101,10 +101,10 @@ def bench_cls_epoch(args, device, arch, out):
 
     per_class = max(1, -(-args.batch * args.cls_iters // 10))  # 10 synthetic classes
     cfg = from_dict(ClsConfig, {
-        "model": {"arch": arch, "channels_last": True},
+        "model": {"backbone": {"name": arch}, "channels_last": True},
         "data": {"synthetic": {"train_per_class": per_class, "val_per_class": 1, "image_size": 256},
                  "recipe": "imagenet", "crop_size": 224, "resize_size": 256, "mean": [0.485, 0.456, 0.406],
-                 "std": [0.229, 0.224, 0.225], "workers": args.workers},
+                 "std": [0.229, 0.224, 0.225], "num_workers": args.workers},
         # one epoch per timed call: warm-up + repeats
         "solver": {"batch_size": args.batch, "epochs": args.repeats + 1, "schedule": "constant", "warmup": 0},
         "train": {"output_dir": str(out), "progress": False, "tensorboard": False, "device": str(device),

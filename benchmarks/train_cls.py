@@ -81,9 +81,9 @@ def reference_epoch(dataset, *, batch_size, workers, lr=0.1):
 
 def ours_epoch(args, out):
     cfg = from_dict(ClsConfig, {
-        "model": {"arch": "resnet18"},
+        "model": {"backbone": {"name": "resnet18"}},
         "data": {"root": str(SHARED / "cifar10"), "train_subset": args.images, "val_subset": 10,
-                 "workers": args.workers},
+                 "num_workers": args.workers},
         "solver": {"batch_size": args.batch_size, "epochs": 1, "schedule": "constant", "warmup": 0},
         "train": {"output_dir": str(out), "progress": False, "tensorboard": False, "device": "cpu"},
     })

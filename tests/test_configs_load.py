@@ -22,13 +22,19 @@ YAMLS = sorted(p for p in list((REPO / "configs").rglob("*.yaml")) + list((REPO 
                if "detectron2" not in p.parts)
 
 
+def is_classification(data: dict) -> bool:
+    """A tools/train_cls.py config: its data section names the image folder and the recipe (detection's names
+    data.train / data.val)."""
+    return any(key in (data.get("data") or {}) for key in ("root", "recipe", "crop_size"))
+
+
 def test_the_config_list_is_not_empty():
     assert len(YAMLS) > 30 and REPO / "configs" / "frcnn_r101.yaml" in YAMLS
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_yaml_loads_with_its_schema(path):
-    is_cls = "arch" in (load_yaml_with_bases(path).get("model") or {})
+    is_cls = is_classification(load_yaml_with_bases(path))
     cfg = load_config(ClsConfig if is_cls else DetTrainConfig, path)
     if not is_cls and cfg.model.backbone.norm == "FrozenBN":
         assert cfg.model.backbone.weights, f"{path}: FrozenBN needs weights (training would be refused)"

@@ -17,9 +17,9 @@ import pytest
 from conftest import require_detectron2
 from docs_commands import documented, environment, make_checkout, place_torchvision_resnet50, write_coco_pair
 
-TINY_CLS = "solver.max_iter=2 solver.batch_size=4 data.train_subset=8 data.val_subset=8 data.workers=0"
+TINY_CLS = "solver.max_iter=2 solver.batch_size=4 data.train_subset=8 data.val_subset=8 data.num_workers=0"
 TINY_SYN = ("solver.max_iter=2 solver.batch_size=4 data.synthetic.train_per_class=1 data.synthetic.val_per_class=1 "
-            "data.workers=0 train.tensorboard=false")
+            "data.num_workers=0 train.tensorboard=false")
 TINY_DET = "solver.max_iter=2 data.train.limit=4 test.max_images=2 train.progress=false"
 SMOKE_CFG = "smoke_cls.yaml"  # what C stands for: a run the test makes with TINY_SYN into output/smoke_cls
 
@@ -139,7 +139,7 @@ class Checkout:
         elif what == "smoke_cfg":
             (self.work / SMOKE_CFG).write_text(
                 "train: {output_dir: output/smoke_cls, progress: false, tensorboard: false}\n"
-                "data: {workers: 0, synthetic: {train_per_class: 1, val_per_class: 1}}\n"
+                "data: {num_workers: 0, synthetic: {train_per_class: 1, val_per_class: 1}}\n"
                 "solver: {max_iter: 2, batch_size: 4}\n")
         elif what == "detectron2":
             require_detectron2()

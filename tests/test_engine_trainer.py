@@ -18,8 +18,8 @@ def data(tmp_path_factory):
 
 def tiny_cfg(data, out, **solver):
     return from_dict(ClsConfig, {
-        "model": {"arch": "cifar_resnet", "options": {"depth": 8, "widths": [4, 8, 8]}},
-        "data": {"root": str(data), "workers": 0},
+        "model": {"backbone": {"name": "cifar_resnet", "options": {"depth": 8, "widths": [4, 8, 8]}}},
+        "data": {"root": str(data), "num_workers": 0},
         "solver": {"batch_size": 16, "epochs": 2, **solver},
         "train": {"output_dir": str(out), "progress": False, "tensorboard": False, "threads": 1},
     })
@@ -52,9 +52,9 @@ def test_synthetic_data_is_deterministic_and_balanced():
 def test_default_config_is_the_synthetic_run(monkeypatch, tmp_path):
     monkeypatch.setenv("RESBACKBONES_CACHE", str(tmp_path / "cache"))
     cfg = ClsConfig()
-    assert cfg.data.root is None and cfg.model.arch == "cifar_resnet20"
-    small = from_dict(ClsConfig, {"data": {"synthetic": {"train_per_class": 4, "val_per_class": 2}, "workers": 0},
-                                  "model": {"options": {"widths": [4, 8, 8]}},
+    assert cfg.data.root is None and cfg.model.backbone.name == "cifar_resnet20"
+    small = from_dict(ClsConfig, {"data": {"synthetic": {"train_per_class": 4, "val_per_class": 2}, "num_workers": 0},
+                                  "model": {"backbone": {"options": {"widths": [4, 8, 8]}}},
                                   "solver": {"epochs": 1, "batch_size": 8},
                                   "train": {"output_dir": str(tmp_path / "out"), "progress": True, "threads": 1}})
     row = ClsTrainer(small).fit()

@@ -16,7 +16,8 @@ SMALL = ["model.input.min_size=[64]", "model.input.max_size=96"]
 LABELS = {"label_to_category": {1: 11, 2: 12, 3: 13},
           "categories": [{"id": 11, "name": "square"}, {"id": 12, "name": "circle"}, {"id": 13, "name": "triangle"}]}
 # A tools/train_cls.py checkpoint's config as written today (its keys, not the detector's).
-CLS_CONFIG = {"model": {"arch": "resnet18", "options": {}}, "data": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+CLS_CONFIG = {"model": {"backbone": {"name": "resnet18", "options": {}}},
+              "data": {"mean": [0.5] * 3, "std": [0.25] * 3}}
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import train_det  # noqa: E402
 
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 CLS = ["solver.max_iter=2", "solver.batch_size=4", "data.synthetic.train_per_class=2", "data.synthetic.val_per_class=1",
-       "data.workers=0", "train.progress=false", "train.tensorboard=false", "--device", "cpu"]
+       "data.num_workers=0", "train.progress=false", "train.tensorboard=false", "--device", "cpu"]
 
 
 def _det(root, out, *extra):
@@ -76,7 +76,7 @@ def test_train_cls_new_run_never_replaces_a_run(tmp_path, capsys):
     out = tmp_path / "run"
     assert train_cls.main(["--output", str(out), *CLS]) == 0
     before = _snapshot(out)
-    assert train_cls.main(["--output", str(out), *CLS, "solver.lr=0.5"]) == 2
+    assert train_cls.main(["--output", str(out), *CLS, "solver.base_lr=0.5"]) == 2
     assert "not empty" in _error(capsys) and _snapshot(out) == before
     # --eval-only (also with --resume) leaves config.yaml, metrics and checkpoints as they are
     assert train_cls.main(["--output", str(out), *CLS, "--eval-only", "--weights",

@@ -26,7 +26,7 @@ import train_det  # noqa: E402
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 GT = REPO / "tests" / "fixtures" / "coco_sample" / "annotations.json"
 CLS = ["solver.max_iter=2", "solver.batch_size=4", "data.synthetic.train_per_class=2", "data.synthetic.val_per_class=1",
-       "data.workers=0", "train.progress=false", "train.tensorboard=false", "--device", "cpu"]
+       "data.num_workers=0", "train.progress=false", "train.tensorboard=false", "--device", "cpu"]
 
 
 @pytest.fixture(autouse=True)

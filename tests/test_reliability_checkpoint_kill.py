@@ -66,7 +66,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def tool_args(data, out):
     return ["--data", str(data), "--output", str(out), "--epochs", "2", "--batch-size", "16", "--workers", "0",
-            "--device", "cpu", "model.arch=cifar_resnet", "model.options={depth: 8, widths: [4, 8, 8]}",
+            "--device", "cpu", "model.backbone.name=cifar_resnet", "model.backbone.options={depth: 8, widths: [4, 8, 8]}",
             "train.deterministic=true", "train.checkpoint_period=2", "train.progress=false",
             "train.tensorboard=false", "ema.enabled=true", "ema.warmup_steps=3"]
 

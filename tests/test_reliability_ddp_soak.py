@@ -16,9 +16,9 @@ from helpers_training import TOOL, assert_same_checkpoint, assert_same_metrics, 
 from resbackbones.data.synthetic_cls import write_image_folder
 from resbackbones.engine.checkpoint import load_checkpoint
 
-COMMON = ["--epochs", "3", "--batch-size", "16", "--workers", "0", "--device", "cpu", "model.arch=cifar_resnet",
-          "model.options={depth: 8, widths: [8, 8, 16], norm: GN}", "train.progress=false", "train.tensorboard=false",
-          "solver.lr=0.05", "train.deterministic=true", "train.checkpoint_period=2"]
+COMMON = ["--epochs", "3", "--batch-size", "16", "--workers", "0", "--device", "cpu", "model.backbone.name=cifar_resnet",
+          "model.backbone.options={depth: 8, widths: [8, 8, 16], norm: GN}", "train.progress=false", "train.tensorboard=false",
+          "solver.base_lr=0.05", "train.deterministic=true", "train.checkpoint_period=2"]
 
 
 def _torchrun(data, out, *extra):

@@ -27,7 +27,7 @@ def test_train_cls_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "tools" / "train_cls.py"), "--data", str(data), "--output", str(out),
          "--epochs", "2", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--lr", "1e20",
-         "model.arch=cifar_resnet", "model.options={depth: 8, widths: [4, 8, 8]}", "solver.warmup=0",
+         "model.backbone.name=cifar_resnet", "model.backbone.options={depth: 8, widths: [4, 8, 8]}", "solver.warmup=0",
          "train.checkpoint_period=1", "train.progress=false", "train.tensorboard=false"],
         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 3, result.stderr[-2000:]
@@ -120,7 +120,7 @@ def test_train_cls_stops_on_non_finite_gradients_of_a_finite_loss(tmp_path, caps
     out = tmp_path / "out"
     code = _tool("train_cls").main([
         "--data", str(data), "--output", str(out), "--epochs", "1", "--batch-size", "8", "--workers", "0",
-        "--device", "cpu", "model.arch=cifar_resnet", "model.options={depth: 8, widths: [4, 8, 8]}",
+        "--device", "cpu", "model.backbone.name=cifar_resnet", "model.backbone.options={depth: 8, widths: [4, 8, 8]}",
         "train.checkpoint_period=1", "train.progress=false", "train.tensorboard=false", "train.threads=1"])
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 3, line

@@ -15,7 +15,7 @@ import torch
 import resbackbones as rb
 from conftest import REPO
 
-TINY_CLS = ["model.arch=cifar_resnet", "model.options={depth: 8, widths: [4, 8, 8]}", "--batch-size", "4",
+TINY_CLS = ["model.backbone.name=cifar_resnet", "model.backbone.options={depth: 8, widths: [4, 8, 8]}", "--batch-size", "4",
             "--epochs", "1", "--device", "cpu", "--workers", "0", "train.progress=false", "train.tensorboard=false"]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 FIXTURE_IMAGE = REPO / "tests" / "fixtures" / "coco_sample" / "images" / "000000000089.jpg"
@@ -106,7 +106,7 @@ def test_planted_last_checkpoint_is_refused_on_automatic_resume(evil, tmp_path, 
 def test_shape_mismatch_through_train_cls_weights_names_layer_and_shapes(tmp_path, capsys):
     narrow = rb.build_classifier("cifar_resnet", depth=8, widths=[4, 8, 8], num_classes=10)
     path = rb.weights.save(narrow, tmp_path / "narrow.safetensors")
-    wide = ["model.options={depth: 8, widths: [4, 8, 16]}"]
+    wide = ["model.backbone.options={depth: 8, widths: [4, 8, 16]}"]
     code, lines = _run(capsys, "train_cls", ["--output", tmp_path / "out", "--eval-only", "--weights", path,
                                              *TINY_CLS, *wide])
     assert code == 2 and len(lines) == 1, lines

@@ -22,7 +22,7 @@ def test_shared_fields_have_one_type_and_default():
         defaults = (cls_fields[name].default, det_fields[name].default)
         assert defaults == SHARED_DEFAULT_EXCEPTIONS.get(name, (defaults[0],) * 2), name
     # The mixin only adds behaviour: each section keeps exactly its own fields, in its own order.
-    assert [f.name for f in dataclasses.fields(ClsSolver)][:3] == ["optimizer", "batch_size", "lr"]
+    assert [f.name for f in dataclasses.fields(ClsSolver)][:3] == ["optimizer", "batch_size", "base_lr"]
     assert [f.name for f in dataclasses.fields(DetSolver)][:3] == ["optimizer", "base_lr", "momentum"]
 
 

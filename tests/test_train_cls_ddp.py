@@ -19,9 +19,9 @@ from conftest import REPO
 from resbackbones.data.synthetic_cls import write_image_folder
 
 TOOL = str(REPO / "tools" / "train_cls.py")
-COMMON = ["--epochs", "2", "--batch-size", "16", "--workers", "0", "--device", "cpu", "model.arch=cifar_resnet",
-          "model.options={depth: 8, widths: [8, 8, 16], norm: GN}", "train.progress=false",
-          "train.tensorboard=false", "solver.lr=0.05", "train.amp=none"]
+COMMON = ["--epochs", "2", "--batch-size", "16", "--workers", "0", "--device", "cpu", "model.backbone.name=cifar_resnet",
+          "model.backbone.options={depth: 8, widths: [8, 8, 16], norm: GN}", "train.progress=false",
+          "train.tensorboard=false", "solver.base_lr=0.05", "train.amp=none"]
 
 
 def env():

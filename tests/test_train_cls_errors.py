@@ -50,20 +50,20 @@ def one_line_error(result):
 
 def test_cli_process_exit_code_and_one_line(tmp_path):
     """The real command line: exit status 2 and a single stderr line."""
-    result = subprocess.run([sys.executable, TOOL, "--output", str(tmp_path), "solver.lrr=0.1"], capture_output=True,
+    result = subprocess.run([sys.executable, TOOL, "--output", str(tmp_path), "solver.base_lrr=0.1"], capture_output=True,
                             text=True, timeout=300, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"))
     line = one_line_error(result)
-    assert line.startswith("error: ") and "did you mean 'solver.lr'" in line
+    assert line.startswith("error: ") and "did you mean 'solver.base_lr'" in line
 
 
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["solver.lrr=0.1"], ["'solver.lrr'", "did you mean 'solver.lr'"]),
-        (["modle.arch=resnet18"], ["'modle.arch'", "did you mean 'model.arch'"]),
+        (["solver.base_lrr=0.1"], ["'solver.base_lrr'", "did you mean 'solver.base_lr'"]),
+        (["modle.backbone.name=resnet18"], ["'modle.backbone.name'", "did you mean 'model.backbone.name'"]),
         (["solver.epochs=abc"], ["'solver.epochs'", "expected int", "'abc'"]),
         (["train.amp=fp8"], ["'train.amp'", "'bf16'", "'fp8'"]),
-        (["solver.lr"], ["bad override 'solver.lr'", "key=value"]),
+        (["solver.base_lr"], ["bad override 'solver.base_lr'", "key=value"]),
         (["--config", "/nonexistent/cls.yaml"], ["config file not found: /nonexistent/cls.yaml"]),
         (["--arch", "resnet51"], ["unknown backbone 'resnet51'", "resnet50"]),
     ],
@@ -91,7 +91,7 @@ def _image_folder(root, classes=("a", "b"), per_class=4):
     return root
 
 
-TINY = ["model.arch=cifar_resnet", "model.options={depth: 8, widths: [4, 8, 8]}", "--batch-size", "4",
+TINY = ["model.backbone.name=cifar_resnet", "model.backbone.options={depth: 8, widths: [4, 8, 8]}", "--batch-size", "4",
         "--epochs", "1", "--device", "cpu", "train.progress=false", "train.tensorboard=false"]
 
 
@@ -134,6 +134,6 @@ def test_flags_map_onto_config_keys():
     # The paper's iteration schedule (64k, /10 at 32k and 48k) keeps its shape at the new length.
     assert cfg.solver.max_iter is None and cfg.solver.epochs == 3
     assert cfg.solver.unit == "fraction" and cfg.solver.steps == (0.5, 0.75)
-    assert cfg.solver.lr == 0.05 and cfg.solver.reference_batch_size == 0 and cfg.solver.batch_size == 64
-    assert cfg.model.arch == "cifar_resnet56" and cfg.data.root == "/d/1" and cfg.data.workers == 0
+    assert cfg.solver.base_lr == 0.05 and cfg.solver.reference_batch_size == 0 and cfg.solver.batch_size == 64
+    assert cfg.model.backbone.name == "cifar_resnet56" and cfg.data.root == "/d/1" and cfg.data.num_workers == 0
     assert cfg.train.device == "cpu" and cfg.train.output_dir == "/o" and cfg.solver.gamma == 0.2

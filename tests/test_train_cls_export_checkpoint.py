@@ -12,8 +12,8 @@ from resbackbones.weights import load_with_metadata
 sys.path.insert(0, str(REPO / "tools"))
 import train_cls  # noqa: E402
 
-TINY = ["solver.epochs=2", "solver.batch_size=8", "data.workers=0", "train.progress=false", "train.tensorboard=false",
-        "model.options.widths=[4,8,8]", "ema.enabled=true", "ema.warmup_steps=0", "ema.decay=0.5", "--device", "cpu"]
+TINY = ["solver.epochs=2", "solver.batch_size=8", "data.num_workers=0", "train.progress=false", "train.tensorboard=false",
+        "model.backbone.options.widths=[4,8,8]", "ema.enabled=true", "ema.warmup_steps=0", "ema.decay=0.5", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

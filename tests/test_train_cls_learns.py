@@ -32,7 +32,7 @@ def trained(tmp_path_factory):
     result = run_tool(
         "--data", cifar, "--output", out, "--epochs", 4, "--batch-size", 64, "--lr", 0.1, "--workers", 1,
         "--device", "cpu", "--export", export,
-        "model.arch=cifar_resnet", "model.options={depth: 8}", "data.train_subset=2500", "data.val_subset=1000",
+        "model.backbone.name=cifar_resnet", "model.backbone.options={depth: 8}", "data.train_subset=2500", "data.val_subset=1000",
         "solver.schedule=cosine", "solver.warmup=10", "train.progress=false",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -74,6 +74,6 @@ def test_eval_only_reproduces_best_checkpoint(trained):
     cifar = require_shared("data/cifar10/test.tar").parent
     result = run_tool("--eval-only", "--weights", out / "checkpoints" / "best.pt", "--data", cifar,
                       "--output", out / "eval", "--device", "cpu", "--workers", 0,
-                      "model.arch=cifar_resnet", "model.options={depth: 8}", "data.val_subset=1000")
+                      "model.backbone.name=cifar_resnet", "model.backbone.options={depth: 8}", "data.val_subset=1000")
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"top-1 {best:.2f} %" in result.stdout, (best, result.stdout)

@@ -17,9 +17,9 @@ from resbackbones.data.synthetic_cls import write_image_folder
 
 def args_for(data, out):
     return [sys.executable, TOOL, "--data", str(data), "--output", str(out), "--epochs", "3", "--batch-size", "16",
-            "--workers", "1", "--device", "cpu", "model.arch=cifar_resnet", "model.options={depth: 8, widths: [8, 8, 16]}",
+            "--workers", "1", "--device", "cpu", "model.backbone.name=cifar_resnet", "model.backbone.options={depth: 8, widths: [8, 8, 16]}",
             "train.deterministic=true", "train.checkpoint_period=4", "train.progress=false", "train.tensorboard=false",
-            "ema.enabled=true", "ema.warmup_steps=5", "solver.label_smoothing=0.1", "solver.clip_grad_norm=5.0"]
+            "ema.enabled=true", "ema.warmup_steps=5", "loss.label_smoothing=0.1", "solver.clip_grad_norm=5.0"]
 
 
 @pytest.fixture(scope="module")

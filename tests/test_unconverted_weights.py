@@ -96,7 +96,7 @@ def _one_line(capsys) -> str:
 def test_tools_name_the_converter(kind, tmp_path, capsys):
     path, fmt = _write(kind, tmp_path)
     assert train_cls.main(["--output", str(tmp_path / "cls"), "--resume", str(path), "--device", "cpu",
-                           "data.synthetic.train_per_class=2", "data.synthetic.val_per_class=1", "data.workers=0",
+                           "data.synthetic.train_per_class=2", "data.synthetic.val_per_class=1", "data.num_workers=0",
                            "solver.batch_size=4"]) == 2
     _names_converter(_one_line(capsys), path, fmt)
     assert predict.main(["--checkpoint", str(path), "--config", QUICKSTART, "--images",

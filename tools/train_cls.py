@@ -9,7 +9,7 @@
     python tools/train_cls.py --config C --eval-only --weights W.pt      # top-1 / top-5 on the val split
     python tools/train_cls.py ... --export backbone.safetensors          # backbone-only weights for detection
     python tools/train_cls.py --weights OUTPUT/checkpoints/best.pt --export bb.safetensors   # export, no training
-    python tools/train_cls.py ... solver.lr=0.05 solver.steps=[30,60]    # any config key=value
+    python tools/train_cls.py ... solver.base_lr=0.05 solver.steps=[30,60]  # any config key=value
 
 A new run refuses an output folder that is not empty (continue it with --resume, or replace it with --overwrite), and
 a second process writing into the same folder is refused while the first runs. --eval-only writes nothing there.
@@ -38,13 +38,13 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError, WeightsError)  # exit 2,
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (configs/cls/*.yaml); default: the built-in synthetic run")
-    parser.add_argument("--arch", help="classifier name from rb.list_backbones() (model.arch)")
+    parser.add_argument("--arch", help="classifier name from rb.list_backbones() (model.backbone.name)")
     parser.add_argument("--data", help="DIR with train/ and val/ or test/ (folders or .tar) (data.root)")
     parser.add_argument("--output", help="output DIR (train.output_dir)")
     parser.add_argument("--epochs", type=int, help="training length in epochs (solver.epochs; replaces max_iter)")
     parser.add_argument("--batch-size", type=int, help="global batch size (solver.batch_size)")
     parser.add_argument("--lr", type=float, help="learning rate at this batch size (no linear scaling)")
-    parser.add_argument("--workers", type=int, help="DataLoader workers per process (data.workers)")
+    parser.add_argument("--workers", type=int, help="DataLoader workers per process (data.num_workers)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (train.device)")
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                         help="resume from CKPT, or from OUTPUT/checkpoints/last.pt when no path is given")
@@ -54,16 +54,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", help="initial weights: a file (ours, a checkpoint, torchvision .pth, detectron2 "
                         ".pkl) or torchvision:<ENUM>; the head loads where its shape fits")
     parser.add_argument("--export", metavar="FILE", help="write backbone-only weights of the final model to FILE")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.lr=0.05")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.base_lr=0.05")
     # Intermixed: key=value overrides may come before, between or after the flags.
     return parser.parse_intermixed_args(argv)
 
 
 def build_config(args: argparse.Namespace) -> ClsConfig:
     flags = []
-    for flag, key in (("arch", "model.arch"), ("data", "data.root"), ("output", "train.output_dir"),
-                      ("batch_size", "solver.batch_size"), ("workers", "data.workers"), ("device", "train.device"),
-                      ("weights", "model.weights")):
+    for flag, key in (("arch", "model.backbone.name"), ("data", "data.root"), ("output", "train.output_dir"),
+                      ("batch_size", "solver.batch_size"), ("workers", "data.num_workers"), ("device", "train.device"),
+                      ("weights", "model.backbone.weights")):
         value = getattr(args, flag)
         if value is not None:
             flags.append((key, value))
@@ -72,9 +72,9 @@ def build_config(args: argparse.Namespace) -> ClsConfig:
     overrides = [f"{k}={_quote(v)}" for k, v in flags] + list(args.overrides)
     cfg = load_config(ClsConfig, args.config, overrides)
     if args.lr is not None:
-        if not 0 < args.lr < float("inf"):  # the flag bypasses the config's RANGES: same rule as solver.lr
+        if not 0 < args.lr < float("inf"):  # the flag bypasses the config's RANGES: same rule as solver.base_lr
             raise ConfigError(f"--lr must be > 0, got {args.lr}")
-        cfg.solver.lr = float(args.lr)
+        cfg.solver.base_lr = float(args.lr)
         cfg.solver.reference_batch_size = 0  # an explicit --lr is the lr actually used
     if args.epochs is not None:
         if args.epochs < 1:
@@ -131,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
             if trainer.is_main:
                 print(f"top-1 {metrics['val_top1']:.2f} %  top-5 {metrics['val_top5']:.2f} %  "
                       f"loss {metrics['val_loss']:.4f}  ({metrics['val_count']} images, "
-                      f"{cfg.model.arch}, {args.weights or 'last checkpoint'})")
+                      f"{cfg.model.backbone.name}, {args.weights or 'last checkpoint'})")
         else:
             metrics = trainer.fit()
             if args.export and not metrics:  # resumed an already finished run: measure what the export records
@@ -151,7 +151,7 @@ def _export_checkpoint(args: argparse.Namespace, export_checkpoint) -> int:
             raise ConfigError(f"--{flag} does not apply to --weights CKPT --export F, which exports the checkpoint "
                               f"as trained (its recorded config): drop --{flag} (--data DIR if the data moved)")
     flags = [f"{key}={_quote(getattr(args, flag))}" for flag, key in (
-        ("data", "data.root"), ("batch_size", "solver.batch_size"), ("workers", "data.workers"),
+        ("data", "data.root"), ("batch_size", "solver.batch_size"), ("workers", "data.num_workers"),
         ("device", "train.device")) if getattr(args, flag) is not None]
     path, metrics = export_checkpoint(args.weights, args.export, overrides=flags + list(args.overrides))
     print(f"exported backbone weights of {args.weights} to {path} (val top-1 {metrics['val_top1']:.2f} %, "

@@ -28,6 +28,7 @@ from typing import Dict, Sequence
 import torch
 
 import resbackbones as rb
+from resbackbones.config.legacy import upgrade
 from resbackbones.data.cls_transforms import TransformedDataset, build_cls_transform
 from resbackbones.data.folders import ImageFolderDataset, find_split
 from resbackbones.engine.checkpoint import load_checkpoint
@@ -78,7 +79,7 @@ def publish(run: Path, out: Path, data: Path) -> Dict[str, str]:
     if not checkpoint.is_file():
         raise SystemExit(f"error: {checkpoint} not found; train the run first")
     state = load_checkpoint(checkpoint)
-    cfg = state["config"]
+    cfg = upgrade(state["config"], "cls")[0]  # runs trained before the shared config vocabulary (issue 15)
     arch, num_classes = state["arch"], int(state["num_classes"])
     mean, std = tuple(cfg["data"]["mean"]), tuple(cfg["data"]["std"])
     model = rb.build_classifier(arch, num_classes=num_classes)
@@ -96,7 +97,7 @@ def publish(run: Path, out: Path, data: Path) -> Dict[str, str]:
         "test500_top1": f"{subset['top1']:.2f}", "test500_count": str(subset["count"]),
         "test500_rule": TEST500_RULE,
         "evaluated": "eval mode, fp32, no augmentation",
-        "schedule": json.dumps({k: solver[k] for k in ("batch_size", "lr", "epochs", "schedule", "weight_decay",
+        "schedule": json.dumps({k: solver[k] for k in ("batch_size", "base_lr", "epochs", "schedule", "weight_decay",
                                                        "nesterov", "warmup", "warmup_unit", "momentum")}),
         "amp": str(cfg["train"]["amp"]), "cpu": cpu_name(), "cpu_bf16_flags": ",".join(cpu_bf16_flags()),
         "torch": torch.__version__, "data": "CIFAR-10 as JPEG q75 (../shared/data/cifar10)",

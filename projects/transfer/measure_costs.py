@@ -49,7 +49,7 @@ def measure_cls(arch: str, px: int, batch: int, steps: int, warmup: int):
     cfg = load_config(ClsConfig, str(CONFIGS / f"pretrain_{arch}.yaml"), [])
     device = torch.device("cpu")
     amp, _ = resolve_amp(cfg.train.amp, device)
-    model = rb.build_classifier(arch, num_classes=10, **cfg.model.options)
+    model = rb.build_classifier(arch, num_classes=10, **cfg.model.backbone.options)
     if cfg.model.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)

@@ -5,20 +5,22 @@ config/det.py (DetTrainConfig, tools/train_det.py); config/ranges.py checks the 
 
     @dataclass
     class Solver:
-        lr: float = 0.1
+        base_lr: float = 0.1
         steps: Tuple[int, ...] = (30, 60)
 
     @dataclass
     class Config:
         solver: Solver = field(default_factory=Solver)
 
-    cfg = load_config(Config, "configs/x.yaml", overrides=["solver.lr=0.02", "solver.steps=[60000,80000]"])
+    cfg = load_config(Config, "configs/x.yaml", overrides=["solver.base_lr=0.02", "solver.steps=[60000,80000]"])
 
 Supported field types: bool, int, float (an int is accepted), str, Any, Optional[X], Union[...], Literal[...],
 List[X], Tuple[X, ...], Tuple[X, Y], Dict[str, X] and nested dataclasses. A schema declares the numeric ranges of
 its fields in a class attribute RANGES (config/ranges.py), checked before its validate(). Every mistake raises
 ConfigError (a ValueError) with one line naming the dotted key (and the file or override it came from), the
-expected type (or range) and the value, and for unknown keys the closest valid key.
+expected type (or range) and the value, and for unknown keys the closest valid key. A section may declare
+RENAMED = {old leaf: "new.dotted.key [note]"}: the old key is refused with one line naming the new one
+(`config key 'solver.lr' was renamed: use 'solver.base_lr'`); config/legacy.py upgrades stored configs instead.
 """
 import copy
 import dataclasses
@@ -98,11 +100,11 @@ def parse_overrides(overrides: Iterable[str]) -> List[Tuple[str, Any]]:
     parsed = []
     for item in overrides:
         if not isinstance(item, str) or "=" not in item:
-            raise ConfigError(f"bad override {item!r}: expected key=value, e.g. solver.lr=0.01")
+            raise ConfigError(f"bad override {item!r}: expected key=value, e.g. solver.base_lr=0.01")
         key, text = item.split("=", 1)
         key = key.strip()
         if not key or any(not part.strip() for part in key.split(".")):
-            raise ConfigError(f"bad override {item!r}: empty key; expected key=value, e.g. solver.lr=0.01")
+            raise ConfigError(f"bad override {item!r}: empty key; expected key=value, e.g. solver.base_lr=0.01")
         try:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
@@ -239,6 +241,11 @@ def _build(schema_cls: Type[T], data: Mapping[str, Any], prefix: str, where: str
     for name, value in data.items():
         dotted = f"{prefix}.{name}" if prefix else str(name)
         if name not in fields:
+            renamed = getattr(schema_cls, "RENAMED", {}).get(name)
+            if renamed:  # no aliases: an old key would silently mean two things across run folders
+                new_key, _, note = renamed.partition(" ")
+                note = f" {note}" if note else ""
+                raise ConfigError(f"{where}config key {dotted!r} was renamed: use {new_key!r}{note}")
             valid = [f"{prefix}.{n}" if prefix else n for n in fields]
             if isinstance(value, Mapping) and value:
                 # A mistyped section: name the full dotted leaf key and suggest among the full leaf keys.
@@ -277,7 +284,7 @@ def _first_leaf(value: Mapping[str, Any], prefix: str) -> str:
 
 
 def _leaf_keys(schema_cls: Any, prefix: str) -> List[str]:
-    """Every dotted key below `schema_cls` (sections recurse), e.g. ["solver.lr", "solver.steps", ...]."""
+    """Every dotted key below `schema_cls` (sections recurse), e.g. ["solver.base_lr", "solver.steps", ...]."""
     keys = []
     hints = typing.get_type_hints(schema_cls)
     for f in dataclasses.fields(schema_cls):

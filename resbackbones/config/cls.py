@@ -1,7 +1,12 @@
 """Typed config schema of classification training (tools/train_cls.py, configs/cls/*.yaml).
 
 Each section's RANGES gives the valid range of its numeric fields, checked when a config is loaded
-(resbackbones/config/ranges.py): a value outside is one line naming the key and the range, exit 2 in the tools."""
+(resbackbones/config/ranges.py): a value outside is one line naming the key and the range, exit 2 in the tools.
+Keys shared with detection training (config/det.py) have one name in both: model.backbone.name/weights/options,
+data.num_workers, data.flip_prob, solver.base_lr, train.log_period. RENAMED lists the keys they
+replaced (refused with one line naming the new key; config/legacy.py upgrades configs stored before the rename).
+Kept different on purpose: model.num_classes (None = from the data), data.train_subset / val_subset (a random
+subset), data.mean / std (the dataset normalises; detection's model does), and the sections loss and ema."""
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Literal, Optional, Tuple
 
@@ -10,12 +15,21 @@ from ..engine.solver_config import OptimizerName, SolverSettings
 
 
 @dataclass
+class BackboneConfig:
+    """The classifier's network: the part of detection's model.backbone (detection/config.py) a classifier uses."""
+
+    name: str = "cifar_resnet20"               # rb.list_backbones()
+    weights: str = ""                          # initial weights: a file or torchvision:<ENUM>; "": random init
+    options: Dict[str, Any] = field(default_factory=dict)  # builder options, e.g. {norm: GN, zero_init_residual: true}
+
+
+@dataclass
 class ModelConfig:
     RANGES: ClassVar[Dict[str, str]] = {"num_classes": "[1, inf)"}
-    arch: str = "cifar_resnet20"
+    RENAMED: ClassVar[Dict[str, str]] = {
+        "arch": "model.backbone.name", "weights": "model.backbone.weights", "options": "model.backbone.options"}
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
     num_classes: Optional[int] = None          # None: the number of class folders in the train split
-    options: Dict[str, Any] = field(default_factory=dict)  # builder options, e.g. {norm: GN, zero_init_residual: true}
-    weights: Optional[str] = None              # initial weights: a file or torchvision:<ENUM> (rb.build_classifier)
     sync_bn: bool = True                       # BN -> SyncBN under DDP on CUDA
     channels_last: bool = False
     compile: bool = False                      # torch.compile the model
@@ -35,7 +49,10 @@ class SyntheticConfig:
 class DataConfig:
     RANGES: ClassVar[Dict[str, str]] = {
         "train_subset": "[1, inf)", "val_subset": "[1, inf)", "crop_size": "[1, inf)", "resize_size": "[1, inf)",
-        "scale": "(0, 1]", "pad": "[0, inf)", "mean": "[0, 255]", "std": "(0, 255]", "workers": "[0, inf)"}
+        "scale": "(0, 1]", "pad": "[0, inf)", "flip_prob": "[0, 1]", "mean": "[0, 255]", "std": "(0, 255]",
+        "num_workers": "[0, inf)"}
+    RENAMED: ClassVar[Dict[str, str]] = {
+        "workers": "data.num_workers", "hflip": "data.flip_prob (true = 0.5, false = 0.0)"}
     root: Optional[str] = None                 # DIR with train/ and val/ or test/ (folders or .tar); None: synthetic
     train_split: Tuple[str, ...] = ("train",)
     val_split: Tuple[str, ...] = ("val", "test")
@@ -46,11 +63,11 @@ class DataConfig:
     resize_size: Optional[int] = None          # eval resize of the imagenet recipe (256 for a 224 crop)
     scale: Tuple[float, float] = (0.08, 1.0)   # RandomResizedCrop area range
     pad: int = 4
-    hflip: bool = True
+    flip_prob: float = 0.5                     # horizontal-flip probability of a training image
     ten_crop: bool = False
     mean: Tuple[float, float, float] = CIFAR_MEAN
     std: Tuple[float, float, float] = CIFAR_STD
-    workers: int = 2
+    num_workers: int = 2                       # DataLoader workers per process
     on_error: Literal["raise", "skip"] = "raise"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -60,22 +77,21 @@ class SolverConfig(SolverSettings):
     """Classification solver; the fields shared with detection's solver are listed in engine/solver_config.py."""
 
     RANGES: ClassVar[Dict[str, str]] = {
-        "batch_size": "[1, inf)", "lr": "(0, inf)", "reference_batch_size": "[0, inf)", "momentum": "[0, 1)",
-        "weight_decay": "[0, inf)", "l1": "[0, inf)", "l2": "[0, inf)", "clip_grad_norm": "[0, inf)",
-        "label_smoothing": "[0, 1)", "epochs": "[0, inf)", "max_iter": "[1, inf)", "steps": "[0, inf)",
-        "gamma": "(0, 1]", "warmup": "[0, inf)", "warmup_factor": "[0, 1]", "min_lr_factor": "[0, 1]"}
+        "batch_size": "[1, inf)", "base_lr": "(0, inf)", "reference_batch_size": "[0, inf)", "momentum": "[0, 1)",
+        "weight_decay": "[0, inf)", "clip_grad_norm": "[0, inf)", "epochs": "[0, inf)", "max_iter": "[1, inf)",
+        "steps": "[0, inf)", "gamma": "(0, 1]", "warmup": "[0, inf)", "warmup_factor": "[0, 1]",
+        "min_lr_factor": "[0, 1]"}
+    RENAMED: ClassVar[Dict[str, str]] = {
+        "lr": "solver.base_lr", "label_smoothing": "loss.label_smoothing", "l1": "loss.l1", "l2": "loss.l2"}
     optimizer: OptimizerName = "sgd"
     batch_size: int = 128                      # global batch over all processes
-    lr: float = 0.1                            # lr at reference_batch_size; scaled linearly with batch_size
+    base_lr: float = 0.1                       # lr at reference_batch_size; scaled linearly with batch_size
     reference_batch_size: int = 128
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
     norm_bias_decay: bool = True               # False: no weight decay on norm weights and biases
-    l1: float = 0.0                            # explicit penalties added to the loss (conv/linear kernels)
-    l2: float = 0.0
-    clip_grad_norm: Optional[float] = None
-    label_smoothing: float = 0.0
+    clip_grad_norm: float = 0.0                # max global gradient norm (0 = no clipping)
     epochs: int = 8
     max_iter: Optional[int] = None             # when set, training length in iterations (wins over epochs)
     unit: Literal["epoch", "iter", "fraction"] = "epoch"  # unit of steps (fraction: of the whole training)
@@ -96,6 +112,16 @@ class SolverConfig(SolverSettings):
 
 
 @dataclass
+class LossConfig:
+    """Cross-entropy (label_smoothing) plus explicit L1 / L2 penalties on the conv and linear kernels."""
+
+    RANGES: ClassVar[Dict[str, str]] = {"label_smoothing": "[0, 1)", "l1": "[0, inf)", "l2": "[0, inf)"}
+    label_smoothing: float = 0.0
+    l1: float = 0.0
+    l2: float = 0.0
+
+
+@dataclass
 class EMAConfig:
     RANGES: ClassVar[Dict[str, str]] = {"decay": "[0, 1)", "warmup_steps": "[0, inf)"}
     enabled: bool = False
@@ -107,7 +133,9 @@ class EMAConfig:
 class TrainConfig:
     RANGES: ClassVar[Dict[str, str]] = {
         "seed": "[0, inf)", "eval_period": "[0, inf)", "checkpoint_period": "[0, inf)", "keep_every": "[0, inf)",
-        "threads": "[0, inf)", "print_freq": "[0, inf)"}
+        "threads": "[0, inf)", "log_period": "[0, inf)"}
+    # train.threads keeps its name for now: running and to-be-resumed jobs pass train.threads=N (issue 15 step 7).
+    RENAMED: ClassVar[Dict[str, str]] = {"print_freq": "train.log_period"}
     output_dir: str = "output/cls_default"
     device: str = "auto"
     # auto: bf16 on CPUs with native bf16 and on CUDA GPUs of compute capability >= 8.0, fp16 on older GPUs,
@@ -121,7 +149,7 @@ class TrainConfig:
     progress: bool = True                      # tqdm bar
     tensorboard: bool = True
     threads: int = 0                           # torch CPU threads (0: torch's default / OMP_NUM_THREADS)
-    print_freq: int = 0                        # iterations between log lines when progress is off (0: per epoch)
+    log_period: int = 0                        # iterations between log lines when progress is off (0: per epoch)
 
 
 @dataclass
@@ -129,5 +157,6 @@ class ClsConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -77,7 +77,7 @@ def ten_crops(image: np.ndarray, size: int) -> Sequence[np.ndarray]:
 
 def build_cls_transform(
     recipe: str, *, train: bool, crop_size: int, resize_size: Optional[int] = None,
-    scale: Tuple[float, float] = (0.08, 1.0), pad: int = 4, hflip: bool = True,
+    scale: Tuple[float, float] = (0.08, 1.0), pad: int = 4, flip_prob: float = 0.5,
     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, ten_crop: bool = False,
 ) -> SeededTransform:
     """The train or eval pipeline of `recipe` ("imagenet", "cifar" or "none"); see the module docstring."""
@@ -97,8 +97,8 @@ def build_cls_transform(
         steps.append(A.PadIfNeeded(min_height=crop_size + 2 * pad, min_width=crop_size + 2 * pad,
                                    border_mode=cv2.BORDER_CONSTANT, fill=0))
         steps.append(A.RandomCrop(height=crop_size, width=crop_size))
-    if train and hflip:
-        steps.append(A.HorizontalFlip(p=0.5))
+    if train and flip_prob:
+        steps.append(A.HorizontalFlip(p=flip_prob))
     compose = A.Compose(steps, seed=0)
     return SeededTransform(compose, mean=mean, std=std, ten_crop=crop_size if (ten_crop and not train) else None)
 

@@ -12,18 +12,22 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from ..config import load_config
 from ..config.cls import ClsConfig
+from ..config.legacy import upgrade
 from ..weights import WeightsMetadata, load_state_dict
 from .checkpoint import CheckpointError, load_checkpoint
 
 
-def train_cls_config(state: Any) -> Optional[Mapping]:
-    """The config a tools/train_cls.py checkpoint recorded; None for any other file object."""
+def train_cls_config(state: Any) -> Optional[Dict[str, Any]]:
+    """The config a tools/train_cls.py checkpoint recorded, in today's keys (config/legacy.py upgrades one stored
+    before the shared vocabulary); None for any other file object."""
     if not isinstance(state, Mapping) or not isinstance(state.get("model"), Mapping):
         return None
     config = state.get("config")
     if not isinstance(config, Mapping) or "global_iter" not in state:
         return None
-    return config if WeightsMetadata.from_train_cls(config, num_classes=None) is not None else None
+    if WeightsMetadata.from_train_cls(config, num_classes=None) is None:
+        return None
+    return upgrade(config, "cls")[0]
 
 
 def is_train_cls_checkpoint(path) -> bool:
@@ -50,8 +54,10 @@ def export_checkpoint(checkpoint, output, *, overrides: Sequence[str] = ()) -> T
     if config is None:
         raise CheckpointError(f"{checkpoint} is not a tools/train_cls.py checkpoint (no recorded config); "
                               f"give OUTPUT/checkpoints/last.pt or best.pt of a train_cls run")
-    base = {section: dict(values) if isinstance(values, Mapping) else values for section, values in config.items()}
-    base["model"] = dict(base.get("model") or {}, weights=None, compile=False)  # the checkpoint holds the weights
+    base = config  # a fresh dict: train_cls_config upgrades a copy
+    model = base.setdefault("model", {})
+    model["compile"] = False
+    model.setdefault("backbone", {})["weights"] = ""  # the checkpoint holds the weights
     cfg = load_config(ClsConfig, None, overrides, base=base, base_source=f"{checkpoint} (its recorded config)")
     trainer = ClsTrainer(cfg, build_train=False, write_run_files=False)
     load_state_dict(trainer.model, state["model"], source=str(checkpoint))

@@ -124,7 +124,7 @@ class ClsTrainer:
         data = self.cfg.data
         root = self._data_root()
         common = dict(crop_size=data.crop_size, resize_size=data.resize_size, scale=data.scale, pad=data.pad,
-                      hflip=data.hflip, mean=data.mean, std=data.std)
+                      flip_prob=data.flip_prob, mean=data.mean, std=data.std)
         val_base = ImageFolderDataset(find_split(root, data.val_split), on_error=data.on_error)
         self.classes = val_base.classes
         val_indices = self._subset(len(val_base), data.val_subset, self.cfg.train.seed + 1)
@@ -134,7 +134,7 @@ class ClsTrainer:
         shard = list(range(self.dist.rank, len(self.val_set), self.dist.world_size))
         eval_batch = max(1, self.cfg.solver.batch_size // self.dist.world_size) * (1 if data.ten_crop else 2)
         self.val_loader = make_loader(torch.utils.data.Subset(self.val_set, shard), batch_size=eval_batch,
-                                      workers=data.workers, pin_memory=self.device.type == "cuda")
+                                      workers=data.num_workers, pin_memory=self.device.type == "cuda")
         self.train_set = None
         if not build_train:
             return
@@ -160,10 +160,10 @@ class ClsTrainer:
                               f"{len(self.train_set)} training images")
 
     def _build_model(self) -> None:
-        mc = self.cfg.model
+        mc, bb = self.cfg.model, self.cfg.model.backbone
         num_classes = mc.num_classes or len(self.classes)
         try:
-            model = build_classifier(mc.arch, num_classes=num_classes, weights=mc.weights, **mc.options)
+            model = build_classifier(bb.name, num_classes=num_classes, weights=bb.weights, **bb.options)
         except rb_weights.WeightsError:
             raise  # already names the weights and the fix
         except (ValueError, TypeError) as error:
@@ -194,7 +194,7 @@ class ClsTrainer:
 
     def _build_solver(self) -> None:
         s = self.cfg.solver
-        self.lr = s.lr * s.batch_size / s.reference_batch_size if s.reference_batch_size else s.lr
+        self.lr = s.base_lr * s.batch_size / s.reference_batch_size if s.reference_batch_size else s.base_lr
         self.optimizer = build_optimizer_for(self.model, s, lr=self.lr)
         self.schedule = self._schedule_iters()
         self.max_iter = self.schedule["max_iter"]
@@ -215,7 +215,7 @@ class ClsTrainer:
             "rng": rng_state(),
             "epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch, "global_iter": self.global_iter,
             "partial": dict(self._partial),
-            "arch": self.cfg.model.arch, "num_classes": self.num_classes, "classes": list(self.classes),
+            "arch": self.cfg.model.backbone.name, "num_classes": self.num_classes, "classes": list(self.classes),
             "config": to_dict(self.cfg),
         }
 
@@ -264,7 +264,7 @@ class ClsTrainer:
         return images, targets.to(self.device, non_blocking=non_blocking)
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        s = self.cfg.solver
+        s = self.cfg.loss
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=s.label_smoothing)
         if s.l1 or s.l2:
             loss = loss + weight_penalty(self.model, l1=s.l1, l2=s.l2)
@@ -286,7 +286,7 @@ class ClsTrainer:
         lr = f"lr {self.optimizer.param_groups[0]['lr']:.4g}"
         raise TrainingDiverged(
             f"{what} ({detail + '; ' if detail else ''}{lr}); training stopped, {kept}. "
-            f"Try a lower solver.lr, warm-up, solver.clip_grad_norm or amp=none.")
+            f"Try a lower solver.base_lr, warm-up, solver.clip_grad_norm or amp=none.")
 
     def train_one_epoch(self) -> Dict[str, float]:
         cfg = self.cfg
@@ -297,7 +297,7 @@ class ClsTrainer:
         self.sampler.set_start(start_iter * self.batch_per_rank)
         generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + self.epoch)
         loader = make_loader(self.train_set, batch_size=self.batch_per_rank, sampler=self.sampler,
-                             workers=cfg.data.workers, pin_memory=self.device.type == "cuda", drop_last=True,
+                             workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda", drop_last=True,
                              generator=generator)
         # A resumed partial epoch holds the sums of all ranks (see below): only rank 0 starts from them.
         sums = {k: torch.tensor(float(self._partial.get(k, 0.0)) if self.is_main else 0.0, dtype=torch.float64)
@@ -347,7 +347,7 @@ class ClsTrainer:
                 progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}",
                                      img_s=f"{rate:.0f}", refresh=False)
                 progress.update(1)
-            elif cfg.train.print_freq and self.is_main and self.global_iter % cfg.train.print_freq == 0:
+            elif cfg.train.log_period and self.is_main and self.global_iter % cfg.train.log_period == 0:
                 print(f"epoch {self.epoch + 1} iter {self.iter_in_epoch}/{iters_this_epoch} loss {loss.item():.4f}",
                       flush=True)
             if cfg.train.checkpoint_period and self.global_iter % cfg.train.checkpoint_period == 0 \
@@ -391,7 +391,7 @@ class ClsTrainer:
         """Train to the configured length, evaluating, logging and checkpointing every epoch; returns the last row."""
         cfg = self.cfg
         if self.is_main:
-            print(f"training {cfg.model.arch} on {len(self.train_set)} images ({len(self.classes)} classes), "
+            print(f"training {cfg.model.backbone.name} on {len(self.train_set)} images ({len(self.classes)} classes), "
                   f"{self.epochs} epochs x {self.iters_per_epoch} it, batch {cfg.solver.batch_size} "
                   f"({self.dist.world_size} process(es)), lr {self.lr:g}, device {self.device}, "
                   f"output {self.output_dir}", flush=True)
@@ -407,7 +407,7 @@ class ClsTrainer:
             self._save(metrics=row)
             if self.is_main:
                 plot_error_curves(self.logger.rows, self.output_dir / CURVES_NAME,
-                                  title=f"{cfg.model.arch}: train (dashed) / val (bold) error")
+                                  title=f"{cfg.model.backbone.name}: train (dashed) / val (bold) error")
                 self._print_row(row)
         self.logger.close()
         return row

@@ -53,7 +53,7 @@ def build_optimizer(
 
 def build_optimizer_for(model: nn.Module, solver: SolverSettings, *, lr: float) -> torch.optim.Optimizer:
     """build_optimizer from a solver section of either config (classification or detection); `lr` is the
-    caller's, since the sections derive it differently (solver.lr scaled by batch size vs solver.base_lr)."""
+    caller's, since the sections derive it differently (classification scales solver.base_lr by the batch size)."""
     return build_optimizer(model, lr=lr, **solver.optimizer_kwargs())
 
 

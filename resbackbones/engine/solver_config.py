@@ -9,20 +9,21 @@ declares its fields, in its own order; SHARED_FIELDS names the ones that must ke
 (tests/test_solver_config.py checks that), and SHARED_DEFAULT_EXCEPTIONS the ones whose defaults differ on purpose.
 
 What stays per side, because it differs in name, type or meaning:
-    classification: lr (scaled by batch_size / reference_batch_size), epochs / max_iter (Optional) / unit,
+    classification: base_lr scaled by batch_size / reference_batch_size, epochs / max_iter (Optional) / unit,
         schedule ("step" | "cosine" | "constant"), steps (floats, in `unit`), warmup (+ unit, method),
-        clip_grad_norm (Optional, None = off), l1 / l2, label_smoothing, min_lr_factor.
-    detection: base_lr, ims_per_batch, max_iter (int, iterations), policy ("step" | "cosine"), steps (ints,
-        iterations), warmup_iters (always linear), clip_grad_norm (float, 0 = off).
+        min_lr_factor.
+    detection: base_lr (unscaled), ims_per_batch, max_iter (int, iterations), policy ("step" | "cosine"), steps
+        (ints, iterations), warmup_iters (always linear).
 """
 from typing import Any, Dict, Literal
 
 OptimizerName = Literal["sgd", "adamw"]
 
 # Fields both solver sections declare with the same name and type.
-SHARED_FIELDS = ("optimizer", "momentum", "nesterov", "weight_decay", "norm_bias_decay", "gamma", "warmup_factor")
+SHARED_FIELDS = ("optimizer", "base_lr", "momentum", "nesterov", "weight_decay", "norm_bias_decay", "gamma",
+                 "warmup_factor", "clip_grad_norm")
 # Of those, the ones whose default differs between the sections: name -> (classification, detection).
-SHARED_DEFAULT_EXCEPTIONS = {"warmup_factor": (0.1, 0.001)}
+SHARED_DEFAULT_EXCEPTIONS = {"base_lr": (0.1, 0.02), "warmup_factor": (0.1, 0.001)}
 
 
 class SolverSettings:

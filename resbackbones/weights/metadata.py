@@ -85,14 +85,20 @@ class WeightsMetadata:
     @classmethod
     def from_train_cls(cls, config: Mapping, *, num_classes: Optional[int],
                        extra: Optional[Mapping[str, str]] = None) -> Optional["WeightsMetadata"]:
-        """What tools/train_cls.py trained with, from its config as a dict (config.to_dict(ClsConfig)): the arch,
-        RGB images in 0-1 normalised by data.mean/std, stride placement from model.options. None when `config` is
-        not a classification training config (no data.mean/std, e.g. a detector checkpoint's)."""
-        data, model = config.get("data") or {}, config.get("model") or {}
-        if "mean" not in data or "std" not in data or "arch" not in model:
+        """What tools/train_cls.py trained with, from its config as a dict (config.to_dict(ClsConfig), or one stored
+        before the shared vocabulary: config/legacy.py upgrades it): the arch (model.backbone.name), RGB images in
+        0-1 normalised by data.mean/std, stride placement from model.backbone.options. None when `config` is not a
+        classification training config (no data.mean/std, e.g. a detector checkpoint's)."""
+        data = config.get("data") or {}
+        if "mean" not in data or "std" not in data:
             return None
-        arch = str(model["arch"])
-        options = model.get("options") or {}
+        from ..config.legacy import upgrade  # deferred: the schemas import data/ and engine/, which import weights/
+
+        backbone = (upgrade(config, "cls")[0].get("model") or {}).get("backbone") or {}
+        if "name" not in backbone:
+            return None
+        arch = str(backbone["name"])
+        options = backbone.get("options") or {}
         stride = bool(options.get("stride_in_1x1", False)) if _has_bottleneck(arch) else None
         notes = f"tools/train_cls.py: recipe {data.get('recipe')}, crop {data.get('crop_size')} px, options {dict(options)}"
         return cls(arch=arch, source="resbackbones train_cls", input_format="RGB", pixel_mean=tuple(data["mean"]),

@@ -1,0 +1,114 @@
+"""Keys renamed by the shared config vocabulary (issue 15 step 7): an old key in a YAML file or a key=value override
+is refused by the tools with one line naming the new key (exit 2, no alias accepted); a run folder written before
+the rename (config.yaml and checkpoint["config"] in the old keys) still resumes and exports, read through
+config/legacy.py."""
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+from resbackbones.config import to_dict
+from resbackbones.config.cls import ClsConfig
+from resbackbones.config.legacy import renamed_keys
+from resbackbones.data.synthetic_cls import write_image_folder
+from resbackbones.weights import WeightsMetadata, load_with_metadata
+
+sys.path.insert(0, str(REPO / "tools"))
+import train_cls  # noqa: E402
+
+CLS_RENAMED = renamed_keys(ClsConfig)
+TINY = ["solver.epochs=2", "solver.batch_size=8", "data.num_workers=0", "train.progress=false",
+        "train.tensorboard=false", "model.backbone.name=cifar_resnet",
+        "model.backbone.options={depth: 8, widths: [4, 8, 8]}", "--device", "cpu"]
+
+
+def _nested(dotted: str, value) -> dict:
+    for part in reversed(dotted.split(".")):
+        value = {part: value}
+    return value
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_every_renamed_cls_key_is_listed():
+    assert {old for old, _ in CLS_RENAMED} == {
+        "model.arch", "model.weights", "model.options", "data.workers", "data.hflip", "solver.lr",
+        "solver.label_smoothing", "solver.l1", "solver.l2", "train.print_freq"}
+
+
+@pytest.mark.parametrize("old, new", CLS_RENAMED, ids=[old for old, _ in CLS_RENAMED])
+def test_old_cls_key_refused_in_yaml_and_override(old, new, tmp_path, capsys):
+    expected = f"config key '{old}' was renamed: use '{new}'"
+    config = tmp_path / "old.yaml"
+    config.write_text(yaml.safe_dump(_nested(old, 1)))
+    assert train_cls.main(["--config", str(config), "--output", str(tmp_path / "a")]) == 2
+    line = _one_error_line(capsys)
+    assert expected in line and str(config) in line, line
+    assert train_cls.main(["--output", str(tmp_path / "b"), f"{old}=1"]) == 2
+    assert expected in _one_error_line(capsys)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_renamed_key_names_the_value_rule(capsys, tmp_path):
+    assert train_cls.main(["--output", str(tmp_path / "o"), "data.hflip=false"]) == 2
+    assert _one_error_line(capsys).endswith("use 'data.flip_prob' (true = 0.5, false = 0.0)")
+
+
+def _to_old_keys(config: dict) -> dict:
+    """A config dict as tools/train_cls.py stored it before the rename (the inverse of config/legacy.py)."""
+    old = yaml.safe_load(yaml.safe_dump(config))
+    for old_key, new_key in CLS_RENAMED:
+        *parents, leaf = new_key.split(".")
+        node = old
+        for part in parents:
+            node = node.get(part, {})
+        if leaf not in node:
+            continue
+        value = node.pop(leaf)
+        value = {"data.flip_prob": lambda v: v > 0, "model.backbone.weights": lambda v: v or None}.get(
+            new_key, lambda v: v)(value)
+        *old_parents, old_leaf = old_key.split(".")
+        target = old
+        for part in old_parents:
+            target = target.setdefault(part, {})
+        target[old_leaf] = value
+    for section in ("loss", "backbone"):
+        old.pop(section, None)
+        old.get("model", {}).pop(section, None)
+    old["solver"]["clip_grad_norm"] = old["solver"]["clip_grad_norm"] or None
+    return old
+
+
+def test_run_folder_in_old_keys_resumes_and_exports(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "data", train_per_class=2, val_per_class=1, image_size=32)
+    out = tmp_path / "run"
+    assert train_cls.main(["--data", str(data), "--output", str(out), *TINY, "solver.epochs=1"]) == 0
+    last = out / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    state["config"] = _to_old_keys(state["config"])
+    assert "arch" in state["config"]["model"] and state["config"]["solver"]["lr"] == 0.1
+    torch.save(state, last)
+    (out / "config.yaml").write_text(yaml.safe_dump(state["config"], sort_keys=False))
+    capsys.readouterr()
+    # What projects/transfer/run.sh does with a pretraining folder written before the rename.
+    assert train_cls.main(["--data", str(data), "--output", str(out), *TINY, "--export",
+                           str(tmp_path / "resumed.safetensors"), "--resume"]) == 0  # one more epoch
+    assert "resumed from" in capsys.readouterr().out
+    stored = yaml.safe_load((out / "config.yaml").read_text())
+    assert stored["model"]["backbone"]["name"] == "cifar_resnet" and "arch" not in stored["model"]
+    assert (tmp_path / "resumed.safetensors").is_file() and torch.load(last, weights_only=True)["epoch"] == 2
+    # Export of a checkpoint whose recorded config is in the old keys.
+    state = torch.load(last, weights_only=True)
+    state["config"] = _to_old_keys(state["config"])
+    torch.save(state, last)
+    assert train_cls.main(["--weights", str(last), "--export", str(tmp_path / "again.safetensors"),
+                           "--device", "cpu"]) == 0
+    _, raw = load_with_metadata(tmp_path / "again.safetensors")
+    meta = WeightsMetadata.from_dict(raw)
+    assert meta.arch == "cifar_resnet" and list(meta.pixel_mean) == to_dict(ClsConfig())["data"]["mean"]
