@@ -21,7 +21,7 @@ def tiny_train_det_args(shapes_root: Path, out: Path, *extra: str) -> list:
     shapes_root, batch 2, logged every iteration, no flips) writing to `out`; `extra` appends flags / overrides."""
     return ["--config", str(REPO / "configs" / "quickstart.yaml"), "--output", str(out), "--device", "cpu",
             "data.train.num_images=6", f"data.train.root={shapes_root / 'train'}", "data.val.num_images=3",
-            f"data.val.root={shapes_root / 'val'}", "solver.ims_per_batch=2", "train.log_period=1",
+            f"data.val.root={shapes_root / 'val'}", "solver.batch_size=2", "train.log_period=1",
             "train.progress=false", "data.flip_prob=0.0", *extra]
 
 

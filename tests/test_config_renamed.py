@@ -1,7 +1,7 @@
 """Keys renamed by the shared config vocabulary (issue 15 step 7): an old key in a YAML file or a key=value override
 is refused by the tools with one line naming the new key (exit 2, no alias accepted); a run folder written before
-the rename (config.yaml and checkpoint["config"] in the old keys) still resumes and exports, read through
-config/legacy.py."""
+the rename (config.yaml and checkpoint["config"] in the old keys) still resumes and exports, and a detection run's
+config.yaml in the old keys is still found beside its checkpoint, read through config/legacy.py."""
 import sys
 
 import pytest
@@ -9,14 +9,17 @@ import torch
 import yaml
 
 from conftest import REPO
-from resbackbones.config import to_dict
+from resbackbones.config import load_config, to_dict
 from resbackbones.config.cls import ClsConfig
+from resbackbones.config.det import DetTrainConfig
 from resbackbones.config.legacy import renamed_keys
 from resbackbones.data.synthetic_cls import write_image_folder
+from resbackbones.evaluation.inference import find_detector_config
 from resbackbones.weights import WeightsMetadata, load_with_metadata
 
 sys.path.insert(0, str(REPO / "tools"))
 import train_cls  # noqa: E402
+import train_det  # noqa: E402
 
 CLS_RENAMED = renamed_keys(ClsConfig)
 TINY = ["solver.epochs=2", "solver.batch_size=8", "data.num_workers=0", "train.progress=false",
@@ -112,3 +115,39 @@ def test_run_folder_in_old_keys_resumes_and_exports(tmp_path, capsys):
     _, raw = load_with_metadata(tmp_path / "again.safetensors")
     meta = WeightsMetadata.from_dict(raw)
     assert meta.arch == "cifar_resnet" and list(meta.pixel_mean) == to_dict(ClsConfig())["data"]["mean"]
+
+
+DET_RENAMED = renamed_keys(DetTrainConfig)
+
+
+def test_every_renamed_det_key_is_listed():
+    assert {old for old, _ in DET_RENAMED} == {"solver.ims_per_batch", "solver.policy", "solver.warmup_iters"}
+
+
+@pytest.mark.parametrize("old, new", DET_RENAMED, ids=[old for old, _ in DET_RENAMED])
+def test_old_det_key_refused_in_yaml_and_override(old, new, tmp_path, capsys):
+    expected = f"config key '{old}' was renamed: use '{new}'"
+    config = tmp_path / "old.yaml"
+    config.write_text(yaml.safe_dump(_nested(old, 1)))
+    assert train_det.main(["--config", str(config), "--output", str(tmp_path / "a")]) == 2
+    line = _one_error_line(capsys)
+    assert expected in line and str(config) in line, line
+    quickstart = str(REPO / "configs" / "quickstart.yaml")
+    assert train_det.main(["--config", quickstart, "--output", str(tmp_path / "b"), f"{old}=1"]) == 2
+    assert expected in _one_error_line(capsys)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_det_run_config_in_old_keys_is_read_beside_its_checkpoint(tmp_path):
+    """predict / eval_coco / train_det --eval-only find the config.yaml of a run folder written before the rename."""
+    stored = to_dict(load_config(DetTrainConfig, REPO / "configs" / "quickstart.yaml"))
+    solver = stored["solver"]
+    solver["ims_per_batch"], solver["policy"], solver["warmup_iters"] = (
+        solver.pop("batch_size"), solver.pop("schedule"), solver.pop("warmup"))
+    del solver["warmup_method"]
+    stored["test"]["amp"] = ""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
+    cfg, source = find_detector_config(tmp_path / "last.pt")
+    assert source == str(tmp_path / "config.yaml")
+    assert (cfg.solver.batch_size, cfg.solver.schedule, cfg.solver.warmup, cfg.test.amp) == (
+        solver["ims_per_batch"], solver["policy"], solver["warmup_iters"], None)

@@ -30,7 +30,7 @@ CLS = ["solver.max_iter=2", "solver.batch_size=4", "data.synthetic.train_per_cla
 def _det(root, out, *extra):
     return ["--config", QUICKSTART, "--output", str(out), "--device", "cpu", "solver.max_iter=1",
             "data.train.num_images=2", f"data.train.root={root / 'train'}", "data.val.num_images=1",
-            f"data.val.root={root / 'val'}", "solver.ims_per_batch=2", "train.progress=false", *extra]
+            f"data.val.root={root / 'val'}", "solver.batch_size=2", "train.progress=false", *extra]
 
 
 def _snapshot(folder: Path):

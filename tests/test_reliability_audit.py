@@ -177,7 +177,7 @@ def test_train_det_resume_with_another_optimizer_is_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     common = ["--config", QUICKSTART, "--output", str(out), "--device", "cpu", "data.train.num_images=2",
               f"data.train.root={tmp_path / 'train'}", "data.val.num_images=1", f"data.val.root={tmp_path / 'val'}",
-              "solver.ims_per_batch=2", "train.progress=false"]
+              "solver.batch_size=2", "train.progress=false"]
     assert train_det.main([*common, "solver.max_iter=1"]) == 0
     capsys.readouterr()
     last = (out / "last.pt").read_bytes()
@@ -225,7 +225,7 @@ def test_ctrl_c_in_training_is_exit_130_and_frees_the_folder(tmp_path, capsys, m
     monkeypatch.setattr(DetTrainer, "fit", _interrupt)
     det = ["--config", QUICKSTART, "--output", str(tmp_path / "det"), "--device", "cpu", "data.train.num_images=2",
            f"data.train.root={tmp_path / 'train'}", "data.val.num_images=1", f"data.val.root={tmp_path / 'val'}",
-           "solver.ims_per_batch=2", "train.progress=false"]
+           "solver.batch_size=2", "train.progress=false"]
     assert train_det.main(det) == 130
     assert "continue with --resume" in capsys.readouterr().err
     assert train_det.main([*det, "--resume"]) == 130

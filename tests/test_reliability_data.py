@@ -164,8 +164,8 @@ def test_train_det_reports_dropped_items_and_refuses_an_empty_set(tmp_path, caps
     tool = _train_det()
     common = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--output", str(tmp_path / "out"),
               "--device", "cpu", "data.train.kind=coco", f"data.train.image_root={images}",
-              f"data.train.ann_file={tmp_path / 'ann.json'}", "model.num_classes=80", "solver.ims_per_batch=1",
-              "solver.max_iter=1", "solver.warmup_iters=0", "solver.steps=[]", "train.progress=false",
+              f"data.train.ann_file={tmp_path / 'ann.json'}", "model.num_classes=80", "solver.batch_size=1",
+              "solver.max_iter=1", "solver.warmup=0", "solver.steps=[]", "train.progress=false",
               "test.max_images=1", "data.val.kind=coco", f"data.val.image_root={images}",
               f"data.val.ann_file={tmp_path / 'val.json'}"]
     code = tool.main(common)

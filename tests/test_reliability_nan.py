@@ -61,8 +61,8 @@ def test_train_det_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path, cap
     out = tmp_path / "out"
     code = tool.main(["--config", str(REPO / "configs" / "quickstart.yaml"), "--output", str(out), "--device", "cpu",
                       "data.train.num_images=4", f"data.train.root={tmp_path / 'train'}", "data.val.num_images=2",
-                      f"data.val.root={tmp_path / 'val'}", "solver.ims_per_batch=2", "solver.base_lr=1e20",
-                      "solver.warmup_iters=0", "solver.max_iter=4", "train.checkpoint_period=1",
+                      f"data.val.root={tmp_path / 'val'}", "solver.batch_size=2", "solver.base_lr=1e20",
+                      "solver.warmup=0", "solver.max_iter=4", "train.checkpoint_period=1",
                       "train.progress=false"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3 and len(err) == 1, (code, err)
@@ -91,7 +91,7 @@ def test_train_det_stops_on_non_finite_gradients_of_a_finite_loss(tmp_path, caps
     code = _tool("train_det").main([
         "--config", str(REPO / "configs" / "quickstart.yaml"), "--output", str(out), "--device", "cpu",
         "data.train.num_images=4", f"data.train.root={tmp_path / 'train'}", "data.val.num_images=2",
-        f"data.val.root={tmp_path / 'val'}", "solver.ims_per_batch=2", "solver.max_iter=4",
+        f"data.val.root={tmp_path / 'val'}", "solver.batch_size=2", "solver.max_iter=4",
         "train.checkpoint_period=1", "train.progress=false"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3 and len(err) == 1, (code, err)

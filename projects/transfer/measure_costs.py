@@ -108,7 +108,7 @@ def measure_det(config: str, init: str, overrides, limit: int, steps: int, warmu
 
     seconds = _timed(step, steps, warmup)
     shutil.rmtree(scratch, ignore_errors=True)  # the stand-in export is ~100-500 MB
-    return seconds, cfg.solver.ims_per_batch, trainer.amp, float("nan")
+    return seconds, cfg.solver.batch_size, trainer.amp, float("nan")
 
 
 def main(argv=None) -> int:

@@ -133,7 +133,7 @@ det_extra=("train.num_threads=$THREADS")
 if [[ -n "${TR_DET_ITERS:-}" ]]; then  # the schedule keeps its shape: lr /10 at 80 %, warm-up <= 50 iterations
   iters="$TR_DET_ITERS"; steps=$(( iters * 4 / 5 ))
   det_extra+=("solver.max_iter=$iters" "solver.steps=[$(( steps > 0 ? steps : 1 ))]"
-              "solver.warmup_iters=$(( iters < 100 ? iters / 2 : 50 ))" "train.checkpoint_period=$(( iters < 50 ? iters : 50 ))")
+              "solver.warmup=$(( iters < 100 ? iters / 2 : 50 ))" "train.checkpoint_period=$(( iters < 50 ? iters : 50 ))")
 fi
 [[ -n "${TR_DET_TRAIN_LIMIT:-}" ]] && det_extra+=("data.train.limit=$TR_DET_TRAIN_LIMIT")
 [[ -n "${TR_DET_VAL_LIMIT:-}" ]] && det_extra+=("test.max_images=$TR_DET_VAL_LIMIT")

@@ -50,7 +50,7 @@ extra=("data.train.ann_file=$BCCD/train.json" "data.train.image_root=$BCCD/image
        "data.val.ann_file=$BCCD/val.json" "data.val.image_root=$BCCD/images")
 if [[ -n "${VVR_ITERS:-}" ]]; then
   steps=$(( VVR_ITERS * 4 / 5 )); warm=$(( VVR_ITERS < 30 ? VVR_ITERS / 2 : 30 ))
-  extra+=("solver.max_iter=$VVR_ITERS" "solver.steps=[$steps]" "solver.warmup_iters=$warm"
+  extra+=("solver.max_iter=$VVR_ITERS" "solver.steps=[$steps]" "solver.warmup=$warm"
           "train.checkpoint_period=$(( VVR_ITERS < 20 ? VVR_ITERS : 20 ))")
 fi
 [[ -n "${VVR_TRAIN_LIMIT:-}" ]] && extra+=("data.train.limit=$VVR_TRAIN_LIMIT")

@@ -48,11 +48,14 @@ def model_costs(config_path: Path) -> dict:
     import torch
 
     import resbackbones as rb
-    from resbackbones.config import load_config
+    from resbackbones.config import from_dict, load_yaml_with_bases
     from resbackbones.config.det import DetTrainConfig
+    from resbackbones.config.legacy import upgrade
     from resbackbones.utils.flops import count_macs, count_parameters
 
-    cfg = load_config(DetTrainConfig, str(config_path), [])
+    # A run's config.yaml, maybe written before the shared config vocabulary: read as stored output.
+    stored = upgrade(load_yaml_with_bases(config_path), "det")[0]
+    cfg = from_dict(DetTrainConfig, stored, source=str(config_path))
     model = rb.build_detector(cfg.model)
     body = model.backbone.body if hasattr(model.backbone, "body") else model.backbone
     short = max(cfg.model.input.min_size)
@@ -63,7 +66,7 @@ def model_costs(config_path: Path) -> dict:
     val = json.loads(Path(cfg.data.val.ann_file).read_text())
     return {"params_m": count_parameters(model) / 1e6, "backbone_params_m": count_parameters(body) / 1e6,
             "backbone_gmacs_224": macs_224 / 1e9, "backbone_gmacs_input": macs_run / 1e9,
-            "input": f"{long}x{short}", "ims_per_batch": cfg.solver.ims_per_batch,
+            "input": f"{long}x{short}", "ims_per_batch": cfg.solver.batch_size,
             "val_images": len(val["images"]) if not cfg.test.max_images else min(cfg.test.max_images,
                                                                                  len(val["images"]))}
 

@@ -2,12 +2,15 @@
 
     cfg = load_config(DetTrainConfig, "configs/mrcnn_r50.yaml", overrides=["solver.max_iter=200"])
 
-Schedules are in iterations (detectron2's convention): solver.max_iter, solver.steps, solver.warmup_iters.
-solver.ims_per_batch is the TOTAL batch over all processes (each of N torchrun processes takes 1/N of it), and
+Schedules are in iterations (detectron2's convention): solver.max_iter, solver.steps, solver.warmup.
+solver.batch_size is the TOTAL batch over all processes (each of N torchrun processes takes 1/N of it), and
 solver.base_lr belongs to that total batch, so a config trains the same whatever the number of GPUs.
+Keys shared with classification training (config/cls.py) have one name in both; RENAMED lists the detection keys
+they replaced (solver.ims_per_batch, solver.policy, solver.warmup_iters; refused with one line naming the new key),
+config/legacy.py upgrades configs stored before the rename. test.amp null (was "") follows train.amp.
 """
 from dataclasses import dataclass, field
-from typing import ClassVar, Dict, Literal, Tuple
+from typing import ClassVar, Dict, Literal, Optional, Tuple
 
 from ..detection.config import DetectorConfig
 from ..engine.solver_config import OptimizerName, SolverSettings
@@ -57,28 +60,32 @@ class DataConfig:
 class SolverConfig(SolverSettings):
     """SGD (or AdamW) + linear warm-up + step (or cosine) decay, all in iterations.
 
-    ims_per_batch: total images per iteration over all processes. steps: iterations where lr *= gamma.
+    batch_size: total images per iteration over all processes. steps: iterations where lr *= gamma.
+    warmup: iterations of warm-up (warmup_method linear: warmup_factor -> 1; constant: x warmup_factor).
     clip_grad_norm: max global gradient norm (0 = no clipping). norm_bias_decay: weight decay on norm weights and
     biases too (detectron2's default does; false exempts them). The fields shared with classification's solver
     are listed in engine/solver_config.py.
     """
 
     RANGES: ClassVar[Dict[str, str]] = {
-        "base_lr": "(0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)", "ims_per_batch": "[1, inf)",
-        "max_iter": "[1, inf)", "steps": "[0, inf)", "gamma": "(0, 1]", "warmup_iters": "[0, inf)",
+        "base_lr": "(0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)", "batch_size": "[1, inf)",
+        "max_iter": "[1, inf)", "steps": "[0, inf)", "gamma": "(0, 1]", "warmup": "[0, inf)",
         "warmup_factor": "[0, 1]", "clip_grad_norm": "[0, inf)"}
+    RENAMED: ClassVar[Dict[str, str]] = {
+        "ims_per_batch": "solver.batch_size", "policy": "solver.schedule", "warmup_iters": "solver.warmup"}
     optimizer: OptimizerName = "sgd"
     base_lr: float = 0.02
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
     norm_bias_decay: bool = True
-    ims_per_batch: int = 16
+    batch_size: int = 16
     max_iter: int = 90000
-    policy: Literal["step", "cosine"] = "step"
+    schedule: Literal["step", "cosine", "constant"] = "step"
     steps: Tuple[int, ...] = (60000, 80000)
     gamma: float = 0.1
-    warmup_iters: int = 1000
+    warmup: int = 1000
+    warmup_method: Literal["constant", "linear"] = "linear"
     warmup_factor: float = 0.001
     clip_grad_norm: float = 0.0
 
@@ -113,7 +120,7 @@ class TrainConfig:
 class TestConfig:
     """Evaluation: iou_types default to bbox (+ segm when the model has a mask head); max_images 0 = all.
 
-    amp: autocast precision of evaluation; "" = train.amp's choice (bf16 where native under "auto"), "none" forces
+    amp: autocast precision of evaluation; null = train.amp's choice (bf16 where native under "auto"), "none" forces
     fp32. Boxes, scores and masks come out float32 either way (detection/fp32_outputs.py).
     max_dets: COCOeval's maxDets, three increasing per-image caps: AR1 / AR10 at the first two, AP and the other
     stats at the third. Crowded sets raise the third above their most instances per image (and
@@ -124,7 +131,7 @@ class TestConfig:
         "max_dets": "[1, inf)", "mask_threshold": "[0, 1]", "ims_per_batch": "[1, inf)", "max_images": "[0, inf)"}
     iou_types: Tuple[str, ...] = ()
     max_dets: Tuple[int, ...] = (1, 10, 100)
-    amp: Literal["", "auto", "none", "bf16", "fp16"] = ""
+    amp: Optional[Literal["auto", "none", "bf16", "fp16"]] = None
     mask_threshold: float = 0.5
     ims_per_batch: int = 8
     max_images: int = 0

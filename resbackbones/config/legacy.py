@@ -21,6 +21,7 @@ VALUE_RULES: Dict[str, Callable[[Any], Any]] = {
     "data.flip_prob": lambda v: (0.5 if v else 0.0) if isinstance(v, bool) else v,   # was data.hflip: bool (cls)
     "model.backbone.weights": lambda v: "" if v is None else v,                      # was model.weights: null (cls)
     "solver.clip_grad_norm": lambda v: 0.0 if v is None else v,                      # null = off (cls)
+    "test.amp": lambda v: None if v == "" else v,                                    # "" = train.amp (det)
 }
 
 

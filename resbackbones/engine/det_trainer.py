@@ -86,8 +86,8 @@ class DetTrainer:
         self.output = Path(tcfg.output_dir)
         self.iou_types = default_iou_types(cfg)
         self.world = self.dist.world_size
-        if cfg.solver.ims_per_batch % self.world:
-            raise ValueError(f"solver.ims_per_batch={cfg.solver.ims_per_batch} must be divisible by the number of "
+        if cfg.solver.batch_size % self.world:
+            raise ValueError(f"solver.batch_size={cfg.solver.batch_size} must be divisible by the number of "
                              f"processes ({self.world})")
         self.val_set = build_det_dataset(cfg.data.val, split="val", transforms=build_det_transforms(train=False),
                                          cache_images=cfg.data.cache_images)
@@ -115,8 +115,8 @@ class DetTrainer:
         self.optimizer = build_optimizer_for(self.model, cfg.solver, lr=cfg.solver.base_lr)
         s = cfg.solver
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, make_lr_lambda(
-            max_iter=s.max_iter, policy=s.policy, steps=s.steps, gamma=s.gamma, warmup_iters=s.warmup_iters,
-            warmup_factor=s.warmup_factor, warmup_method="linear"))
+            max_iter=s.max_iter, policy=s.schedule, steps=s.steps, gamma=s.gamma, warmup_iters=s.warmup,
+            warmup_factor=s.warmup_factor, warmup_method=s.warmup_method))
         self.scaler = grad_scaler(self.device, self.amp)
         self.iteration = 0
         self.train_seconds = 0.0
@@ -187,7 +187,7 @@ class DetTrainer:
 
     # -- training ---------------------------------------------------------------------------------------------
     def _loader(self):
-        per_rank = self.cfg.solver.ims_per_batch // self.world
+        per_rank = self.cfg.solver.batch_size // self.world
         sampler = IterationSampler(len(self.train_set), seed=self.cfg.train.seed, rank=self.dist.rank,
                                    world_size=self.world, start=self.iteration * per_rank)
         workers = self.cfg.data.num_workers
@@ -215,7 +215,7 @@ class DetTrainer:
         if not torch.isfinite(loss):
             terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
             raise TrainingDiverged(f"loss is {loss.item()} at iteration {self.iteration} ({terms}); lower "
-                                   f"solver.base_lr or raise solver.warmup_iters")
+                                   f"solver.base_lr or raise solver.warmup")
         self.optimizer.zero_grad(set_to_none=True)
         clip = self.cfg.solver.clip_grad_norm
         if self.scaler is not None:
@@ -233,7 +233,7 @@ class DetTrainer:
             if problem is not None:
                 raise TrainingDiverged(f"gradients are non-finite at iteration {self.iteration} ({problem}; loss "
                                        f"{loss.item():.4g}); {kept_checkpoint_note(self.output / LAST)}; lower "
-                                       f"solver.base_lr or raise solver.warmup_iters")
+                                       f"solver.base_lr or raise solver.warmup")
             self.optimizer.step()
         self.scheduler.step()
         row = {k: float(v.detach()) for k, v in losses.items()}
@@ -329,7 +329,7 @@ class DetTrainer:
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
         """COCO stats of the current model on the val set: {"bbox": {"AP": .., ..}, "segm": {..}, "eval_seconds",
-        "amp" (the autocast precision used: test.amp, or train.amp when test.amp is empty)} (all ranks)."""
+        "amp" (the autocast precision used: test.amp, or train.amp when test.amp is null)} (all ranks)."""
         from ..evaluation.coco import evaluate_coco
 
         started = time.perf_counter()

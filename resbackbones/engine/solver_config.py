@@ -10,20 +10,19 @@ declares its fields, in its own order; SHARED_FIELDS names the ones that must ke
 
 What stays per side, because it differs in name, type or meaning:
     classification: base_lr scaled by batch_size / reference_batch_size, epochs / max_iter (Optional) / unit,
-        schedule ("step" | "cosine" | "constant"), steps (floats, in `unit`), warmup (+ unit, method),
-        min_lr_factor.
-    detection: base_lr (unscaled), ims_per_batch, max_iter (int, iterations), policy ("step" | "cosine"), steps
-        (ints, iterations), warmup_iters (always linear).
+        steps (floats, in `unit`), warmup (float, in warmup_unit), min_lr_factor.
+    detection: base_lr (unscaled), max_iter (int, iterations), steps (ints, iterations), warmup (int, iterations).
 """
 from typing import Any, Dict, Literal
 
 OptimizerName = Literal["sgd", "adamw"]
 
 # Fields both solver sections declare with the same name and type.
-SHARED_FIELDS = ("optimizer", "base_lr", "momentum", "nesterov", "weight_decay", "norm_bias_decay", "gamma",
-                 "warmup_factor", "clip_grad_norm")
+SHARED_FIELDS = ("optimizer", "batch_size", "base_lr", "momentum", "nesterov", "weight_decay", "norm_bias_decay",
+                 "schedule", "gamma", "warmup_method", "warmup_factor", "clip_grad_norm")
 # Of those, the ones whose default differs between the sections: name -> (classification, detection).
-SHARED_DEFAULT_EXCEPTIONS = {"base_lr": (0.1, 0.02), "warmup_factor": (0.1, 0.001)}
+SHARED_DEFAULT_EXCEPTIONS = {"batch_size": (128, 16), "base_lr": (0.1, 0.02), "schedule": ("cosine", "step"),
+                             "warmup_factor": (0.1, 0.001)}
 
 
 class SolverSettings:

@@ -16,8 +16,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
-from ..config import ConfigError, load_config
+from ..config import ConfigError, load_config, load_yaml_with_bases
 from ..config.det import DetTrainConfig
+from ..config.legacy import upgrade
 from ..detection.builder import build_detector
 from ..weights.checkpoint import CheckpointError, ModelCheckpoint, load_matching_state, read_model_checkpoint
 from .coco_results import checkpoint_label_mapping
@@ -79,12 +80,15 @@ def find_detector_config(checkpoint: PathLike, config: Optional[PathLike] = None
         _refuse_classifier(record)
     if record is not None and record.config is not None:
         source = f"the config recorded in {checkpoint}"
-        return load_config(DetTrainConfig, None, overrides, base=record.config, base_source=source), source
+        return load_config(DetTrainConfig, None, overrides, base=upgrade(record.config, "det")[0],
+                           base_source=source), source
     beside = _config_beside(checkpoint)
     if beside is None:
         raise ConfigError(f"{checkpoint} has no {CONFIG_FILE} beside it: give --config, the config it was trained "
                           f"with")
-    return load_config(DetTrainConfig, beside, overrides), str(beside)
+    # Written by train_det, maybe before the shared config vocabulary: read as stored output (config/legacy.py).
+    stored = upgrade(load_yaml_with_bases(beside), "det")[0]
+    return load_config(DetTrainConfig, None, overrides, base=stored, base_source=str(beside)), str(beside)
 
 
 def load_detector(checkpoint: PathLike, config: Union[PathLike, DetTrainConfig, None] = None, *,
