@@ -234,7 +234,19 @@ def _convert_item(tp: Any, value: Any, key: str, where: str) -> Any:
         raise ConfigError(f"{where}config key {key!r}: expected {_type_name(tp)}, got {value!r}") from None
 
 
-def _build(schema_cls: Type[T], data: Mapping[str, Any], prefix: str, where: str) -> T:
+def _section_default(f: dataclasses.Field, parent: Any) -> Any:
+    """The default instance of section field `f`: the parent default's value, else the field's default_factory()
+    (a task schema gives a shared section its own defaults this way, config/common.py); None for a plain field."""
+    if parent is not None:
+        value = getattr(parent, f.name)
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return None
+    return value if dataclasses.is_dataclass(value) and not isinstance(value, type) else None
+
+
+def _build(schema_cls: Type[T], data: Mapping[str, Any], prefix: str, where: str, defaults: Any = None) -> T:
     hints = typing.get_type_hints(schema_cls)
     fields = {f.name: f for f in dataclasses.fields(schema_cls) if f.init}
     kwargs = {}
@@ -257,7 +269,13 @@ def _build(schema_cls: Type[T], data: Mapping[str, Any], prefix: str, where: str
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             shown = ", ".join(valid[:12]) + (", ..." if len(valid) > 12 else "")
             raise ConfigError(f"{where}unknown config key {dotted!r}{hint}; valid keys here: {shown}")
-        kwargs[name] = _convert_item(hints[name], value, dotted, where)
+        section_default = _section_default(fields[name], defaults)
+        if section_default is not None and isinstance(value, Mapping):
+            kwargs[name] = _build(hints[name], value, dotted, where, section_default)
+        else:
+            kwargs[name] = _convert_item(hints[name], value, dotted, where)
+    if defaults is not None:  # the keys this mapping leaves out keep the section's own defaults
+        kwargs = {**{n: copy.deepcopy(getattr(defaults, n)) for n in fields}, **kwargs}
     try:
         instance = schema_cls(**kwargs)
     except TypeError as error:  # a required field without default that the config does not give

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Literal, Optional, Tuple
 
 from ..data.cls_transforms import CIFAR_MEAN, CIFAR_STD
-from ..engine.solver_config import OptimizerName, SolverSettings
+from .common import SolverConfig
 
 
 @dataclass
@@ -73,45 +73,6 @@ class DataConfig:
 
 
 @dataclass
-class SolverConfig(SolverSettings):
-    """Classification solver; the fields shared with detection's solver are listed in engine/solver_config.py."""
-
-    RANGES: ClassVar[Dict[str, str]] = {
-        "batch_size": "[1, inf)", "base_lr": "(0, inf)", "reference_batch_size": "[0, inf)", "momentum": "[0, 1)",
-        "weight_decay": "[0, inf)", "clip_grad_norm": "[0, inf)", "epochs": "[0, inf)", "max_iter": "[1, inf)",
-        "steps": "[0, inf)", "gamma": "(0, 1]", "warmup": "[0, inf)", "warmup_factor": "[0, 1]",
-        "min_lr_factor": "[0, 1]"}
-    RENAMED: ClassVar[Dict[str, str]] = {
-        "lr": "solver.base_lr", "label_smoothing": "loss.label_smoothing", "l1": "loss.l1", "l2": "loss.l2"}
-    optimizer: OptimizerName = "sgd"
-    batch_size: int = 128                      # global batch over all processes
-    base_lr: float = 0.1                       # lr at reference_batch_size; scaled linearly with batch_size
-    reference_batch_size: int = 128
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    norm_bias_decay: bool = True               # False: no weight decay on norm weights and biases
-    clip_grad_norm: float = 0.0                # max global gradient norm (0 = no clipping)
-    epochs: int = 8
-    max_iter: Optional[int] = None             # when set, training length in iterations (wins over epochs)
-    unit: Literal["epoch", "iter", "fraction"] = "epoch"  # unit of steps (fraction: of the whole training)
-    schedule: Literal["step", "cosine", "constant"] = "cosine"
-    steps: Tuple[float, ...] = ()
-    gamma: float = 0.1
-    warmup: float = 20                         # warm-up length in warmup_unit
-    warmup_unit: Literal["epoch", "iter", "fraction"] = "iter"
-    warmup_method: Literal["constant", "linear"] = "linear"
-    warmup_factor: float = 0.1
-    min_lr_factor: float = 0.0
-
-    def validate(self) -> None:
-        if self.epochs < 1 and not self.max_iter:
-            raise ValueError(f"config key 'solver.epochs' must be >= 1, got {self.epochs}")
-        if list(self.steps) != sorted(self.steps):
-            raise ValueError(f"config key 'solver.steps' must be increasing, got {list(self.steps)}")
-
-
-@dataclass
 class LossConfig:
     """Cross-entropy (label_smoothing) plus explicit L1 / L2 penalties on the conv and linear kernels."""
 
@@ -160,3 +121,8 @@ class ClsConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        s = self.solver
+        if not s.max_iter and (s.epochs or 0) < 1:
+            raise ValueError(f"config key 'solver.epochs' must be >= 1, got {s.epochs}")

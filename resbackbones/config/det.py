@@ -5,15 +5,16 @@
 Schedules are in iterations (detectron2's convention): solver.max_iter, solver.steps, solver.warmup.
 solver.batch_size is the TOTAL batch over all processes (each of N torchrun processes takes 1/N of it), and
 solver.base_lr belongs to that total batch, so a config trains the same whatever the number of GPUs.
-Keys shared with classification training (config/cls.py) have one name in both; RENAMED lists the detection keys
-they replaced (solver.ims_per_batch, solver.policy, solver.warmup_iters; refused with one line naming the new key),
-config/legacy.py upgrades configs stored before the rename. test.amp null (was "") follows train.amp.
+Keys shared with classification training (config/cls.py) have one name in both, and the solver section is one
+class (config/common.py) with detection's defaults; RENAMED lists the keys it replaced (solver.ims_per_batch,
+solver.policy, solver.warmup_iters; refused with one line naming the new key), config/legacy.py upgrades configs
+stored before the rename. test.amp null (was "") follows train.amp.
 """
 from dataclasses import dataclass, field
 from typing import ClassVar, Dict, Literal, Optional, Tuple
 
 from ..detection.config import DetectorConfig
-from ..engine.solver_config import OptimizerName, SolverSettings
+from .common import SolverConfig, check_iteration_solver, detection_solver
 
 
 @dataclass
@@ -54,40 +55,6 @@ class DataConfig:
     flip_prob: float = 0.5
     num_workers: int = 2
     cache_images: bool = False
-
-
-@dataclass
-class SolverConfig(SolverSettings):
-    """SGD (or AdamW) + linear warm-up + step (or cosine) decay, all in iterations.
-
-    batch_size: total images per iteration over all processes. steps: iterations where lr *= gamma.
-    warmup: iterations of warm-up (warmup_method linear: warmup_factor -> 1; constant: x warmup_factor).
-    clip_grad_norm: max global gradient norm (0 = no clipping). norm_bias_decay: weight decay on norm weights and
-    biases too (detectron2's default does; false exempts them). The fields shared with classification's solver
-    are listed in engine/solver_config.py.
-    """
-
-    RANGES: ClassVar[Dict[str, str]] = {
-        "base_lr": "(0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)", "batch_size": "[1, inf)",
-        "max_iter": "[1, inf)", "steps": "[0, inf)", "gamma": "(0, 1]", "warmup": "[0, inf)",
-        "warmup_factor": "[0, 1]", "clip_grad_norm": "[0, inf)"}
-    RENAMED: ClassVar[Dict[str, str]] = {
-        "ims_per_batch": "solver.batch_size", "policy": "solver.schedule", "warmup_iters": "solver.warmup"}
-    optimizer: OptimizerName = "sgd"
-    base_lr: float = 0.02
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    norm_bias_decay: bool = True
-    batch_size: int = 16
-    max_iter: int = 90000
-    schedule: Literal["step", "cosine", "constant"] = "step"
-    steps: Tuple[int, ...] = (60000, 80000)
-    gamma: float = 0.1
-    warmup: int = 1000
-    warmup_method: Literal["constant", "linear"] = "linear"
-    warmup_factor: float = 0.001
-    clip_grad_norm: float = 0.0
 
 
 @dataclass
@@ -142,16 +109,14 @@ class TestConfig:
 class DetTrainConfig:
     model: DetectorConfig = field(default_factory=DetectorConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    solver: SolverConfig = field(default_factory=SolverConfig)
+    solver: SolverConfig = field(default_factory=detection_solver)
     train: TrainConfig = field(default_factory=TrainConfig)
     test: TestConfig = field(default_factory=TestConfig)
 
     def validate(self) -> None:
         """Cross-field checks; ValueError naming the key (load_config reports it as a ConfigError)."""
         self.model.validate()
-        s = self.solver
-        if list(s.steps) != sorted(s.steps):  # single-field ranges: each section's RANGES
-            raise ValueError(f"solver.steps must be increasing, got {list(s.steps)}")
+        check_iteration_solver(self.solver)
         for split in ("train", "val"):
             d = getattr(self.data, split)
             if d.kind == "coco" and d.ann_file and not d.image_root:

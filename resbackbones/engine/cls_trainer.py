@@ -194,7 +194,7 @@ class ClsTrainer:
 
     def _build_solver(self) -> None:
         s = self.cfg.solver
-        self.lr = s.base_lr * s.batch_size / s.reference_batch_size if s.reference_batch_size else s.base_lr
+        self.lr = s.scaled_lr()
         self.optimizer = build_optimizer_for(self.model, s, lr=self.lr)
         self.schedule = self._schedule_iters()
         self.max_iter = self.schedule["max_iter"]

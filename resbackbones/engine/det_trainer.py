@@ -112,11 +112,11 @@ class DetTrainer:
         # The dumped config.yaml names the input normalisation actually used (adopted from the backbone weights).
         t, icfg = self.model.transform, cfg.model.input
         icfg.image_mean, icfg.image_std, icfg.format = tuple(t.image_mean), tuple(t.image_std), t.input_format
-        self.optimizer = build_optimizer_for(self.model, cfg.solver, lr=cfg.solver.base_lr)
+        self.optimizer = build_optimizer_for(self.model, cfg.solver, lr=cfg.solver.scaled_lr())
         s = cfg.solver
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, make_lr_lambda(
             max_iter=s.max_iter, policy=s.schedule, steps=s.steps, gamma=s.gamma, warmup_iters=s.warmup,
-            warmup_factor=s.warmup_factor, warmup_method=s.warmup_method))
+            warmup_factor=s.warmup_factor, warmup_method=s.warmup_method, min_lr_factor=s.min_lr_factor))
         self.scaler = grad_scaler(self.device, self.amp)
         self.iteration = 0
         self.train_seconds = 0.0

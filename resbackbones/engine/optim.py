@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Sequence
 import torch
 from torch import nn
 
-from .solver_config import SolverSettings
+from ..config.common import SolverConfig
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 SCHEDULES = ("step", "cosine", "constant")
@@ -51,9 +51,9 @@ def build_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; choose sgd or adamw")
 
 
-def build_optimizer_for(model: nn.Module, solver: SolverSettings, *, lr: float) -> torch.optim.Optimizer:
+def build_optimizer_for(model: nn.Module, solver: SolverConfig, *, lr: float) -> torch.optim.Optimizer:
     """build_optimizer from a solver section of either config (classification or detection); `lr` is the
-    caller's, since the sections derive it differently (classification scales solver.base_lr by the batch size)."""
+    caller's (usually solver.scaled_lr())."""
     return build_optimizer(model, lr=lr, **solver.optimizer_kwargs())
 
 

@@ -1,0 +1,90 @@
+"""Config sections shared by classification (config/cls.py) and detection (config/det.py) training.
+
+One dataclass per shared section; each task gives its own defaults through the schema's default_factory (the loader
+fills a section's missing keys from that instance, config/__init__.py), e.g. solver.schedule is cosine for
+classification and step for detection. Kept different on purpose, in the task schemas: model.num_classes
+(classification: None = from the data), data.train_subset / val_subset (classification: a random subset) vs
+data.train.limit / val.limit (detection: the first N), data.mean / std (the classification dataset normalises;
+the detector normalises inside the model: model.input.image_mean / image_std), and the task sections loss / ema
+(classification) and test (detection).
+"""
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, Literal, Optional, Tuple, Union
+
+OptimizerName = Literal["sgd", "adamw"]
+Unit = Literal["epoch", "iter", "fraction"]
+
+
+@dataclass
+class SolverConfig:
+    """Optimizer, learning rate and schedule; the defaults are classification's (detection_solver: detection's).
+
+    batch_size: total images per iteration over all processes (each of N torchrun processes takes 1/N of it).
+    base_lr: the lr at reference_batch_size, scaled linearly with batch_size (reference_batch_size 0: used as given).
+    epochs / max_iter: training length; max_iter (iterations) wins when set. Detection trains in iterations only.
+    steps (in `unit`; fraction: of the whole training): lr *= gamma at each (schedule step); cosine decays to
+    min_lr_factor * lr. warmup (in warmup_unit): linear ramps warmup_factor -> 1, constant multiplies by warmup_factor.
+    clip_grad_norm: max global gradient norm (0 = no clipping). norm_bias_decay false: no weight decay on norm
+    weights and biases.
+    """
+
+    RANGES: ClassVar[Dict[str, str]] = {
+        "batch_size": "[1, inf)", "base_lr": "(0, inf)", "reference_batch_size": "[0, inf)", "momentum": "[0, 1)",
+        "weight_decay": "[0, inf)", "clip_grad_norm": "[0, inf)", "epochs": "[0, inf)", "max_iter": "[1, inf)",
+        "steps": "[0, inf)", "gamma": "(0, 1]", "warmup": "[0, inf)", "warmup_factor": "[0, 1]",
+        "min_lr_factor": "[0, 1]"}
+    RENAMED: ClassVar[Dict[str, str]] = {
+        "lr": "solver.base_lr", "label_smoothing": "loss.label_smoothing", "l1": "loss.l1", "l2": "loss.l2",
+        "ims_per_batch": "solver.batch_size", "policy": "solver.schedule", "warmup_iters": "solver.warmup"}
+    optimizer: OptimizerName = "sgd"
+    batch_size: int = 128
+    base_lr: float = 0.1
+    reference_batch_size: int = 128
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    norm_bias_decay: bool = True
+    clip_grad_norm: float = 0.0
+    epochs: Optional[int] = 8
+    max_iter: Optional[int] = None
+    unit: Unit = "epoch"
+    schedule: Literal["step", "cosine", "constant"] = "cosine"
+    steps: Tuple[Union[int, float], ...] = ()
+    gamma: float = 0.1
+    warmup: Union[int, float] = 20
+    warmup_unit: Unit = "iter"
+    warmup_method: Literal["constant", "linear"] = "linear"
+    warmup_factor: float = 0.1
+    min_lr_factor: float = 0.0
+
+    def validate(self) -> None:
+        if list(self.steps) != sorted(self.steps):
+            raise ValueError(f"config key 'solver.steps' must be increasing, got {list(self.steps)}")
+
+    def scaled_lr(self) -> float:
+        """The lr actually used: base_lr scaled by batch_size / reference_batch_size (as given when that is 0)."""
+        return self.base_lr * self.batch_size / self.reference_batch_size if self.reference_batch_size else self.base_lr
+
+    def optimizer_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments of engine.optim.build_optimizer, all but lr."""
+        return dict(name=self.optimizer, momentum=self.momentum, weight_decay=self.weight_decay,
+                    nesterov=self.nesterov, norm_bias_decay=self.norm_bias_decay)
+
+
+def detection_solver() -> SolverConfig:
+    """Detection's defaults (Detectron's R50-FPN 1x): iterations, step decay, 1000 linear warm-up iterations."""
+    return SolverConfig(batch_size=16, base_lr=0.02, reference_batch_size=0, epochs=None, max_iter=90000,
+                        unit="iter", schedule="step", steps=(60000, 80000), warmup=1000, warmup_unit="iter",
+                        warmup_factor=0.001)
+
+
+def check_iteration_solver(solver: SolverConfig) -> None:
+    """Detection trains in iterations: ValueError naming the key otherwise."""
+    if solver.epochs is not None:
+        raise ValueError(f"config key 'solver.epochs' ({solver.epochs}): detection trains in iterations: set "
+                         f"solver.max_iter and solver.epochs=null")
+    if solver.max_iter is None:
+        raise ValueError("config key 'solver.max_iter' is required: detection trains in iterations")
+    for key in ("unit", "warmup_unit"):
+        if getattr(solver, key) != "iter":
+            raise ValueError(f"config key 'solver.{key}' must be 'iter' for detection, got {getattr(solver, key)!r}")
