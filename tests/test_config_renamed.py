@@ -22,6 +22,7 @@ import train_cls  # noqa: E402
 import train_det  # noqa: E402
 
 CLS_RENAMED = renamed_keys(ClsConfig)
+DET_RENAMED = renamed_keys(DetTrainConfig)
 SOLVER = {"solver.lr", "solver.label_smoothing", "solver.l1", "solver.l2", "solver.ims_per_batch", "solver.policy",
           "solver.warmup_iters"}
 TINY = ["solver.epochs=2", "solver.batch_size=8", "data.num_workers=0", "train.progress=false",
@@ -46,15 +47,21 @@ def test_every_renamed_cls_key_is_listed():
         "model.arch", "model.weights", "model.options", "data.workers", "data.hflip", "train.print_freq"} | SOLVER
 
 
-@pytest.mark.parametrize("old, new", CLS_RENAMED, ids=[old for old, _ in CLS_RENAMED])
-def test_old_cls_key_refused_in_yaml_and_override(old, new, tmp_path, capsys):
+# Each tool with the arguments of a run that would start (train_det needs a config with data).
+TOOLS = {"cls": (train_cls, []), "det": (train_det, ["--config", str(REPO / "configs" / "quickstart.yaml")])}
+CASES = [("cls", old, new) for old, new in CLS_RENAMED] + [("det", old, new) for old, new in DET_RENAMED]
+
+
+@pytest.mark.parametrize("task, old, new", CASES, ids=[f"{task}:{old}" for task, old, _ in CASES])
+def test_old_key_refused_in_yaml_and_override(task, old, new, tmp_path, capsys):
+    tool, run_args = TOOLS[task]
     expected = f"config key '{old}' was renamed: use '{new}'"
     config = tmp_path / "old.yaml"
     config.write_text(yaml.safe_dump(_nested(old, 1)))
-    assert train_cls.main(["--config", str(config), "--output", str(tmp_path / "a")]) == 2
+    assert tool.main(["--config", str(config), "--output", str(tmp_path / "a")]) == 2
     line = _one_error_line(capsys)
     assert expected in line and str(config) in line, line
-    assert train_cls.main(["--output", str(tmp_path / "b"), f"{old}=1"]) == 2
+    assert tool.main([*run_args, "--output", str(tmp_path / "b"), f"{old}=1"]) == 2
     assert expected in _one_error_line(capsys)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
@@ -118,25 +125,9 @@ def test_run_folder_in_old_keys_resumes_and_exports(tmp_path, capsys):
     assert meta.arch == "cifar_resnet" and list(meta.pixel_mean) == to_dict(ClsConfig())["data"]["mean"]
 
 
-DET_RENAMED = renamed_keys(DetTrainConfig)
-
-
 def test_every_renamed_det_key_is_listed():
-    assert {old for old, _ in DET_RENAMED} == SOLVER  # one solver section (config/common.py) for both tasks
-
-
-@pytest.mark.parametrize("old, new", DET_RENAMED, ids=[old for old, _ in DET_RENAMED])
-def test_old_det_key_refused_in_yaml_and_override(old, new, tmp_path, capsys):
-    expected = f"config key '{old}' was renamed: use '{new}'"
-    config = tmp_path / "old.yaml"
-    config.write_text(yaml.safe_dump(_nested(old, 1)))
-    assert train_det.main(["--config", str(config), "--output", str(tmp_path / "a")]) == 2
-    line = _one_error_line(capsys)
-    assert expected in line and str(config) in line, line
-    quickstart = str(REPO / "configs" / "quickstart.yaml")
-    assert train_det.main(["--config", quickstart, "--output", str(tmp_path / "b"), f"{old}=1"]) == 2
-    assert expected in _one_error_line(capsys)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # one solver section (config/common.py) for both tasks
+    assert {old for old, _ in DET_RENAMED} == SOLVER | {"model.input.channels_last"}
 
 
 def test_det_run_config_in_old_keys_is_read_beside_its_checkpoint(tmp_path):

@@ -27,7 +27,7 @@ def _our_config(*, mask: bool, norm: str, freeze_at: int) -> DetectorConfig:
     cfg = DetectorConfig(num_classes=90)  # torchvision's 91 includes background
     # torchvision batches NCHW; NHWC convs round differently (~1e-6), enough to reorder the near-tied scores of a
     # random-init model. test_channels_last_equals_nchw_in_float64 covers our default layout.
-    cfg.input.channels_last = False
+    cfg.channels_last = False
     cfg.backbone.norm, cfg.backbone.freeze_at = norm, freeze_at
     cfg.mask_head.enabled = mask
     cfg.input.min_size, cfg.input.max_size = (256,), 320
@@ -139,14 +139,14 @@ def test_frozen_bn_layout_matches_torchvision_pretrained_layout():
 
 
 def test_channels_last_equals_nchw_in_float64():
-    """The default NHWC batch (input.channels_last) computes the NCHW model's features, losses and gradients.
+    """The default NHWC batch (model.channels_last) computes the NCHW model's features, losses and gradients.
 
     In float64: in float32 the two layouts' kernels round differently and a random-init ResNet-50 in eval mode is so
     ill-conditioned (stem gradients ~1e6) that either layout is only ~2 % from the float64 value.
     """
     _, nchw, images, targets = _pair(mask=True)  # Mask R-CNN: box and mask paths
     cfg = _our_config(mask=True, norm="BN", freeze_at=0)
-    cfg.input.channels_last = True
+    cfg.channels_last = True
     nhwc = rb.build_detector(cfg)
     nhwc.load_state_dict(nchw.state_dict())
     nchw.double(), nhwc.double()

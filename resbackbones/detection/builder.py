@@ -90,7 +90,7 @@ def build_detector(cfg: Union[DetectorConfig, Mapping[str, Any]]) -> FasterRCNN:
 
     transform = DetectionTransform(min_size=tuple(icfg.min_size), max_size=icfg.max_size, image_mean=image_mean,
                                    image_std=image_std, input_format=input_format,
-                                   size_divisible=icfg.size_divisibility, channels_last=icfg.channels_last)
+                                   size_divisible=icfg.size_divisibility, channels_last=cfg.channels_last)
     rpn_opts = dataclasses.asdict(cfg.rpn)
     roi_opts = {k: v for k, v in dataclasses.asdict(rcfg).items()
                 if k not in ("pooler_type", "pooler_resolution", "sampling_ratio")}

@@ -141,13 +141,13 @@ class InputConfig:
     RANGES: ClassVar[Dict[str, str]] = {
         "min_size": "[1, inf)", "max_size": "[1, inf)", "image_mean": "[0, 1]", "image_std": "(0, inf)",
         "size_divisibility": "[1, inf)"}
+    RENAMED: ClassVar[Dict[str, str]] = {"channels_last": "model.channels_last"}  # one place for both tasks
     min_size: Tuple[int, ...] = (800,)
     max_size: int = 1333
     image_mean: Optional[Tuple[float, float, float]] = None
     image_std: Optional[Tuple[float, float, float]] = None
     format: Optional[Literal["RGB", "BGR"]] = None
     size_divisibility: int = 32
-    channels_last: bool = True  # NHWC batch: faster conv kernels on CPU and CUDA, same values up to rounding
 
 
 @dataclass
@@ -167,6 +167,7 @@ class DetectorConfig:
     box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
     input: InputConfig = field(default_factory=InputConfig)
+    channels_last: bool = True  # NHWC batch: faster conv kernels on CPU and CUDA, same values up to rounding
 
     def validate(self) -> None:
         """Cross-field checks; raises ValueError naming the keys (load_config turns it into a ConfigError)."""
