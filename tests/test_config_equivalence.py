@@ -89,10 +89,10 @@ def test_upgrade_notes_each_change_and_converts_values():
     new, notes = upgrade(old, "cls")
     assert new == {"model": {"backbone": {"name": "resnet50", "weights": "", "options": {"norm": "BN"}}},
                    "data": {"flip_prob": 0.0, "num_workers": 3}, "solver": {"base_lr": 0.05, "clip_grad_norm": 0.0},
-                   "loss": {"label_smoothing": 0.1}, "train": {"threads": 1, "log_period": 50}}
+                   "loss": {"label_smoothing": 0.1}, "train": {"num_threads": 1, "log_period": 50}}
     assert isinstance(new["data"]["flip_prob"], float) and "solver.lr -> solver.base_lr" in notes
     assert old["solver"] == {"lr": 0.05, "label_smoothing": 0.1, "clip_grad_norm": None}  # input untouched
-    assert len(notes) == 9
+    assert len(notes) == 10
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def test_interval_rules():
 
 CLS_BAD = [("solver.gamma=-0.1", "solver.gamma", "in (0, 1]"), ("solver.warmup_factor=-1", "solver.warmup_factor", ""),
            ("solver.max_iter=-1", "solver.max_iter", ">= 1"), ("solver.base_lr=-0.1", "solver.base_lr", "> 0"),
-           ("train.threads=-1", "train.threads", ">= 0"), ("data.crop_size=0", "data.crop_size", ">= 1"),
+           ("train.num_threads=-1", "train.num_threads", ">= 0"), ("data.crop_size=0", "data.crop_size", ">= 1"),
            ("solver.momentum=1.5", "solver.momentum", "in [0, 1)"), ("ema.decay=1", "ema.decay", ""),
            ("solver.base_lr=.nan", "solver.base_lr", "nan"), ("data.scale=[0.0,1.0]", "data.scale", "item 0.0")]
 DET_BAD = [("train.log_period=0", "train.log_period", ">= 1"), ("train.num_threads=-1", "train.num_threads", ""),

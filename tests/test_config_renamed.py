@@ -44,7 +44,8 @@ def _one_error_line(capsys) -> str:
 
 def test_every_renamed_cls_key_is_listed():
     assert {old for old, _ in CLS_RENAMED} == {
-        "model.arch", "model.weights", "model.options", "data.workers", "data.hflip", "train.print_freq"} | SOLVER
+        "model.arch", "model.weights", "model.options", "data.workers", "data.hflip", "train.print_freq",
+        "train.threads"} | SOLVER
 
 
 # Each tool with the arguments of a run that would start (train_det needs a config with data).

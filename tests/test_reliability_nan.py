@@ -121,7 +121,7 @@ def test_train_cls_stops_on_non_finite_gradients_of_a_finite_loss(tmp_path, caps
     code = _tool("train_cls").main([
         "--data", str(data), "--output", str(out), "--epochs", "1", "--batch-size", "8", "--workers", "0",
         "--device", "cpu", "model.backbone.name=cifar_resnet", "model.backbone.options={depth: 8, widths: [4, 8, 8]}",
-        "train.checkpoint_period=1", "train.progress=false", "train.tensorboard=false", "train.threads=1"])
+        "train.checkpoint_period=1", "train.progress=false", "train.tensorboard=false", "train.num_threads=1"])
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 3, line
     assert line.startswith("error: gradients are non-finite at epoch 1, iteration 3 ("), line

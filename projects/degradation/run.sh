@@ -42,7 +42,7 @@ extra=()
 [[ -n "${DEG_BATCH:-}" ]] && extra+=(--batch-size "$DEG_BATCH")
 [[ -n "${DEG_TRAIN_SUBSET:-}" ]] && extra+=("data.train_subset=$DEG_TRAIN_SUBSET")
 [[ -n "${DEG_VAL_SUBSET:-}" ]] && extra+=("data.val_subset=$DEG_VAL_SUBSET")
-[[ -n "${DEG_THREADS:-}" ]] && extra+=("train.threads=$DEG_THREADS")
+[[ -n "${DEG_THREADS:-}" ]] && extra+=("train.num_threads=$DEG_THREADS")
 
 CONFIGS="$HERE/configs${DEG_PROTOCOL:+/$DEG_PROTOCOL}"
 if [[ ! -f "$CONFIGS/cifar_resnet20.yaml" ]]; then

@@ -103,7 +103,7 @@ if [[ "$JOBS" == 2 ]]; then
 fi
 
 # -- 1. pretraining + export ---------------------------------------------------------------------------------------
-pre_extra=(--data "$CIFAR10" "train.threads=$THREADS")
+pre_extra=(--data "$CIFAR10" "train.num_threads=$THREADS")
 [[ -n "${TR_PX:-}" ]] && pre_extra+=("data.crop_size=$TR_PX" "data.resize_size=$TR_PX")
 [[ -n "${TR_EPOCHS:-}" ]] && pre_extra+=(--epochs "$TR_EPOCHS")
 [[ -n "${TR_BATCH:-}" ]] && pre_extra+=(--batch-size "$TR_BATCH")

@@ -94,9 +94,8 @@ class EMAConfig:
 class TrainConfig:
     RANGES: ClassVar[Dict[str, str]] = {
         "seed": "[0, inf)", "eval_period": "[0, inf)", "checkpoint_period": "[0, inf)", "keep_every": "[0, inf)",
-        "threads": "[0, inf)", "log_period": "[0, inf)"}
-    # train.threads keeps its name for now: running and to-be-resumed jobs pass train.threads=N (issue 15 step 7).
-    RENAMED: ClassVar[Dict[str, str]] = {"print_freq": "train.log_period"}
+        "num_threads": "[0, inf)", "log_period": "[0, inf)"}
+    RENAMED: ClassVar[Dict[str, str]] = {"print_freq": "train.log_period", "threads": "train.num_threads"}
     output_dir: str = "output/cls_default"
     device: str = "auto"
     # auto: bf16 on CPUs with native bf16 and on CUDA GPUs of compute capability >= 8.0, fp16 on older GPUs,
@@ -109,7 +108,7 @@ class TrainConfig:
     keep_every: int = 0                        # also keep epoch_N.pt every N epochs (0: only last/best)
     progress: bool = True                      # tqdm bar
     tensorboard: bool = True
-    threads: int = 0                           # torch CPU threads (0: torch's default / OMP_NUM_THREADS)
+    num_threads: int = 0                       # torch CPU threads (0: torch's default / OMP_NUM_THREADS)
     log_period: int = 0                        # iterations between log lines when progress is off (0: per epoch)
 
 

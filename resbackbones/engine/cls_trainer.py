@@ -58,7 +58,7 @@ def _set_threads(threads: int, device: torch.device, *, deterministic: bool, ver
         torch.set_num_threads(1)
         if verbose:
             print(f"note: CPU oversubscribed (load {os.getloadavg()[0]:.1f} on {cores} cores): using 1 thread; "
-                  f"set train.threads=N to override", flush=True)
+                  f"set train.num_threads=N to override", flush=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -80,7 +80,7 @@ class ClsTrainer:
         self.amp, self.amp_reason = resolve_amp(cfg.train.amp, self.device)
         self.dist = dist_utils.init_distributed(self.device)
         self.is_main = self.dist.is_main
-        _set_threads(cfg.train.threads, self.device, deterministic=cfg.train.deterministic, verbose=self.is_main)
+        _set_threads(cfg.train.num_threads, self.device, deterministic=cfg.train.deterministic, verbose=self.is_main)
         set_deterministic(cfg.train.deterministic)
         seed_everything(cfg.train.seed)
         self._build_data(build_train)
