@@ -21,7 +21,7 @@ def tiny_cfg(data, out, **solver):
         "model": {"backbone": {"name": "cifar_resnet", "options": {"depth": 8, "widths": [4, 8, 8]}}},
         "data": {"root": str(data), "num_workers": 0},
         "solver": {"batch_size": 16, "epochs": 2, **solver},
-        "train": {"output_dir": str(out), "progress": False, "tensorboard": False, "threads": 1},
+        "train": {"output_dir": str(out), "progress": False, "tensorboard": False, "num_threads": 1},
     })
 
 
@@ -56,7 +56,7 @@ def test_default_config_is_the_synthetic_run(monkeypatch, tmp_path):
     small = from_dict(ClsConfig, {"data": {"synthetic": {"train_per_class": 4, "val_per_class": 2}, "num_workers": 0},
                                   "model": {"backbone": {"options": {"widths": [4, 8, 8]}}},
                                   "solver": {"epochs": 1, "batch_size": 8},
-                                  "train": {"output_dir": str(tmp_path / "out"), "progress": True, "threads": 1}})
+                                  "train": {"output_dir": str(tmp_path / "out"), "progress": True, "num_threads": 1}})
     row = ClsTrainer(small).fit()
     assert row["epoch"] == 1 and row["val_count"] == 20
     for name in ("config.yaml", "metrics.csv", "metrics.jsonl", "curves.png", "checkpoints/last.pt"):
