@@ -58,3 +58,10 @@ def test_optimizer_from_either_section():
         assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == \
                [{k: v for k, v in g.items() if k != "params"} for g in ref.param_groups]
     assert type(build_optimizer_for(model, SolverConfig(optimizer="adamw"), lr=1e-3)) is torch.optim.AdamW
+
+
+def test_amp_choices_of_both_schemas_are_the_engines():
+    from typing import get_args
+    from resbackbones.config.common import AmpMode
+    from resbackbones.engine.device import AMP_MODES
+    assert set(get_args(AmpMode)) == set(AMP_MODES)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Literal, Optional, Tuple
 
 from ..data.cls_transforms import CIFAR_MEAN, CIFAR_STD
-from .common import SolverConfig
+from .common import AmpMode, SolverConfig
 
 
 @dataclass
@@ -100,7 +100,7 @@ class TrainConfig:
     device: str = "auto"
     # auto: bf16 on CPUs with native bf16 and on CUDA GPUs of compute capability >= 8.0, fp16 on older GPUs,
     # none otherwise (engine/device.resolve_amp); none / bf16 / fp16 force a mode.
-    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    amp: AmpMode = "auto"
     seed: int = 0
     deterministic: bool = False
     eval_period: int = 1                       # epochs between evaluations (the last epoch always evaluates)

@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Dict, Literal, Optional, Tuple, Union
 
 OptimizerName = Literal["sgd", "adamw"]
 Unit = Literal["epoch", "iter", "fraction"]
+# train.amp / test.amp of both schemas; the same choices as engine.device.AMP_MODES (tests/test_solver_config.py).
+AmpMode = Literal["auto", "none", "bf16", "fp16"]
 
 
 @dataclass

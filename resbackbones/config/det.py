@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Dict, Literal, Optional, Tuple
 
 from ..detection.config import DetectorConfig
-from .common import SolverConfig, check_iteration_solver, detection_solver
+from .common import AmpMode, SolverConfig, check_iteration_solver, detection_solver
 
 
 @dataclass
@@ -72,7 +72,7 @@ class TrainConfig:
         "num_threads": "[0, inf)", "time_limit_s": "[0, inf)"}
     output_dir: str = "output/det"
     device: str = "auto"
-    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    amp: AmpMode = "auto"
     seed: int = 0
     log_period: int = 20
     eval_period: int = 0
@@ -98,7 +98,7 @@ class TestConfig:
         "max_dets": "[1, inf)", "mask_threshold": "[0, 1]", "ims_per_batch": "[1, inf)", "max_images": "[0, inf)"}
     iou_types: Tuple[str, ...] = ()
     max_dets: Tuple[int, ...] = (1, 10, 100)
-    amp: Optional[Literal["auto", "none", "bf16", "fp16"]] = None
+    amp: Optional[AmpMode] = None
     mask_threshold: float = 0.5
     ims_per_batch: int = 8
     max_images: int = 0
