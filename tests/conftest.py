@@ -73,3 +73,19 @@ def shared_path():
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# The largest tests (detector checkpoints, the transfer project's tiny run, the documented-command checkout) need
+# about this much scratch space at once; fail the session with one line instead of hundreds of ENOSPC errors.
+MIN_FREE_SCRATCH_GB = 4.0
+
+
+def pytest_sessionstart(session):
+    import shutil
+    import tempfile
+
+    scratch = Path(os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir())
+    free_gb = shutil.disk_usage(scratch).free / 2**30
+    if free_gb < MIN_FREE_SCRATCH_GB:
+        pytest.exit(f"only {free_gb:.1f} GB free under {scratch}; the tests need about {MIN_FREE_SCRATCH_GB:.0f} GB "
+                    f"of scratch space (old /tmp/pytest-of-* folders can be removed)", returncode=3)
