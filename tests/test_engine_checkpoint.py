@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from resbackbones.engine.checkpoint import (CheckpointError, CheckpointManager, find_last_checkpoint,
-                                            load_checkpoint, rng_state, save_atomic, set_rng_state)
+                                            gathered_rng_state, load_checkpoint, restore_rng_state, rng_state,
+                                            save_atomic, set_rng_state)
 from resbackbones.engine.ema import ModelEMA
 from resbackbones.engine.metrics_log import MetricsLogger, plot_error_curves
 
@@ -21,6 +22,26 @@ def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_per_rank_rng_list_and_legacy_single_dict(tmp_path):
+    """Checkpoints store one RNG state per rank (seed + rank differ); a rank restores its own entry, and a legacy
+    checkpoint's single dict is applied to every rank."""
+    states = []
+    for seed in (10, 11):  # what ranks 0 and 1 would hold
+        torch.manual_seed(seed)
+        states.append(gathered_rng_state()[0])  # one process: a list of one
+    save_atomic({"model": {}, "rng": states}, tmp_path / "c.pt")
+    saved = load_checkpoint(tmp_path / "c.pt")["rng"]
+    draws = []
+    for rank in (0, 1):
+        restore_rng_state(saved, rank)
+        draws.append(torch.rand(1).item())
+    torch.manual_seed(11)
+    assert draws[1] == torch.rand(1).item() and draws[0] != draws[1]
+    for rank in (0, 1):
+        restore_rng_state(states[1], rank)  # legacy: one dict
+        assert torch.rand(1).item() == draws[1]
 
 
 def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):

@@ -63,8 +63,10 @@ class TrainConfig:
 
     amp: "none" | "bf16" | "fp16" (fp16 is CUDA only); "auto" = bf16 on CPUs with native bf16 (amx_bf16 /
     avx512_bf16) and CUDA GPUs of compute capability >= 8.0, fp16 on older GPUs, none otherwise.
-    num_threads: torch CPU threads (0 = leave torch's default). time_limit_s: stop training early (and evaluate)
-    once this many seconds have passed (0 = no limit) - a guard for time-boxed runs, never used by the configs.
+    num_threads: torch CPU threads (0 = torch's default, 1 on an oversubscribed CPU: engine/setup.set_threads, the
+    rule of both trainers). deterministic: bit-reproducible kernels (CPU only for detection). time_limit_s: stop
+    training early (and evaluate) once this many seconds have passed (0 = no limit) - a guard for time-boxed runs,
+    never used by the configs.
     """
 
     RANGES: ClassVar[Dict[str, str]] = {

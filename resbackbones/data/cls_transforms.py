@@ -9,13 +9,14 @@ Recipes (He et al. 2015):
 Every pipeline is reseeded per sample by SeededTransform so augmentation is reproducible whatever the number of
 DataLoader workers, and identical after a resume.
 """
-import random
 from typing import Callable, Optional, Sequence, Tuple
 
 import albumentations as A
 import cv2
 import numpy as np
 import torch
+
+from .seeding import reseed_compose, sample_seed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,13 +47,7 @@ class SeededTransform:
         self.ten_crop = ten_crop
 
     def reseed(self, seed: int) -> None:
-        # One fresh stream shared by the compose and all its transforms: draws are sequential, so the crop offset
-        # and the flip are independent, and seeding costs two generator constructions (~35 us) per sample.
-        numpy_rng = np.random.default_rng(seed)
-        python_rng = random.Random(seed)
-        for transform in [self.compose, *self.compose.transforms]:
-            transform.random_generator = numpy_rng
-            transform.py_random = python_rng
+        reseed_compose(self.compose, seed)
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         image = self.compose(image=image)["image"]
@@ -127,5 +122,5 @@ class TransformedDataset(torch.utils.data.Dataset):
         source = self.indices[index] if self.indices is not None else index
         image, label = self.base[source]
         if hasattr(self.transform, "reseed"):
-            self.transform.reseed(((self.seed * 100_003 + self.epoch) * 10_000_019 + source) % (2 ** 63))
+            self.transform.reseed(sample_seed(self.seed, self.epoch, source))
         return self.transform(image), label

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .images import image_to_tensor
+from .seeding import reseed_compose
 
 
 class ResizeShortestEdge(A.SmallestMaxSize):
@@ -54,6 +55,12 @@ class DetectionAugmentation:
             bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "instance"], clip=True,
                                      min_width=1.0, min_height=1.0),
         )
+
+    def reseed(self, seed: int) -> None:
+        """Make the next call's randomness a function of `seed` (engine.data_loading.SampleSeeded calls this with
+        data.seeding.sample_seed before each training sample)."""
+        if self.pipeline is not None:
+            reseed_compose(self.pipeline, seed)
 
     def __call__(self, image: np.ndarray, target: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, Any]]:
         boxes = np.asarray(target["boxes"], np.float32).reshape(-1, 4)

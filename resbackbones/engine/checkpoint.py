@@ -55,6 +55,20 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def gathered_rng_state() -> List[Dict[str, Any]]:
+    """rng_state() of every rank, in rank order, on every rank (a collective under DDP: call it on all ranks).
+    Checkpoints store this list: with seed + rank, each rank's generators differ (engine/setup.py)."""
+    from .distributed import all_gather_objects
+
+    return all_gather_objects(rng_state())
+
+
+def restore_rng_state(saved: Union[Dict[str, Any], List[Dict[str, Any]]], rank: int) -> None:
+    """Restore this rank's generators from a checkpoint's "rng": a list over ranks (this rank's entry; a run resumed
+    with more processes than it was saved with reuses entries cyclically), or a legacy single dict (every rank)."""
+    set_rng_state(saved[rank % len(saved)] if isinstance(saved, list) else saved)
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

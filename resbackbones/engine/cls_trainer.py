@@ -9,10 +9,9 @@ one in deterministic mode (same device and thread count): the checkpoint holds e
 and augmentation depend only on (seed, epoch, sample index).
 """
 import math
-import os
 import time
 from pathlib import Path
-from typing import Dict, List, NoReturn, Optional, Sequence
+from typing import Dict, List, NoReturn, Optional
 
 import numpy as np
 import torch
@@ -28,45 +27,21 @@ from ..data.errors import DataError
 from ..data.folders import ImageFolderDataset, find_split
 from ..data.synthetic_cls import default_cache_dir, write_image_folder
 from . import distributed as dist_utils
-from .checkpoint import (CheckpointManager, find_last_checkpoint, load_checkpoint, load_optimizer_state, rng_state,
-                         set_rng_state)
+from .checkpoint import (CheckpointManager, find_last_checkpoint, gathered_rng_state, load_checkpoint,
+                         load_optimizer_state, restore_rng_state)
 from .data_loading import ResumableSampler, make_loader
 from ..evaluation.classification import evaluate_classifier
-from .device import amp_dtype, autocast, grad_scaler, resolve_amp, resolve_device, set_deterministic
+from .device import amp_dtype, autocast, grad_scaler
 from .ema import ModelEMA
 from .metrics_log import CURVES_NAME, MetricsLogger, plot_error_curves
 from .optim import build_optimizer_for, build_scheduler, weight_penalty
+from .setup import setup_run
 from .tool_errors import TrainingDiverged, clip_and_check_grads, kept_checkpoint_note  # TrainingDiverged: also imported from here
 
 # What a run writes into its output folder (train_cls --overwrite deletes these and nothing else).
 RUN_FILES = ("config.yaml", "metrics.csv", "metrics.jsonl", CURVES_NAME, "tensorboard", "checkpoints")
 METRIC_COLUMNS = ("epoch", "iter", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr",
                   "epoch_time_s", "images_per_s")
-
-
-def _set_threads(threads: int, device: torch.device, *, deterministic: bool, verbose: bool) -> None:
-    """threads > 0: use that many; 0: torch's default, except on an oversubscribed CPU (load average >= cores,
-    no OMP_NUM_THREADS set, not deterministic) where one thread is used: OpenMP threads spin-waiting for
-    descheduled siblings made 2-thread training ~6x slower than 1-thread on a shared 2-core machine."""
-    if threads > 0:
-        torch.set_num_threads(threads)
-        return
-    if device.type != "cpu" or deterministic or "OMP_NUM_THREADS" in os.environ or not hasattr(os, "getloadavg"):
-        return
-    cores = os.cpu_count() or 1
-    if torch.get_num_threads() > 1 and os.getloadavg()[0] >= cores:
-        torch.set_num_threads(1)
-        if verbose:
-            print(f"note: CPU oversubscribed (load {os.getloadavg()[0]:.1f} on {cores} cores): using 1 thread; "
-                  f"set train.num_threads=N to override", flush=True)
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class ClsTrainer:
@@ -76,13 +51,9 @@ class ClsTrainer:
         write_run_files=False (evaluation of a run): config.yaml and the metrics files of the run stay as they are."""
         self.cfg = cfg
         self.output_dir = Path(cfg.train.output_dir)
-        self.device = resolve_device(cfg.train.device)
-        self.amp, self.amp_reason = resolve_amp(cfg.train.amp, self.device)
-        self.dist = dist_utils.init_distributed(self.device)
+        run = setup_run(cfg.train, fixed_input_size=True)
+        self.device, self.amp, self.amp_reason, self.dist = run.device, run.amp, run.amp_reason, run.dist
         self.is_main = self.dist.is_main
-        _set_threads(cfg.train.num_threads, self.device, deterministic=cfg.train.deterministic, verbose=self.is_main)
-        set_deterministic(cfg.train.deterministic)
-        seed_everything(cfg.train.seed)
         self._build_data(build_train)
         self._build_model()
         self.epoch = 0            # completed epochs
@@ -212,7 +183,7 @@ class ClsTrainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": rng_state(),
+            "rng": gathered_rng_state(),  # a collective: every rank calls state_dict() (see _save)
             "epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch, "global_iter": self.global_iter,
             "partial": dict(self._partial),
             "arch": self.cfg.model.backbone.name, "num_classes": self.num_classes, "classes": list(self.classes),
@@ -234,7 +205,7 @@ class ClsTrainer:
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
-        set_rng_state(state["rng"])
+        restore_rng_state(state["rng"], self.dist.rank)
         self.epoch, self.iter_in_epoch = int(state["epoch"]), int(state["iter_in_epoch"])
         self.global_iter = int(state["global_iter"])
         self._partial = dict(state.get("partial") or {})
@@ -251,8 +222,9 @@ class ClsTrainer:
         if bad:
             self._diverged(f"weights became non-finite at iteration {self.global_iter}",
                            f"{bad[0]} and {len(bad) - 1} more")
+        state = self.state_dict()
         if self.is_main:
-            self.checkpoints.save(self.state_dict(), metrics=metrics, epoch=self.epoch)
+            self.checkpoints.save(state, metrics=metrics, epoch=self.epoch)
         dist_utils.barrier()
 
     # -- loops ----------------------------------------------------------------------------------------------------

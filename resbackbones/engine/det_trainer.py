@@ -11,28 +11,29 @@ with RNG states), metrics_log (CSV/JSONL/TensorBoard).
 """
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, List, Optional
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from ..config import dump_yaml
+from ..config import ConfigError, dump_yaml
 from ..config.det import DetTrainConfig, default_iou_types
 from ..data.det_datasets import build_det_dataset, check_data_paths
 from ..data.det_transforms import build_det_transforms, collate_detection
 from ..data.resizable import check_coco_images_resizable
 from ..detection.backbone_weights import refuse_untrainable_backbone
 from ..detection.builder import build_detector
-from .checkpoint import (find_last_checkpoint, load_checkpoint, load_matching_state, load_optimizer_state, rng_state,
-                         save_atomic, set_rng_state)
+from .checkpoint import (find_last_checkpoint, gathered_rng_state, load_checkpoint, load_matching_state,
+                         load_optimizer_state, restore_rng_state, save_atomic)
+from .data_loading import ResumableSampler, SampleSeeded, make_loader
 from .det_curves import plot_det_curves
 from .det_reports import RESULTS_FILE, BestTracker, per_category_without_detections
-from .device import autocast, grad_scaler, resolve_amp, resolve_device
-from .distributed import init_distributed
+from .device import autocast, grad_scaler, resolve_amp
+from .distributed import all_gather_objects
 from .metrics_log import MetricsLogger
 from .optim import build_optimizer_for, make_lr_lambda
 from .outputs import write_json_atomic
+from .setup import setup_run
 from .tool_errors import TrainingDiverged, clip_and_check_grads, kept_checkpoint_note  # TrainingDiverged: also imported from here
 
 LAST = "last.pt"
@@ -40,30 +41,6 @@ BEST = "best.pt"
 # What a run writes into its output folder (train_det --overwrite deletes these and nothing else).
 RUN_FILES = ("config.yaml", LAST, BEST, "metrics.csv", "metrics.jsonl", "curves.png", "tensorboard", "eval.json",
              RESULTS_FILE.parts[0])
-
-
-class IterationSampler(torch.utils.data.Sampler):
-    """Infinite stream of dataset indices for this rank, starting at `start` samples into the stream.
-
-    Epoch e is a permutation drawn from (seed, e), and rank r takes every world_size-th index, so the stream
-    depends only on (seed, rank, world_size): a resumed run sees exactly the batches it would have seen.
-    """
-
-    def __init__(self, size: int, *, seed: int, rank: int = 0, world_size: int = 1, start: int = 0):
-        if size < 1:
-            raise ValueError("the training set is empty")
-        self.size, self.seed, self.rank, self.world = size, seed, rank, world_size
-        self.start = start
-
-    def __iter__(self) -> Iterator[int]:
-        per_epoch = self.size // self.world if self.size >= self.world else 1
-        epoch, offset = divmod(self.start, per_epoch)
-        while True:
-            g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
-            perm = torch.randperm(self.size, generator=g).tolist()
-            mine = (perm[self.rank::self.world] or perm)[:per_epoch]
-            yield from mine[offset:]
-            epoch, offset = epoch + 1, 0
 
 
 class DetTrainer:
@@ -74,15 +51,13 @@ class DetTrainer:
             refuse_untrainable_backbone(cfg.model)  # before any data is read: a config mistake, exit 2
         check_data_paths({"val": cfg.data.val} if eval_only else {"train": cfg.data.train, "val": cfg.data.val})
         tcfg = cfg.train
-        if tcfg.num_threads:
-            torch.set_num_threads(tcfg.num_threads)
-        self.device = resolve_device(tcfg.device)
-        self.dist = init_distributed(self.device)
-        # Validated for this device (fp16 on CPU is refused) before any work.
-        self.amp, self.amp_reason = resolve_amp(tcfg.amp, self.device)
+        run = setup_run(tcfg, fixed_input_size=False)
+        self.device, self.amp, self.amp_reason, self.dist = run.device, run.amp, run.amp_reason, run.dist
+        if tcfg.deterministic and self.device.type == "cuda":
+            raise ConfigError("train.deterministic=true needs train.device=cpu for detection: torchvision's "
+                              "RoIAlign backward has no deterministic CUDA kernel")
         self.eval_amp, self.eval_amp_reason = (resolve_amp(cfg.test.amp, self.device) if cfg.test.amp
                                                else (self.amp, self.amp_reason))
-        torch.manual_seed(tcfg.seed + self.dist.rank)
         self.output = Path(tcfg.output_dir)
         self.iou_types = default_iou_types(cfg)
         self.world = self.dist.world_size
@@ -151,16 +126,19 @@ class DetTrainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "iteration": self.iteration, "train_seconds": self.train_seconds, "rng": rng_state(),
+                "iteration": self.iteration, "train_seconds": self.train_seconds,
+                "rng": gathered_rng_state(),  # a collective: every rank calls state_dict()
                 **self.best.state(),
                 "label_to_category": dict(self.val_set.label_to_category),
                 "categories": [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))}
                                for c in self.val_set.categories]}
 
     def save(self) -> Optional[Path]:
+        """Write OUTPUT/last.pt (rank 0); every rank must call it (the checkpoint gathers every rank's RNG)."""
+        state = self.state_dict()
         if not self.dist.is_main:
             return None
-        return save_atomic(self.state_dict(), self.output / LAST)
+        return save_atomic(state, self.output / LAST)
 
     def _load(self, path, *, weights_only_model: bool) -> None:
         state = load_checkpoint(path, map_location=self.device)
@@ -179,7 +157,7 @@ class DetTrainer:
         self.iteration = int(state["iteration"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         if "rng" in state:
-            set_rng_state(state["rng"])
+            restore_rng_state(state["rng"], self.dist.rank)
         self.best.load(state)
         self.logger.resume(self.iteration)
         if self.dist.is_main:  # train_cls's wording
@@ -187,17 +165,18 @@ class DetTrainer:
 
     # -- training ---------------------------------------------------------------------------------------------
     def _loader(self):
+        """This rank's endless stream of training batches from iteration self.iteration on (engine/data_loading.py:
+        the data order and augmentation depend only on (seed, epoch, sample index))."""
         per_rank = self.cfg.solver.batch_size // self.world
-        sampler = IterationSampler(len(self.train_set), seed=self.cfg.train.seed, rank=self.dist.rank,
-                                   world_size=self.world, start=self.iteration * per_rank)
-        workers = self.cfg.data.num_workers
-        # The loader's own generator: creating its iterator draws a base seed, which must not consume the global
-        # RNG (restored on resume) or a resumed run would sample different RPN / RoI minibatches.
-        generator = torch.Generator().manual_seed(self.cfg.train.seed * 7 + self.iteration)
-        return iter(torch.utils.data.DataLoader(
-            self.train_set, batch_size=per_rank, sampler=sampler, num_workers=workers, generator=generator,
-            collate_fn=collate_detection, persistent_workers=False, pin_memory=self.device.type == "cuda",
-            prefetch_factor=2 if workers else None))
+        seed = self.cfg.train.seed
+        sampler = ResumableSampler(self.train_set, num_replicas=self.world, rank=self.dist.rank, seed=seed,
+                                   endless=True)
+        sampler.set_start(self.iteration * per_rank)
+        epoch = self.iteration * per_rank // sampler.num_samples
+        return iter(make_loader(SampleSeeded(self.train_set, seed=seed), batch_size=per_rank, sampler=sampler,
+                                workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+                                generator=torch.Generator().manual_seed(seed * 1000 + epoch),
+                                collate_fn=collate_detection))
 
     def _to_device(self, images: List[torch.Tensor], targets: List[Dict]):
         images = [im.to(self.device, non_blocking=True) for im in images]
@@ -312,11 +291,7 @@ class DetTrainer:
             outputs = [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in outputs]
             results += to_coco_results(outputs, [t["image_id"] for _, t in chunk], self.label_to_category,
                                        mask_threshold=self.cfg.test.mask_threshold)
-        if self.dist.enabled:
-            gathered: List[Optional[List[Dict]]] = [None] * self.world
-            dist.all_gather_object(gathered, results)
-            results = [r for part in gathered for r in (part or [])]
-        return results
+        return [r for part in all_gather_objects(results) for r in part]
 
     def _gt(self) -> Dict:
         """The val ground truth restricted to the evaluated images (crowd regions kept: COCOeval ignores them)."""
@@ -353,6 +328,7 @@ class DetTrainer:
 
     def _eval_and_log(self, final: bool = False) -> Dict:
         result = self.evaluate()
+        state = self.state_dict()  # on every rank (it gathers their RNG states), for best.pt below
         if self.dist.is_main:
             row = {"iter": self.iteration, "time_s": round(self.train_seconds, 2)}
             for t in self.iou_types:
@@ -362,7 +338,7 @@ class DetTrainer:
             self.logger.log(row)
             plot_det_curves(self.logger.rows, self.output / "curves.png")
             if (self.cfg.train.eval_period or self.best.value is not None) and self.best.update(result, self.iteration):
-                state = self.state_dict()  # last.pt too, so that a resumed run knows this best
+                state.update(self.best.state())  # last.pt too, so that a resumed run knows this best
                 save_atomic(state, self.output / BEST)
                 save_atomic(state, self.output / LAST)
                 print(self.best.line(self.output / BEST), flush=True)

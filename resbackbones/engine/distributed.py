@@ -2,7 +2,7 @@
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Dict
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -58,6 +58,28 @@ def all_reduce_sums(values: Dict[str, float], device: torch.device) -> Dict[str,
     tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=reduce_device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return {k: float(v) for k, v in zip(keys, tensor.tolist())}
+
+
+def first_rank_with(flag: bool, device: torch.device) -> Optional[int]:
+    """The lowest rank whose `flag` is true (every rank gets the same answer), None when no rank's is; one all-reduce
+    under DDP. Lets every rank stop together when one of them sees a problem (the others would wait in the next
+    collective, e.g. backward's gradient all-reduce, until the process group times out)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return 0 if flag else None
+    world = dist.get_world_size()
+    reduce_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    rank = torch.tensor([dist.get_rank() if flag else world], dtype=torch.int64, device=reduce_device)
+    dist.all_reduce(rank, op=dist.ReduceOp.MIN)
+    return int(rank.item()) if int(rank.item()) < world else None
+
+
+def all_gather_objects(obj) -> List[Any]:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects); [obj] in a single process."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    gathered: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def broadcast_object(obj, src: int = 0):
