@@ -49,11 +49,26 @@ def _tool(name: str):
     return tool
 
 
-def _poison(model, pick):
-    """Make one parameter's gradient inf from now on (the loss stays finite); returns the parameter's name."""
-    name, param = pick([(n, p) for n, p in model.named_parameters() if p.requires_grad])
-    param.register_hook(lambda grad: torch.full_like(grad, float("inf")))
-    return name
+def _poison_gradients_at(monkeypatch, trainer_class, iteration, poisoned, pick):
+    """Make the trainers built from now on write inf into one parameter's gradient (picked from the trainable
+    (name, parameter) list) at step `iteration` (counted from 0), through an after_backward hook of the loop core:
+    the loss stays finite. Appends the parameter's name to `poisoned`."""
+    from resbackbones.engine.loop import HookBase
+
+    class Poison(HookBase):
+        def after_backward(self, trainer):
+            if trainer.iter == iteration:
+                name, param = pick([(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad])
+                param.grad.fill_(float("inf"))
+                poisoned.append(name)
+
+    init = trainer_class.__init__
+
+    def with_poison(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.register_hooks([Poison()])
+
+    monkeypatch.setattr(trainer_class, "__init__", with_poison)
 
 
 def test_train_det_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
@@ -81,8 +96,10 @@ def test_train_det_stops_on_non_finite_gradients_of_a_finite_loss(tmp_path, caps
 
     def poisoned_at_2(self, images, targets):
         if self.iteration == 2 and not poisoned:  # the third step: two checkpoints written before it
-            poisoned.append(_poison(self.model, lambda named: next(
-                (n, p) for n, p in named if n.startswith("roi_heads.box_predictor.cls_score"))))
+            name, param = next((n, p) for n, p in self.model.named_parameters()
+                               if n.startswith("roi_heads.box_predictor.cls_score"))
+            param.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+            poisoned.append(name)
         return train_step(self, images, targets)
 
     monkeypatch.setattr(DetTrainer, "train_step", poisoned_at_2)
@@ -108,14 +125,8 @@ def test_train_cls_stops_on_non_finite_gradients_of_a_finite_loss(tmp_path, caps
     from resbackbones.engine.cls_trainer import ClsTrainer
 
     poisoned = []
-    check_finite = ClsTrainer._check_finite  # runs on the loss of every step, just before its backward
-
-    def poisoned_after_2(self, loss):
-        check_finite(self, loss)
-        if self.global_iter == 2 and not poisoned:  # the third step; no gradient clipping configured
-            poisoned.append(_poison(self.model, lambda named: named[len(named) // 2]))
-
-    monkeypatch.setattr(ClsTrainer, "_check_finite", poisoned_after_2)
+    _poison_gradients_at(monkeypatch, ClsTrainer, 2, poisoned,  # the third step; no gradient clipping configured
+                         lambda named: named[len(named) // 2])
     data = write_image_folder(tmp_path / "shapes", train_per_class=4, val_per_class=1)
     out = tmp_path / "out"
     code = _tool("train_cls").main([

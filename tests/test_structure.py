@@ -14,9 +14,7 @@ TOOLS = REPO / "tools"
 MAX_PACKAGE_LINES = 400
 MAX_TOOL_LINES = 100
 # Today's offenders at today's sizes; may only shrink.
-PACKAGE_LINES_ALLOWED = {
-    "engine/cls_trainer.py": 433,
-}
+PACKAGE_LINES_ALLOWED: dict = {}
 TOOL_LINES_ALLOWED = {
     "eval_coco.py": 186,
     "predict.py": 119,

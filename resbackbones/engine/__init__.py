@@ -1,5 +1,6 @@
-"""Training engine shared by classification and detection: device/AMP, DDP, optimizers and schedules, EMA,
-atomic checkpoints, metrics logging. cls_trainer holds the classification loop."""
+"""Training engine shared by classification and detection: run setup (setup.py), the loop core and its hooks
+(loop.py, hooks.py), device/AMP, DDP, optimizers and schedules, EMA, atomic checkpoints, metrics logging.
+cls_trainer.py and det_trainer.py are the two tasks on the loop core."""
 from .checkpoint import CheckpointError, CheckpointManager, find_last_checkpoint, load_checkpoint, save_atomic
 from .device import autocast, grad_scaler, resolve_device, set_deterministic
 from .distributed import DistInfo, all_reduce_sums, barrier, convert_sync_bn, init_distributed, unwrap

@@ -9,9 +9,8 @@ one in deterministic mode (same device and thread count): the checkpoint holds e
 and augmentation depend only on (seed, epoch, sample index).
 """
 import math
-import time
 from pathlib import Path
-from typing import Dict, List, NoReturn, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -27,16 +26,19 @@ from ..data.errors import DataError
 from ..data.folders import ImageFolderDataset, find_split
 from ..data.synthetic_cls import default_cache_dir, write_image_folder
 from . import distributed as dist_utils
+from .cls_epoch import EpochMeter
 from .checkpoint import (CheckpointManager, find_last_checkpoint, gathered_rng_state, load_checkpoint,
                          load_optimizer_state, restore_rng_state)
 from .data_loading import ResumableSampler, make_loader
 from ..evaluation.classification import evaluate_classifier
-from .device import amp_dtype, autocast, grad_scaler
+from .device import amp_dtype, grad_scaler
 from .ema import ModelEMA
+from .hooks import EMAHook, Periodic
+from .loop import Trainer
 from .metrics_log import CURVES_NAME, MetricsLogger, plot_error_curves
 from .optim import build_optimizer_for, build_scheduler, weight_penalty
 from .setup import setup_run
-from .tool_errors import TrainingDiverged, clip_and_check_grads, kept_checkpoint_note  # TrainingDiverged: also imported from here
+from .tool_errors import TrainingDiverged  # noqa: F401 (also imported from here)
 
 # What a run writes into its output folder (train_cls --overwrite deletes these and nothing else).
 RUN_FILES = ("config.yaml", "metrics.csv", "metrics.jsonl", CURVES_NAME, "tensorboard", "checkpoints")
@@ -44,25 +46,30 @@ METRIC_COLUMNS = ("epoch", "iter", "train_loss", "train_top1", "val_loss", "val_
                   "epoch_time_s", "images_per_s")
 
 
-class ClsTrainer:
+class ClsTrainer(Trainer):
+    """The classification task on the loop core (engine/loop.py): epochs of run_step, evaluated and checkpointed at
+    every epoch end; `iter` (alias global_iter) counts optimizer steps over the whole run."""
+
     def __init__(self, cfg: ClsConfig, *, resume: object = False, build_train: bool = True,
                  write_run_files: bool = True):
         """resume: False, True (last checkpoint in output_dir/checkpoints, if any) or a checkpoint path.
         write_run_files=False (evaluation of a run): config.yaml and the metrics files of the run stay as they are."""
+        super().__init__(setup_run(cfg.train, fixed_input_size=True))
         self.cfg = cfg
         self.output_dir = Path(cfg.train.output_dir)
-        run = setup_run(cfg.train, fixed_input_size=True)
-        self.device, self.amp, self.amp_reason, self.dist = run.device, run.amp, run.amp_reason, run.dist
-        self.is_main = self.dist.is_main
+        self.checkpoint_path = self.output_dir / "checkpoints" / "last.pt"
         self._build_data(build_train)
         self._build_model()
         self.epoch = 0            # completed epochs
         self.iter_in_epoch = 0    # completed iterations of the current epoch
-        self.global_iter = 0
+        self.iters_this_epoch = 0
         self._partial: Dict[str, float] = {}
         self.ema: Optional[ModelEMA] = None
         if build_train:
             self._build_solver()
+            self.meter = EpochMeter()
+            self.register_hooks([EMAHook(self.ema) if self.ema is not None else None, self.meter,
+                                 Periodic(cfg.train.checkpoint_period, self._save_mid_epoch)])
             self.logger = MetricsLogger(self.output_dir, enabled=self.is_main and write_run_files,
                                         tensorboard=cfg.train.tensorboard, columns=METRIC_COLUMNS)
             self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", metric="val_top1",
@@ -71,6 +78,15 @@ class ClsTrainer:
                 self._resume(resume)
             if self.is_main and write_run_files:
                 dump_yaml(cfg, self.output_dir / "config.yaml")
+
+    @property
+    def global_iter(self) -> int:
+        """Completed optimizer steps (the loop core's `iter`; the name of the checkpoint key)."""
+        return self.iter
+
+    @global_iter.setter
+    def global_iter(self, value: int) -> None:
+        self.iter = value
 
     # -- building -------------------------------------------------------------------------------------------------
     def _data_root(self) -> Path:
@@ -172,6 +188,7 @@ class ClsTrainer:
         self.epochs = math.ceil(self.max_iter / self.iters_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, **self.schedule)
         self.scaler = grad_scaler(self.device, self.amp)
+        self.clip_grad_norm = s.clip_grad_norm
         if self.cfg.ema.enabled:
             self.ema = ModelEMA(self.model, decay=self.cfg.ema.decay, warmup_steps=self.cfg.ema.warmup_steps)
 
@@ -215,14 +232,7 @@ class ClsTrainer:
             print(f"resumed from {path}: epoch {self.epoch}, iteration {self.global_iter}")
 
     def _save(self, metrics: Optional[Dict] = None) -> None:
-        # A finite loss can still come with non-finite gradients (e.g. a huge lr): the step then leaves NaN/inf
-        # weights or BN statistics. Never write those over the last good checkpoint (every rank holds the same
-        # weights, so all ranks stop here together).
-        bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        if bad:
-            self._diverged(f"weights became non-finite at iteration {self.global_iter}",
-                           f"{bad[0]} and {len(bad) - 1} more")
-        state = self.state_dict()
+        state = self.checked_state()
         if self.is_main:
             self.checkpoints.save(state, metrics=metrics, epoch=self.epoch)
         dist_utils.barrier()
@@ -242,102 +252,50 @@ class ClsTrainer:
             loss = loss + weight_penalty(self.model, l1=s.l1, l2=s.l2)
         return loss
 
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        bad = torch.logical_not(torch.isfinite(loss.detach())).float().reshape(1)
-        if self.dist.enabled:
-            reduce_on = bad if torch.distributed.get_backend() == "nccl" else bad.cpu()
-            torch.distributed.all_reduce(reduce_on)
-            bad = reduce_on
-        if bad.item() > 0:
-            self._diverged(f"loss is {loss.item()} at epoch {self.epoch + 1}, iteration {self.global_iter + 1}")
+    # -- the task -----------------------------------------------------------------------------------------------
+    def forward(self, batch) -> torch.Tensor:
+        return self.train_model(batch[0])
 
-    def _diverged(self, what: str, detail: str = "") -> NoReturn:
-        """Raise TrainingDiverged with the one message shape of every divergence check (scripts and tests parse
-        "iteration N" and "last good checkpoint is kept: PATH"): "<what> (<detail>; lr X); training stopped, ..."."""
-        kept = kept_checkpoint_note(self.output_dir / "checkpoints" / "last.pt")
-        lr = f"lr {self.optimizer.param_groups[0]['lr']:.4g}"
-        raise TrainingDiverged(
-            f"{what} ({detail + '; ' if detail else ''}{lr}); training stopped, {kept}. "
-            f"Try a lower solver.base_lr, warm-up, solver.clip_grad_norm or amp=none.")
+    def losses(self, outputs: torch.Tensor, batch) -> Dict[str, torch.Tensor]:
+        return {"loss": self._loss(outputs, batch[1])}
+
+    def step_position(self, index: int) -> str:
+        return f"epoch {self.epoch + 1}, iteration {index + 1}"
+
+    def _batches(self, loader):
+        for images, targets in loader:
+            yield self._to_device(images, targets)
 
     def train_one_epoch(self) -> Dict[str, float]:
-        cfg = self.cfg
+        """Train the rest of the current epoch (all of it unless resumed mid-epoch); returns its statistics over all
+        ranks: train_loss, train_top1, epoch_time_s, images_per_s, lr. Does not advance self.epoch (fit does)."""
         self.train_model.train()
         self.sampler.set_epoch(self.epoch)
         self.train_set.set_epoch(self.epoch)
         start_iter = self.iter_in_epoch
         self.sampler.set_start(start_iter * self.batch_per_rank)
-        generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + self.epoch)
+        generator = torch.Generator().manual_seed(self.cfg.train.seed * 1000 + self.epoch)
         loader = make_loader(self.train_set, batch_size=self.batch_per_rank, sampler=self.sampler,
-                             workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda", drop_last=True,
-                             generator=generator)
-        # A resumed partial epoch holds the sums of all ranks (see below): only rank 0 starts from them.
-        sums = {k: torch.tensor(float(self._partial.get(k, 0.0)) if self.is_main else 0.0, dtype=torch.float64)
-                for k in ("loss_sum", "correct", "count")}
-        iters_this_epoch = min(self.iters_per_epoch, self.max_iter - (self.global_iter - start_iter))
-        progress = self._progress(iters_this_epoch, start_iter)
-        start_time = time.time() - float(self._partial.get("elapsed", 0.0))
-        seen_since_start, tick = 0, time.time()
-        for images, targets in loader:
-            if self.iter_in_epoch >= iters_this_epoch:
-                break
-            images, targets = self._to_device(images, targets)
-            with autocast(self.device, self.amp):
-                logits = self.train_model(images)
-            loss = self._loss(logits, targets)
-            self._check_finite(loss)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                if cfg.solver.clip_grad_norm:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.solver.clip_grad_norm)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                # Checked before the step, so the weights never take NaN/inf from a finite loss's gradients (fp16
-                # AMP above: the GradScaler skips such steps itself). DDP has averaged the gradients, so every
-                # rank sees the same verdict and all stop together.
-                problem = clip_and_check_grads(self.model, cfg.solver.clip_grad_norm)
-                if problem is not None:
-                    self._diverged(f"gradients are non-finite at epoch {self.epoch + 1}, iteration "
-                                   f"{self.global_iter + 1}", f"{problem}; loss {loss.item():.4g}")
-                self.optimizer.step()
-            self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update(self.model)
-            n = targets.numel()
-            sums["loss_sum"] += loss.detach().double().cpu() * n
-            sums["correct"] += (logits.detach().argmax(1) == targets).sum().double().cpu()
-            sums["count"] += n
-            self.iter_in_epoch += 1
-            self.global_iter += 1
-            seen_since_start += n * self.dist.world_size
-            if progress is not None:
-                rate = seen_since_start / max(1e-9, time.time() - tick)
-                progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}",
-                                     img_s=f"{rate:.0f}", refresh=False)
-                progress.update(1)
-            elif cfg.train.log_period and self.is_main and self.global_iter % cfg.train.log_period == 0:
-                print(f"epoch {self.epoch + 1} iter {self.iter_in_epoch}/{iters_this_epoch} loss {loss.item():.4f}",
-                      flush=True)
-            if cfg.train.checkpoint_period and self.global_iter % cfg.train.checkpoint_period == 0 \
-                    and self.iter_in_epoch < iters_this_epoch:
-                # Rank 0 alone writes the checkpoint: it must carry every rank's running sums, not only its own.
-                self._partial = dist_utils.all_reduce_sums({k: float(v) for k, v in sums.items()}, self.device)
-                self._partial["elapsed"] = time.time() - start_time
-                self._save()
-        if progress is not None:
-            progress.close()
-        totals = dist_utils.all_reduce_sums({k: float(v) for k, v in sums.items()}, self.device)
-        elapsed = time.time() - start_time
+                             workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+                             drop_last=True, generator=generator)
+        self.iters_this_epoch = min(self.iters_per_epoch, self.max_iter - (self.iter - start_iter))
+        self.meter.start(self, self._partial, progress=self._progress(self.iters_this_epoch, start_iter))
+        self.train(self._batches(loader), max_iter=self.iter - start_iter + self.iters_this_epoch)
+        totals = self.meter.totals()
+        elapsed = totals["elapsed"]
         count = max(1.0, totals["count"])
         self._partial = {}
         self.iter_in_epoch = 0
         return {"train_loss": totals["loss_sum"] / count, "train_top1": 100.0 * totals["correct"] / count,
                 "epoch_time_s": elapsed, "images_per_s": totals["count"] / max(1e-9, elapsed),
                 "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _save_mid_epoch(self) -> None:
+        """train.checkpoint_period: a checkpoint inside the epoch (the epoch's end saves anyway). Rank 0 alone writes
+        it: it must carry every rank's running sums, not only its own."""
+        if self.iter_in_epoch < self.iters_this_epoch:
+            self._partial = self.meter.totals()
+            self._save()
 
     def _progress(self, total: int, initial: int):
         if not (self.cfg.train.progress and self.is_main):
