@@ -1,5 +1,6 @@
 """Shared test fixtures. Data in ../shared is optional on a laptop but required under CI (CI=true)."""
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RESBACKBONES_SHARED", REPO.parent / "shared"))
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Every tool imports its sibling tools/_cli.py (`from _cli import ...`), found as `python tools/X.py` finds it: the
+# script's folder is on sys.path. A test that loads a tool by file path needs the same folder there.
+sys.path.append(str(REPO / "tools"))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 # Nothing downloads during tests: "torchvision:<ENUM>" weights resolve only from files a test places in its own
@@ -23,6 +27,21 @@ def tiny_train_det_args(shapes_root: Path, out: Path, *extra: str) -> list:
             "data.train.num_images=6", f"data.train.root={shapes_root / 'train'}", "data.val.num_images=3",
             f"data.val.root={shapes_root / 'val'}", "solver.batch_size=2", "train.log_period=1",
             "train.progress=false", "data.flip_prob=0.0", *extra]
+
+
+def random_detector_run(folder: Path, overrides=()) -> Path:
+    """`folder` made a train_det-like run folder: config.yaml (configs/quickstart.yaml + overrides) and last.pt, a
+    randomly initialised detector (seed 0: scores ~ 1 / classes) with categories a, b, c (ids 1-3). Returns it."""
+    from resbackbones.config import dump_yaml, load_config
+    from resbackbones.config.det import DetTrainConfig
+    from resbackbones.detection.builder import build_detector
+
+    cfg = load_config(DetTrainConfig, REPO / "configs" / "quickstart.yaml", list(overrides))
+    dump_yaml(cfg, folder / "config.yaml")
+    torch.manual_seed(0)
+    torch.save({"model": build_detector(cfg.model).state_dict(), "label_to_category": {1: 1, 2: 2, 3: 3},
+                "categories": [{"id": i, "name": n} for i, n in ((1, "a"), (2, "b"), (3, "c"))]}, folder / "last.pt")
+    return folder
 
 
 def require_shared(relative: str) -> Path:

@@ -8,12 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, REPO
-from resbackbones.config import dump_yaml, load_config
-from resbackbones.config.det import DetTrainConfig
+from conftest import FIXTURES, REPO, random_detector_run
 from resbackbones.deploy import load_detector
-from resbackbones.deploy.predict import GT_COLOUR, padded_shape, predict_images
-from resbackbones.detection.builder import build_detector
+from resbackbones.deploy.predict import padded_shape, predict_images
+from resbackbones.visualize import GT_COLOUR
 
 sys.path.insert(0, str(REPO / "tools"))
 import predict  # noqa: E402
@@ -27,13 +25,7 @@ SMALL = ["model.input.min_size=[128]", "model.input.max_size=160", "model.rpn.pr
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A train_det-like run folder holding a randomly initialised quickstart Mask R-CNN (scores ~ 1 / classes)."""
-    run = tmp_path_factory.mktemp("run")
-    cfg = load_config(DetTrainConfig, REPO / "configs" / "quickstart.yaml", SMALL)
-    dump_yaml(cfg, run / "config.yaml")
-    torch.manual_seed(0)
-    torch.save({"model": build_detector(cfg.model).state_dict(), "label_to_category": {1: 1, 2: 2, 3: 3},
-                "categories": [{"id": i, "name": n} for i, n in ((1, "a"), (2, "b"), (3, "c"))]}, run / "last.pt")
-    return run
+    return random_detector_run(tmp_path_factory.mktemp("run"), SMALL)
 
 
 def _error(capsys) -> str:

@@ -7,22 +7,21 @@
 
 (--source is the older name of --from and still works.)
 --verify builds the architecture (from --arch or the metadata) and loads the result strictly.
-The output never replaces the input. Exit status 2 with a one-line reason on bad input (missing file, wrong format, pickled code, mismatch).
+The output never replaces the input. Exit status 2 with a one-line reason on bad input (missing file, wrong format,
+pickled code, mismatch), 130 interrupted.
 """
-import argparse
 import sys
-from pathlib import Path
 
+from _cli import default_argument_parser, run
 from safetensors import SafetensorError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import resbackbones as rb  # noqa: E402
-from resbackbones.engine.outputs import refuse_inputs  # noqa: E402
-from resbackbones.weights import CONVERTERS, WeightsError, convert  # noqa: E402
+import resbackbones as rb
+from resbackbones.engine.outputs import refuse_inputs
+from resbackbones.weights import CONVERTERS, WeightsError, convert
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = default_argument_parser(__doc__, overrides=False)  # no config: nothing to override
     parser.add_argument("input", help="checkpoint to convert (.pth/.pt/.th torch file, or detectron2 .pkl)")
     parser.add_argument("output", help="where to write (.safetensors; any other suffix: torch file)")
     parser.add_argument("--from", "--source", dest="source", required=True, choices=sorted(CONVERTERS),
@@ -30,22 +29,19 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", default=None, help="registered backbone name to record (default: inferred)")
     parser.add_argument("--verify", action="store_true", help="build the arch and load the result strictly")
     args = parser.parse_args(argv)
+    return run(lambda: _convert(args), interrupt_hint="interrupted; the output is written atomically, so it is the "
+                                                       "old file or none")
+
+
+def _convert(args) -> int:
+    refuse_inputs({"output": args.output}, {"input": args.input})  # never over the file being converted
+    state, meta = convert(args.source, args.input, arch=args.arch)
+    if args.verify:
+        _verify(state, meta)
     try:
-        refuse_inputs({"output": args.output}, {"input": args.input})  # never over the file being converted
-        state, meta = convert(args.source, args.input, arch=args.arch)
-        if args.verify:
-            _verify(state, meta)
-        try:
-            rb.weights.save(state, args.output, metadata=meta.to_dict())
-        except (OSError, SafetensorError) as error:  # a folder it may not write in (read-only, /proc): was a traceback
-            raise WeightsError(f"cannot write {args.output}: {' '.join(str(error).split())}") from None
-    except (WeightsError, ValueError) as error:  # OutputError is a ValueError
-        print(f"convert_weights: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("convert_weights: interrupted; the output is written atomically, so it is the old file or none",
-              file=sys.stderr)
-        return 130
+        rb.weights.save(state, args.output, metadata=meta.to_dict())
+    except (OSError, SafetensorError) as error:  # a folder it may not write in (read-only, /proc): was a traceback
+        raise WeightsError(f"cannot write {args.output}: {' '.join(str(error).split())}") from None
     print(f"wrote {args.output}: {len(state)} tensors, arch={meta.arch}, source={meta.source}, "
           f"input={meta.input_format} 0-{int(meta.pixel_scale)}, stride_in_1x1={meta.stride_in_1x1}")
     return 0

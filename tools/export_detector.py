@@ -14,41 +14,29 @@ exit 1 if they differ by more than 1e-3 (boxes: relative to the image size). --f
 refused in one line while torch cannot capture torchvision's R-CNN. Exit codes: 0 ok, 1 check failed, 2 user error
 (one line on stderr), 130 interrupted.
 """
-import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _cli import default_argument_parser, run
 
-from resbackbones.config import ConfigError  # noqa: E402
-from resbackbones.data.errors import DataError  # noqa: E402
-from resbackbones.deploy import FORMATS, DeployError  # noqa: E402
-from resbackbones.engine.checkpoint import CheckpointError  # noqa: E402
-from resbackbones.engine.tool_errors import run_tool  # noqa: E402
-from resbackbones.weights.errors import WeightsError  # noqa: E402
+from resbackbones.deploy import FORMATS
 
 TOLERANCE = 1e-3
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    parser = default_argument_parser(__doc__)  # positional key=value: config overrides (e.g. model.input.*)
     parser.add_argument("--checkpoint", required=True, help="last.pt written by tools/train_det.py")
     parser.add_argument("--config", help="its training config; default: config.yaml next to the checkpoint")
     parser.add_argument("--format", default="torchscript", choices=FORMATS, help="file format (default torchscript)")
     parser.add_argument("--output", required=True, help="file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument("--check", metavar="IMAGE", help="compare the exported file with the eager model on IMAGE")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. model.input.*)")
-    return parser.parse_intermixed_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    return run(lambda: _run(args), interrupt_hint="interrupted; the output is written atomically (old file or none)")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    return run_tool(lambda: _run(args), interrupt_hint="interrupted; the output is written atomically (old file or none)",
-                    user_errors=(ConfigError, DataError, CheckpointError, WeightsError, DeployError))
-
-
-def _run(args: argparse.Namespace) -> int:
+def _run(args) -> int:
     from resbackbones.data.folders import read_image
     from resbackbones.data.images import image_to_tensor
     from resbackbones.deploy import load_detector

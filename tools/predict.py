@@ -15,24 +15,18 @@ of --batch-size (only images of the same resized shape share one: the detections
 An image the model would resize to under 8 px across (e.g. a 10000x50 strip) is refused, naming it and its size.
 Exit codes: 0 ok, 2 user error (one line on stderr), 130 interrupted.
 """
-import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+from _cli import add_amp_argument, default_argument_parser, run
 
-import cv2  # noqa: E402
-
-from resbackbones.config import ConfigError  # noqa: E402
-from resbackbones.data.errors import DataError  # noqa: E402
-from resbackbones.data.folders import IMG_EXTENSIONS  # noqa: E402
-from resbackbones.engine.checkpoint import CheckpointError  # noqa: E402
-from resbackbones.engine.device import AMP_MODES, resolve_amp  # noqa: E402
-from resbackbones.engine.outputs import OutputError, refuse_inputs, unique_targets  # noqa: E402
+from resbackbones.deploy.predict import list_images
+from resbackbones.engine.outputs import OutputError, refuse_inputs, unique_targets
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = default_argument_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="last.pt written by tools/train_det.py")
     parser.add_argument("--config", help="training config; default: config.yaml next to the checkpoint")
     parser.add_argument("--images", "--input", dest="input", nargs="+", required=True,
@@ -42,38 +36,13 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="draw detections scoring at least this")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--amp", default="auto", choices=AMP_MODES,
-                        help="autocast precision: auto = bf16 where native (CPU amx_bf16 / avx512_bf16, CUDA compute "
-                             "capability >= 8.0), fp16 on older GPUs, else fp32; none = fp32")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    add_amp_argument(parser)
     return parser.parse_intermixed_args(argv)  # key=value overrides may come before or after flags
-
-
-def list_images(inputs):
-    files = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise DataError(f"input not found: {path}")
-    if not files:
-        raise DataError(f"no images found in {', '.join(inputs)}")
-    return files
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        return _run(args)
-    except (ConfigError, DataError, CheckpointError, ValueError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; the PNGs written so far are complete", file=sys.stderr)
-        return 130
+    return run(lambda: _run(args), interrupt_hint="interrupted; the PNGs written so far are complete")
 
 
 def _run(args) -> int:
@@ -86,9 +55,9 @@ def _run(args) -> int:
         raise OutputError(f"--output {out_dir} is a file; give a folder for the drawn PNGs")
     refuse_inputs({"--output": out_dir}, {"--gt": args.gt}, folders=True)
     from resbackbones.deploy import load_detector
-    from resbackbones.deploy.predict import (GroundTruth, check_resizable, draw_detections, draw_with_ground_truth,
-                                             header_size, predict_images)
-    from resbackbones.engine.device import resolve_device
+    from resbackbones.deploy.predict import check_resizable, header_size, predict_images
+    from resbackbones.engine.device import resolve_amp, resolve_device
+    from resbackbones.visualize import GroundTruth, draw_detections, draw_with_ground_truth
 
     targets = unique_targets(list_images(args.input), out_dir, suffix=".png")
     truth = GroundTruth(args.gt) if args.gt else None

@@ -19,9 +19,9 @@ Ctrl-C exits 130.
 import os
 import sys
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from _cli import run
+
 # detectron2 scripts a few functions at import: torch's deprecation notice for that is not the user's to act on.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
@@ -29,10 +29,9 @@ from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.evaluation import COCOEvaluator  # noqa: E402
 
-from resbackbones.engine.tool_errors import run_tool  # noqa: E402
 from resbackbones.integrations.detectron2 import apply_weights_conventions  # noqa: E402
-from resbackbones.integrations.detectron2_train import D2UserError, build_cfg, register_datasets  # noqa: E402
-from resbackbones.weights.errors import WeightsError  # noqa: E402
+from resbackbones.integrations.detectron2_data import register_datasets  # noqa: E402
+from resbackbones.integrations.detectron2_train import build_cfg  # noqa: E402
 
 
 class Trainer(DefaultTrainer):
@@ -76,14 +75,13 @@ def cli(argv=None) -> int:
     args = build_parser().parse_args(argv)
     print("[train_d2] command line:", args)
 
-    def run() -> int:
+    def body() -> int:
         apply_weights_conventions(build_cfg(args))  # every user error before a process or a file is made
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
         return 0
 
-    return run_tool(run, interrupt_hint="interrupted; continue with --resume (OUTPUT_DIR/last_checkpoint)",
-                    user_errors=(D2UserError, WeightsError, FileNotFoundError))
+    return run(body, interrupt_hint="interrupted; continue with --resume (OUTPUT_DIR/last_checkpoint)")
 
 
 if __name__ == "__main__":

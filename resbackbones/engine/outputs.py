@@ -19,6 +19,7 @@ Every refusal is an OutputError (a ValueError: the tools print it as one line an
 A file is written beside its target under a hidden temp name and renamed over it, so a reader (or a run killed
 mid-write) never sees half a file: the target holds the old content or the new, nothing in between.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import socket
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 try:
     import fcntl
@@ -120,6 +121,19 @@ def claim_run_dir(folder: PathLike, *, resume: bool, overwrite: bool, run_files:
         if removed:
             print(f"--overwrite: removed the previous run's {', '.join(removed)} from {folder}", flush=True)
     return lock
+
+
+@contextlib.contextmanager
+def claimed_run_dir(folder: PathLike, *, resume: bool, overwrite: bool, run_files: Sequence[str]
+                    ) -> Iterator[Optional[RunLock]]:
+    """claim_run_dir for the length of a with block, released when the block ends, on an error too (the process
+    may go on: a tool's main() called in-process, a test)."""
+    lock = claim_run_dir(folder, resume=resume, overwrite=overwrite, run_files=run_files)
+    try:
+        yield lock
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def remove_run_files(folder: Path, run_files: Sequence[str]) -> List[str]:
@@ -229,3 +243,47 @@ def unique_targets(sources: Iterable[PathLike], folder: PathLike, *, suffix: str
         if clash is not None:
             raise OutputError(f"writing {target} would replace the input image {clash}; give another --output")
     return targets
+
+
+# -- tools/eval_coco.py's outputs ------------------------------------------------------------------------------------
+STATS_EXTRA_KEYS = ("per_category", "ap_unit")  # beside the iou types ("bbox", "segm") in a stats json
+
+
+def eval_detections_path(out: Optional[PathLike], results: Optional[PathLike]) -> Path:
+    """Where eval_coco --checkpoint writes its detections json: `results` (--results), else OUT_STEM.detections.json
+    beside `out` (--out; stats.detections.json without it), a name a rerun with the same --out replaces."""
+    out = Path(out or "stats.json")
+    return Path(results) if results else out.with_name(f"{out.stem}.detections.json")
+
+
+def is_coco_stats_file(path: PathLike) -> bool:
+    """Whether `path` holds a stats json of tools/eval_coco.py: an object of iou-type sections (each an object),
+    and nothing else than STATS_EXTRA_KEYS beside them. Anything unreadable is not one."""
+    from ..evaluation.coco import IOU_TYPES  # only here: every tool imports this module, few check a stats file
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict) or not set(data) & set(IOU_TYPES) or not set(data) <= {*IOU_TYPES, *STATS_EXTRA_KEYS}:
+        return False
+    return all(isinstance(v, dict) for k, v in data.items() if k in IOU_TYPES)
+
+
+def check_eval_outputs(out: Optional[PathLike], inputs: Mapping[str, Optional[PathLike]], *,
+                       detections: Optional[PathLike] = None, results: Optional[PathLike] = None,
+                       overwrite: bool = False) -> None:
+    """eval_coco's rules, before any work: no output over an input (`inputs`: flag -> path) or over the other
+    output; unless `overwrite`, no --results file that exists (another evaluation's detections?) and no --out that
+    exists and is not a stats json of the tool. out: the stats json (--out); detections: where the detections json
+    goes (eval_detections_path; None when there is none); results: the --results the user gave, if any (the default
+    name beside --out belongs to --out: a rerun replaces both). Raises OutputError naming the flag and the fix."""
+    refuse_inputs({"--out": out, "--results": detections}, inputs)
+    if overwrite:
+        return
+    if results and Path(results).exists():
+        raise OutputError(f"--results {results} exists (another evaluation's detections?); give another --results, "
+                          f"or --overwrite to replace it")
+    if out and Path(out).exists() and not is_coco_stats_file(out):
+        raise OutputError(f"--out {out} exists and is not a stats json of tools/eval_coco.py; give another --out, "
+                          f"or --overwrite to replace it")

@@ -1,72 +1,19 @@
-"""What tools/train_d2.py needs besides detectron2's train_net: COCO-json datasets, the config built and checked
-before any process starts, and user errors as one line (D2UserError) instead of detectron2's assertions.
+"""What tools/train_d2.py needs besides detectron2's train_net: the config built and checked before any process
+starts, and user errors as one line (D2UserError) instead of detectron2's assertions.
 
     cfg = build_cfg(args)          # args: detectron2's default_argument_parser + --train/test-json/-images
-    register_datasets(args)        # resbackbones_train / resbackbones_test from the jsons
+
+The COCO-json datasets themselves: integrations/detectron2_data.py (register_datasets).
 """
-import json
 import os
-from typing import Any, Dict
 
 import torch
 import yaml
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data.datasets import register_coco_instances
 
 from ..engine.outputs import check_output_path
 from .detectron2 import add_resbackbones_config
-
-TRAIN, TEST = "resbackbones_train", "resbackbones_test"
-
-
-class D2UserError(ValueError):
-    """A bad command line, config file, override, dataset or device for tools/train_d2.py: one line, exit 2."""
-
-
-def _read_json(path: str) -> Dict[str, Any]:
-    try:
-        with open(path) as handle:
-            coco = json.load(handle)
-    except OSError as error:
-        raise D2UserError(f"cannot read {path}: {error.strerror or error}") from None
-    except ValueError as error:
-        raise D2UserError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(coco, dict) or not coco.get("categories"):
-        raise D2UserError(f"{path}: no 'categories' in the COCO json; give a COCO instances json")
-    return coco
-
-
-def _uses_rle_masks(coco: dict) -> bool:
-    # detectron2 reads polygons unless told otherwise; RLE masks (dicts) need INPUT.MASK_FORMAT bitmask.
-    # Crowd regions are RLE in COCO itself but never reach training, so only non-crowd annotations count.
-    return any(isinstance(a.get("segmentation"), dict) for a in coco.get("annotations", []) if not a.get("iscrowd"))
-
-
-def _check_datasets(args) -> None:
-    for split in ("train", "test"):
-        ann, images = getattr(args, f"{split}_json"), getattr(args, f"{split}_images")
-        if not ann and not images:
-            continue
-        if not ann or not images:
-            raise D2UserError(f"--{split}-json and --{split}-images go together: give both")
-        if not os.path.isfile(ann):
-            raise D2UserError(f"--{split}-json {ann} not found")
-        if not os.path.isdir(images):
-            raise D2UserError(f"--{split}-images {images} is not a folder")
-
-
-def register_datasets(args) -> None:
-    """register_coco_instances for the given jsons (re-registers a name when called again with other files)."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    _check_datasets(args)
-    for name, ann, images in ((TRAIN, args.train_json, args.train_images), (TEST, args.test_json, args.test_images)):
-        if not ann:
-            continue
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        register_coco_instances(name, {}, ann, images)
+from .detectron2_data import TEST, TRAIN, D2UserError, check_dataset_args, read_coco_json, uses_rle_masks
 
 
 def _merge(what: str, merge) -> None:
@@ -87,7 +34,7 @@ def build_cfg(args) -> CfgNode:
     if flags:  # detectron2's parser hands everything after the first KEY VALUE pair to the config
         raise D2UserError(f"{flags[0]} comes after the KEY VALUE config overrides, which take the rest of the line: "
                           f"put the flags first")
-    _check_datasets(args)
+    check_dataset_args(args)
     try:
         with open(args.config_file) as handle:
             node = yaml.compose(handle)  # parsed, not constructed: detectron2's yamls carry python tags
@@ -109,12 +56,12 @@ def build_cfg(args) -> CfgNode:
         cfg.DATASETS.TEST = ()  # the yaml's COCO val is not registered here: no evaluation without --test-json
     class_source = args.train_json or args.test_json
     if class_source:
-        coco = _read_json(class_source)
+        coco = read_coco_json(class_source)
         cfg.MODEL.ROI_HEADS.NUM_CLASSES = cfg.MODEL.RETINANET.NUM_CLASSES = len(coco["categories"])
-        if _uses_rle_masks(coco):
+        if uses_rle_masks(coco):
             cfg.INPUT.MASK_FORMAT = "bitmask"
     if args.train_json and not args.eval_only:  # detectron2 asserted "Dataset 'resbackbones_train' is empty!"
-        train = coco if class_source == args.train_json else _read_json(args.train_json)
+        train = coco if class_source == args.train_json else read_coco_json(args.train_json)
         missing = "images" if not train.get("images") else "annotations" if not train.get("annotations") else ""
         if missing:
             raise D2UserError(f"--train-json {args.train_json} has no {missing}: nothing to train on (detectron2 "
