@@ -92,17 +92,9 @@ def test_train_det_stops_on_non_finite_gradients_of_a_finite_loss(tmp_path, caps
     from resbackbones.engine.det_trainer import DetTrainer
 
     poisoned = []
-    train_step = DetTrainer.train_step
-
-    def poisoned_at_2(self, images, targets):
-        if self.iteration == 2 and not poisoned:  # the third step: two checkpoints written before it
-            name, param = next((n, p) for n, p in self.model.named_parameters()
-                               if n.startswith("roi_heads.box_predictor.cls_score"))
-            param.register_hook(lambda grad: torch.full_like(grad, float("inf")))
-            poisoned.append(name)
-        return train_step(self, images, targets)
-
-    monkeypatch.setattr(DetTrainer, "train_step", poisoned_at_2)
+    # The third step (counted from 0: 2): two checkpoints are written before it.
+    _poison_gradients_at(monkeypatch, DetTrainer, 2, poisoned, lambda named: next(
+        (n, p) for n, p in named if n.startswith("roi_heads.box_predictor.cls_score")))
     out = tmp_path / "out"
     # quickstart.yaml clips gradients (solver.clip_grad_norm): the check runs on the norm the clipping computes.
     code = _tool("train_det").main([

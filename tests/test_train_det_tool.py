@@ -94,3 +94,37 @@ def test_missing_dataset_is_one_line(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope.json" in err
+
+
+def _tiny_cfg(root, out):
+    """The DetTrainConfig that tiny_train_det_args describes (its key=value part)."""
+    from resbackbones.config import load_config
+    from resbackbones.config.det import DetTrainConfig
+
+    overrides = [a for a in tiny_train_det_args(root, out) if "=" in a and not a.startswith("--")]
+    return load_config(DetTrainConfig, QUICKSTART, [*overrides, f"train.output_dir={out}", "train.device=cpu"])
+
+
+def test_eval_only_builds_no_optimizer_and_writes_nothing(data_root, tmp_path):
+    from resbackbones.engine.det_trainer import DetTrainer
+
+    out = tmp_path / "run"
+    trainer = DetTrainer(_tiny_cfg(data_root, out), eval_only=True)
+    assert not hasattr(trainer, "optimizer") and trainer.hooks == [] and trainer.train_set is None
+    assert not out.exists()
+
+
+def test_non_finite_weights_are_not_saved(data_root, tmp_path):
+    from resbackbones.engine.det_trainer import DetTrainer
+    from resbackbones.engine.tool_errors import TrainingDiverged
+
+    out = tmp_path / "run"
+    trainer = DetTrainer(_tiny_cfg(data_root, out))
+    trainer.save()
+    good = (out / "last.pt").read_bytes()
+    with torch.no_grad():
+        trainer.model.roi_heads.box_predictor.bbox_pred.bias[0] = float("nan")
+    with pytest.raises(TrainingDiverged, match=r"weights became non-finite .*roi_heads\.box_predictor\.bbox_pred\.bias "
+                                               r"and 0 more.*the last good checkpoint is kept: .*last\.pt"):
+        trainer.save()
+    assert (out / "last.pt").read_bytes() == good

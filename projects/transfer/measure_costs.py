@@ -8,7 +8,7 @@
 cls: the classifier of configs/pretrain_<arch>.yaml (its options, channels_last, amp)
   on random images of px x px, batch --batch, SGD step under train.amp (bf16 where native); data loading is not
   counted (CIFAR JPEG decoding at 32-48 px is small beside the network).
-det: tools/train_det.py's own DetTrainer.train_step on real images of the config's train set (--limit of them),
+det: tools/train_det.py's own DetTrainer.run_step on real images of the config's train set (--limit of them),
   with run.sh's backbone settings for --init and any --overrides appended.
 The first --warmup steps are not timed (allocator and oneDNN kernel selection). Prints one CSV row per net:
   what,name,threads,load_1min,steps,s_per_step,images_per_step,s_per_image,amp,infer_s_per_image
@@ -101,10 +101,10 @@ def measure_det(config: str, init: str, overrides, limit: int, steps: int, warmu
                       + list(overrides))
     trainer = DetTrainer(cfg)
     trainer.model.train()
-    data = trainer._loader()
+    data = trainer.data_iter()
 
     def step():
-        trainer.train_step(*next(data))
+        trainer.run_step(next(data))
 
     seconds = _timed(step, steps, warmup)
     shutil.rmtree(scratch, ignore_errors=True)  # the stand-in export is ~100-500 MB

@@ -6,12 +6,12 @@ by AP (with train.eval_period; see det_reports.py).
     trainer = DetTrainer(cfg, resume=True)       # cfg: config.det.DetTrainConfig
     result = trainer.fit()                       # {"bbox": {"AP": ..}, "segm": {...}} of the final evaluation
 
-Reuses engine/: device + autocast, distributed, optim (param groups, warm-up/step lambda), checkpoint (atomic save
-with RNG states), metrics_log (CSV/JSONL/TensorBoard).
+The step, its divergence checks and the hook calls are the loop core's (engine/loop.py), shared with
+classification; this file says what detection trains on, logs, saves and evaluates.
 """
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -34,7 +34,9 @@ from .metrics_log import MetricsLogger
 from .optim import build_optimizer_for, make_lr_lambda
 from .outputs import write_json_atomic
 from .setup import setup_run
-from .tool_errors import TrainingDiverged, clip_and_check_grads, kept_checkpoint_note  # TrainingDiverged: also imported from here
+from .hooks import LossWindow, Periodic, TrainTimer
+from .loop import Trainer
+from .tool_errors import TrainingDiverged  # noqa: F401 (also imported from here)
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -43,7 +45,11 @@ RUN_FILES = ("config.yaml", LAST, BEST, "metrics.csv", "metrics.jsonl", "curves.
              RESULTS_FILE.parts[0])
 
 
-class DetTrainer:
+class DetTrainer(Trainer):
+    """The detection task on the loop core (engine/loop.py): iterations of run_step on an endless loader, with
+    hooks for the loss log, checkpoints, periodic evaluation and the time limit; `iter` (alias iteration) counts
+    optimizer steps. eval_only builds the model and the val data only (no optimizer, no run-folder writes)."""
+
     def __init__(self, cfg: DetTrainConfig, *, resume: bool = False, eval_only: bool = False,
                  checkpoint: str = ""):
         self.cfg = cfg
@@ -51,14 +57,14 @@ class DetTrainer:
             refuse_untrainable_backbone(cfg.model)  # before any data is read: a config mistake, exit 2
         check_data_paths({"val": cfg.data.val} if eval_only else {"train": cfg.data.train, "val": cfg.data.val})
         tcfg = cfg.train
-        run = setup_run(tcfg, fixed_input_size=False)
-        self.device, self.amp, self.amp_reason, self.dist = run.device, run.amp, run.amp_reason, run.dist
+        super().__init__(setup_run(tcfg, fixed_input_size=False))
         if tcfg.deterministic and self.device.type == "cuda":
             raise ConfigError("train.deterministic=true needs train.device=cpu for detection: torchvision's "
                               "RoIAlign backward has no deterministic CUDA kernel")
         self.eval_amp, self.eval_amp_reason = (resolve_amp(cfg.test.amp, self.device) if cfg.test.amp
                                                else (self.amp, self.amp_reason))
         self.output = Path(tcfg.output_dir)
+        self.checkpoint_path = self.output / LAST
         self.iou_types = default_iou_types(cfg)
         self.world = self.dist.world_size
         if cfg.solver.batch_size % self.world:
@@ -87,14 +93,8 @@ class DetTrainer:
         # The dumped config.yaml names the input normalisation actually used (adopted from the backbone weights).
         t, icfg = self.model.transform, cfg.model.input
         icfg.image_mean, icfg.image_std, icfg.format = tuple(t.image_mean), tuple(t.image_std), t.input_format
-        self.optimizer = build_optimizer_for(self.model, cfg.solver, lr=cfg.solver.scaled_lr())
-        s = cfg.solver
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, make_lr_lambda(
-            max_iter=s.max_iter, policy=s.schedule, steps=s.steps, gamma=s.gamma, warmup_iters=s.warmup,
-            warmup_factor=s.warmup_factor, warmup_method=s.warmup_method, min_lr_factor=s.min_lr_factor))
-        self.scaler = grad_scaler(self.device, self.amp)
-        self.iteration = 0
-        self.train_seconds = 0.0
+        if not eval_only:
+            self._build_solver()
         self.best = BestTracker(self.iou_types[0])  # best.pt: the first evaluated iou type's AP
         self.last_results: List[Dict] = []  # the detections of the latest evaluation (rank 0)
         # Evaluation of a checkpoint leaves the run folder alone (the tool writes its report beside the checkpoint).
@@ -116,6 +116,31 @@ class DetTrainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
 
+    @property
+    def iteration(self) -> int:
+        """Completed optimizer steps (the loop core's `iter`; the name of the checkpoint key)."""
+        return self.iter
+
+    def _build_solver(self) -> None:
+        s = self.cfg.solver
+        self.optimizer = build_optimizer_for(self.model, s, lr=s.scaled_lr())
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, make_lr_lambda(
+            max_iter=s.max_iter, policy=s.schedule, steps=s.steps, gamma=s.gamma, warmup_iters=s.warmup,
+            warmup_factor=s.warmup_factor, warmup_method=s.warmup_method, min_lr_factor=s.min_lr_factor))
+        self.scaler = grad_scaler(self.device, self.amp)
+        self.clip_grad_norm = s.clip_grad_norm
+        tcfg = self.cfg.train
+        # Order matters: the timer decides whether training stops after this step, which the others read.
+        self.register_hooks([
+            TrainTimer(tcfg.time_limit_s),
+            LossWindow(tcfg.log_period, s.max_iter, progress=tcfg.progress and self.is_main),
+            Periodic(tcfg.checkpoint_period, lambda: None if self.done() else self.save()),
+            Periodic(tcfg.eval_period, lambda: None if self.done() else self._eval_and_log())])
+
+    def done(self) -> bool:
+        """Training ends after this step: the configured length, or a hook stopped it (train.time_limit_s)."""
+        return self.stop or self.iter >= self.cfg.solver.max_iter
+
     def _check_classes(self, dataset, split: str) -> None:
         if dataset.num_classes != self.cfg.model.num_classes:
             raise ValueError(f"model.num_classes={self.cfg.model.num_classes} but data.{split} "
@@ -126,7 +151,7 @@ class DetTrainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "iteration": self.iteration, "train_seconds": self.train_seconds,
+                "iteration": self.iter, "train_seconds": self.train_seconds,
                 "rng": gathered_rng_state(),  # a collective: every rank calls state_dict()
                 **self.best.state(),
                 "label_to_category": dict(self.val_set.label_to_category),
@@ -134,8 +159,9 @@ class DetTrainer:
                                for c in self.val_set.categories]}
 
     def save(self) -> Optional[Path]:
-        """Write OUTPUT/last.pt (rank 0); every rank must call it (the checkpoint gathers every rank's RNG)."""
-        state = self.state_dict()
+        """Write OUTPUT/last.pt (rank 0) once the weights are checked finite; every rank must call it (the check and
+        the RNG states are gathered from every rank)."""
+        state = self.checked_state()
         if not self.dist.is_main:
             return None
         return save_atomic(state, self.output / LAST)
@@ -154,119 +180,52 @@ class DetTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.iteration = int(state["iteration"])
+        self.iter = int(state["iteration"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         if "rng" in state:
             restore_rng_state(state["rng"], self.dist.rank)
         self.best.load(state)
-        self.logger.resume(self.iteration)
+        self.logger.resume(self.iter)
         if self.dist.is_main:  # train_cls's wording
-            print(f"resumed from {path}: iteration {self.iteration}", flush=True)
+            print(f"resumed from {path}: iteration {self.iter}", flush=True)
 
     # -- training ---------------------------------------------------------------------------------------------
-    def _loader(self):
-        """This rank's endless stream of training batches from iteration self.iteration on (engine/data_loading.py:
-        the data order and augmentation depend only on (seed, epoch, sample index))."""
+    def data_iter(self) -> Iterator:
+        """This rank's endless stream of training batches (images, targets) on the device, from iteration self.iter
+        on (engine/data_loading.py: data order and augmentation depend only on (seed, epoch, sample index))."""
         per_rank = self.cfg.solver.batch_size // self.world
         seed = self.cfg.train.seed
         sampler = ResumableSampler(self.train_set, num_replicas=self.world, rank=self.dist.rank, seed=seed,
                                    endless=True)
-        sampler.set_start(self.iteration * per_rank)
-        epoch = self.iteration * per_rank // sampler.num_samples
-        return iter(make_loader(SampleSeeded(self.train_set, seed=seed), batch_size=per_rank, sampler=sampler,
-                                workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
-                                generator=torch.Generator().manual_seed(seed * 1000 + epoch),
-                                collate_fn=collate_detection))
+        sampler.set_start(self.iter * per_rank)
+        epoch = self.iter * per_rank // sampler.num_samples
+        loader = make_loader(SampleSeeded(self.train_set, seed=seed), batch_size=per_rank, sampler=sampler,
+                             workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+                             generator=torch.Generator().manual_seed(seed * 1000 + epoch),
+                             collate_fn=collate_detection)
+        for images, targets in loader:
+            yield ([im.to(self.device, non_blocking=True) for im in images],
+                   [{k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
+                     for k, v in t.items() if k in ("boxes", "labels", "masks")} for t in targets])
 
-    def _to_device(self, images: List[torch.Tensor], targets: List[Dict]):
-        images = [im.to(self.device, non_blocking=True) for im in images]
-        moved = []
-        for t in targets:
-            moved.append({k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
-                          for k, v in t.items() if k in ("boxes", "labels", "masks")})
-        return images, moved
+    # -- the task ---------------------------------------------------------------------------------------------
+    def forward(self, batch) -> Dict[str, torch.Tensor]:
+        return self.train_model(*batch)  # torchvision detectors return their losses in training mode
 
-    def train_step(self, images, targets) -> Dict[str, float]:
-        images, targets = self._to_device(images, targets)
-        with autocast(self.device, self.amp):
-            losses = self.train_model(images, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            raise TrainingDiverged(f"loss is {loss.item()} at iteration {self.iteration} ({terms}); lower "
-                                   f"solver.base_lr or raise solver.warmup")
-        self.optimizer.zero_grad(set_to_none=True)
-        clip = self.cfg.solver.clip_grad_norm
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            if clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            # A finite loss can still give NaN/inf gradients; stepping on them would ruin the weights. (With a
-            # GradScaler, above, inf gradients are routine: the scaler skips that step and lowers its scale.)
-            problem = clip_and_check_grads(self.model, clip)
-            if problem is not None:
-                raise TrainingDiverged(f"gradients are non-finite at iteration {self.iteration} ({problem}; loss "
-                                       f"{loss.item():.4g}); {kept_checkpoint_note(self.output / LAST)}; lower "
-                                       f"solver.base_lr or raise solver.warmup")
-            self.optimizer.step()
-        self.scheduler.step()
-        row = {k: float(v.detach()) for k, v in losses.items()}
-        row["loss"] = float(loss.detach())
-        return row
+    def losses(self, outputs: Dict[str, torch.Tensor], batch) -> Dict[str, torch.Tensor]:
+        return outputs
+
+    def step_position(self, index: int) -> str:
+        return f"iteration {index}"  # counted from 0: the checkpoint kept before step N holds N iterations
 
     def fit(self) -> Dict[str, Dict[str, float]]:
-        cfg, tcfg = self.cfg, self.cfg.train
-        max_iter = cfg.solver.max_iter
-        self.model.train()
-        data = self._loader() if self.iteration < max_iter else None
-        bar = None
-        if tcfg.progress and self.dist.is_main and self.iteration < max_iter:
-            from tqdm import tqdm
-            bar = tqdm(total=max_iter, initial=self.iteration, desc="train", dynamic_ncols=True, leave=False)
-        window: List[Dict[str, float]] = []
-        start = time.perf_counter() - self.train_seconds
-        while self.iteration < max_iter:
-            images, targets = next(data)
-            row = self.train_step(images, targets)
-            self.iteration += 1
-            self.train_seconds = time.perf_counter() - start
-            window.append(row)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.4g}")
-            done = self.iteration == max_iter
-            if tcfg.time_limit_s and self.train_seconds > tcfg.time_limit_s:
-                done = True
-            if self.iteration % tcfg.log_period == 0 or done:
-                self._log_window(window)
-                window = []
-            if tcfg.checkpoint_period and self.iteration % tcfg.checkpoint_period == 0 and not done:
-                self.save()
-            if tcfg.eval_period and self.iteration % tcfg.eval_period == 0 and not done:
-                self._eval_and_log()
-                self.model.train()
-            if done:
-                break
-        if bar is not None:
-            bar.close()
+        """Train to solver.max_iter (or train.time_limit_s), save, evaluate; returns the final evaluation."""
+        if self.iter < self.cfg.solver.max_iter:
+            self.train(self.data_iter(), self.cfg.solver.max_iter)
         self.save()
         result = self._eval_and_log(final=True)
         self.logger.close()
         return result
-
-    def _log_window(self, window: List[Dict[str, float]]) -> None:
-        if not window:
-            return
-        row = {"iter": self.iteration, "lr": self.optimizer.param_groups[0]["lr"],
-               "time_s": round(self.train_seconds, 2)}
-        for key in window[0]:
-            row[key] = sum(r[key] for r in window) / len(window)
-        self.logger.log(row)
 
     # -- evaluation -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -328,9 +287,9 @@ class DetTrainer:
 
     def _eval_and_log(self, final: bool = False) -> Dict:
         result = self.evaluate()
-        state = self.state_dict()  # on every rank (it gathers their RNG states), for best.pt below
+        state = self.checked_state()  # on every rank (it gathers their RNG states), for best.pt below
         if self.dist.is_main:
-            row = {"iter": self.iteration, "time_s": round(self.train_seconds, 2)}
+            row = {"iter": self.iter, "time_s": round(self.train_seconds, 2)}
             for t in self.iou_types:
                 row[f"{t}_AP"] = result[t].get("AP")
                 if "AP50" in result[t]:

@@ -174,8 +174,8 @@ class Trainer:
         if rank is None:
             return
         where = f"{bad[0]} and {len(bad) - 1} more" if bad else f"on rank {rank}"
-        # The last step taken made them so.
-        self.diverged(f"weights became non-finite at {self.step_position(self.iter - 1)}", where)
+        when = self.step_position(self.iter - 1) if self.iter else "the start (before any step)"  # the last step's
+        self.diverged(f"weights became non-finite at {when}", where)
 
     def diverged(self, what: str, detail: str = "") -> NoReturn:
         """Raise TrainingDiverged with the one message shape of every divergence check (scripts and tests parse

@@ -7,8 +7,8 @@ DDP process group torn down on every path. Each tool used to carry its own copy 
 started to drift (only one unwrapped DataLoader-worker tracebacks); `run_tool` is the single copy.
 
 The divergence side lives here too: one `TrainingDiverged` class raised by both trainers (re-exported by
-engine.cls_trainer and engine.det_trainer), and `clip_and_check_grads`, the non-finite gradient check both
-trainers run before the optimizer step.
+engine.cls_trainer and engine.det_trainer), and `clip_and_check_grads`, the non-finite gradient check the loop
+core's step (engine/loop.py) runs before the optimizer step.
 """
 import os
 import sys
