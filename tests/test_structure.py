@@ -16,11 +16,10 @@ MAX_TOOL_LINES = 100
 # Today's offenders at today's sizes; may only shrink.
 PACKAGE_LINES_ALLOWED: dict = {}
 TOOL_LINES_ALLOWED = {
-    "train_cls.py": 163,
-    "train_det.py": 131,
+    "train_cls.py": 109,
 }
 # Tools that still put the checkout on sys.path; may only shrink (the editable install makes the edit unnecessary).
-TOOLS_WITH_SYS_PATH_ALLOWED = {"train_cls.py", "train_det.py"}
+TOOLS_WITH_SYS_PATH_ALLOWED: set = set()
 # detection/transform.py only, since data/det_transforms.py's became DetectionAugmentation (step 4a).
 DETECTION_TRANSFORM_CLASSES_ALLOWED = 1
 # Files outside backbones/base.py that read Backbone._stage_shapes; may only shrink.

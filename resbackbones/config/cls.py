@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Literal, Optional, Tuple
 
 from ..data.cls_transforms import CIFAR_MEAN, CIFAR_STD
+from . import ConfigError
 from .common import AmpMode, SolverConfig
 
 
@@ -125,3 +126,19 @@ class ClsConfig:
         s = self.solver
         if not s.max_iter and (s.epochs or 0) < 1:
             raise ValueError(f"config key 'solver.epochs' must be >= 1, got {s.epochs}")
+
+
+def with_epochs(cfg: ClsConfig, epochs: int) -> ClsConfig:
+    """`cfg` trained for `epochs` epochs instead of its own length (tools/train_cls.py --epochs); changes cfg in place
+    and returns it. solver.max_iter is dropped. An iteration recipe (solver.max_iter with steps in iterations, e.g.
+    CIFAR's 64k iterations with /10 at 32k and 48k) keeps its shape at the new length: its steps become fractions
+    of the training. Raises ConfigError for epochs < 1."""
+    if epochs < 1:
+        raise ConfigError(f"solver.epochs must be >= 1, got {epochs}")
+    solver = cfg.solver
+    if solver.max_iter and solver.unit == "iter":
+        solver.steps = tuple(s / solver.max_iter for s in solver.steps)
+        solver.unit = "fraction"
+    solver.max_iter = None
+    solver.epochs = epochs
+    return cfg
