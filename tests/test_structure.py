@@ -15,9 +15,7 @@ MAX_PACKAGE_LINES = 400
 MAX_TOOL_LINES = 100
 # Today's offenders at today's sizes; may only shrink.
 PACKAGE_LINES_ALLOWED: dict = {}
-TOOL_LINES_ALLOWED = {
-    "train_cls.py": 109,
-}
+TOOL_LINES_ALLOWED: dict = {}
 # Tools that still put the checkout on sys.path; may only shrink (the editable install makes the edit unnecessary).
 TOOLS_WITH_SYS_PATH_ALLOWED: set = set()
 # detection/transform.py only, since data/det_transforms.py's became DetectionAugmentation (step 4a).

@@ -17,16 +17,15 @@ a second process writing into the same folder is refused while the first runs. -
 --export would have (its config's metadata, the top-1 re-measured on its val split; --data DIR if the data moved).
 Exit codes: 0 ok, 2 user error (one line on stderr), 3 training diverged (NaN/inf loss or gradients), 130 interrupted.
 """
-import contextlib
 import sys
-from pathlib import Path
 
 from _cli import default_argument_parser, default_setup, flag_overrides, run
 
 from resbackbones.config import ConfigError
 from resbackbones.config.cls import ClsConfig, with_epochs
 from resbackbones.engine.cls_export import export_checkpoint, is_train_cls_checkpoint
-from resbackbones.engine.outputs import claimed_run_dir, refuse_inputs
+from resbackbones.engine.cls_run import run_classification
+from resbackbones.engine.outputs import refuse_inputs
 
 FLAGS = {"arch": "model.backbone.name", "data": "data.root", "output": "train.output_dir",
          "batch_size": "solver.batch_size", "workers": "data.num_workers", "device": "train.device",
@@ -64,29 +63,8 @@ def _run(args) -> int:
     if (args.export and args.weights and not args.resume and (args.config is None or args.eval_only)
             and is_train_cls_checkpoint(args.weights)):
         return _export_checkpoint(args)
-    cfg = build_config(args)
-    if args.eval_only and not (args.weights or args.resume):
-        raise ConfigError("--eval-only needs --weights FILE (or --resume to evaluate the last checkpoint)")
-    from resbackbones.engine.cls_trainer import RUN_FILES, ClsTrainer
-
-    checkpoints = Path(cfg.train.output_dir) / "checkpoints"
-    if args.export:  # never over the weights or checkpoints it is made from
-        refuse_inputs({"--export": args.export}, {"--weights": args.weights, "last.pt": checkpoints / "last.pt",
-                                                   "--resume": args.resume if isinstance(args.resume, str) else None,
-                                                   "best.pt": checkpoints / "best.pt"})
-    with (contextlib.nullcontext() if args.eval_only else claimed_run_dir(  # --eval-only writes nothing there
-            cfg.train.output_dir, resume=bool(args.resume), overwrite=args.overwrite, run_files=RUN_FILES)):
-        trainer = ClsTrainer(cfg, resume=args.resume, build_train=not args.eval_only or bool(args.resume),
-                             write_run_files=not args.eval_only)
-        metrics = trainer.evaluate() if args.eval_only else trainer.fit()
-        if args.eval_only and trainer.is_main:
-            print(f"top-1 {metrics['val_top1']:.2f} %  top-5 {metrics['val_top5']:.2f} %  loss "
-                  f"{metrics['val_loss']:.4f}  ({metrics['val_count']} images, {cfg.model.backbone.name}, "
-                  f"{args.weights or 'last checkpoint'})")
-        if args.export and not metrics:  # resumed an already finished run: measure what the export records
-            metrics = trainer.evaluate()
-        if args.export and trainer.is_main:
-            print(f"exported backbone weights to {trainer.export_backbone(args.export, metrics=metrics)}")
+    run_classification(build_config(args), resume=args.resume, eval_only=args.eval_only, weights=args.weights,
+                       export=args.export, overwrite=args.overwrite)
     return 0
 
 
