@@ -46,7 +46,7 @@ def test_eval_coco_checkpoint_on_reordered_ground_truth(tmp_path, capsys):
     (tmp_path / "moved_gt.json").write_text(json.dumps(moved))
     renamed = dict(gt, categories=[dict(c, name=c["name"] + "_x") for c in gt["categories"]])
     (tmp_path / "renamed.json").write_text(json.dumps(renamed))
-    common = ["--checkpoint", str(run / "last.pt"), "--config", str(REPO / "configs" / "quickstart.yaml"),
+    common = ["--checkpoint", str(run / "checkpoints" / "last.pt"), "--config", str(REPO / "configs" / "quickstart.yaml"),
               "--images", str(tmp_path / "va" / "images"), "--device", "cpu", "--amp", "none", "--iou-type", "bbox"]
     out = {}
     for name, gt_file in (("same", tmp_path / "va" / "annotations.json"), ("moved", tmp_path / "moved_gt.json")):

@@ -40,7 +40,7 @@ TRAIN_C = "python tools/train_cls.py --config C --resume"
 
 SMOKE: Dict[str, Smoke] = {
     QUICKSTART: Smoke(add="solver.max_iter=2 data.train.num_images=4 data.val.num_images=2 train.progress=false",
-                      creates=("output/quickstart/last.pt", "output/quickstart/eval.json")),
+                      creates=("output/quickstart/checkpoints/last.pt", "output/quickstart/eval.json")),
     "python tools/convert_weights.py --from torchvision --arch resnet50 tv_r50.pth r50.safetensors --verify":
         Smoke(needs=("tv_r50",), creates=("r50.safetensors",)),
     "python tools/train_cls.py": Smoke(add=TINY_SYN, creates=("output/cls_default/checkpoints/last.pt",)),
@@ -59,17 +59,19 @@ SMOKE: Dict[str, Smoke] = {
         Smoke(add=TINY_DET, needs=("shared", "torchvision"), creates=("output/bccd_frcnn_r50/eval.json",)),
     "python tools/eval_coco.py --gt GT.json --dt DETECTIONS.json --iou-type bbox segm --out stats.json":
         Smoke(needs=("coco",), creates=("stats.json",)),
-    "python tools/predict.py --config configs/quickstart.yaml --checkpoint output/quickstart/last.pt --images DIR "
+    "python tools/predict.py --config configs/quickstart.yaml --checkpoint output/quickstart/checkpoints/last.pt --images DIR "
     "--output preds/": Smoke(needs=("coco",), after=(QUICKSTART,), creates=("preds",)),
-    "python tools/predict.py --checkpoint output/quickstart/last.pt --images DIR --gt GT.json --output preds_gt/":
+    "python tools/predict.py --checkpoint output/quickstart/checkpoints/last.pt --images DIR --gt GT.json "
+    "--output preds_gt/":
         Smoke(needs=("coco",), after=(QUICKSTART,), creates=("preds_gt",)),
-    "python tools/export_detector.py --checkpoint output/quickstart/last.pt --format torchscript --output detector.pt":
+    "python tools/export_detector.py --checkpoint output/quickstart/checkpoints/last.pt --format torchscript "
+    "--output detector.pt":
         Smoke(after=(QUICKSTART,), creates=("detector.pt",)),
     PRETRAIN: Smoke(add=TINY_CLS, needs=("shared",)),
     EXPORT: Smoke(add=TINY_CLS, after=(PRETRAIN,), creates=("r50_cifar.safetensors",)),
     "python tools/train_det.py --config configs/bccd_frcnn_r50.yaml model.backbone.weights=r50_cifar.safetensors":
         Smoke(add=TINY_DET + " --output output/bccd_from_cifar", after=(EXPORT,),
-              creates=("output/bccd_from_cifar/last.pt",)),
+              creates=("output/bccd_from_cifar/checkpoints/last.pt",)),
     "python tools/eval_coco.py --gt shapes_val/annotations.json --dt run1/inference/coco_instances_results.json "
     "--iou-type bbox segm --out stats.json":
         Smoke(subs={"shapes_val/annotations.json": "GT.json",

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from resbackbones.engine.checkpoint import (CheckpointError, CheckpointManager, find_last_checkpoint,
-                                            gathered_rng_state, load_checkpoint, restore_rng_state, rng_state,
-                                            save_atomic, set_rng_state)
+                                            find_resume_checkpoint, gathered_rng_state, load_checkpoint,
+                                            restore_rng_state, rng_state, save_atomic, set_rng_state)
 from resbackbones.engine.ema import ModelEMA
 from resbackbones.engine.metrics_log import MetricsLogger, plot_error_curves
 
@@ -83,6 +83,21 @@ def test_manager_tracks_best_and_find_last(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["model"]["e"].item() == 3
     assert (tmp_path / "epoch_2.pt").is_file() and not (tmp_path / "epoch_3.pt").exists()
     assert find_last_checkpoint(tmp_path) == tmp_path / "last.pt"
+
+
+def test_one_resume_rule_for_both_trainers(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    assert find_resume_checkpoint(tmp_path, True) == (
+        None, f"resume: no checkpoint in {ckpts}, starting from scratch")
+    save_atomic({"model": {}}, tmp_path / "last.pt")  # train_det before the shared layout
+    path, note = find_resume_checkpoint(tmp_path, True)
+    assert path == tmp_path / "last.pt" and note.startswith(f"note: {path} is in the layout of train_det before")
+    for name in ("iter_20.pt", "iter_100.pt", "epoch_3.pt"):
+        save_atomic({"model": {}}, ckpts / name)
+    assert find_resume_checkpoint(tmp_path, True) == (ckpts / "iter_100.pt", "")  # the highest number
+    save_atomic({"model": {}}, ckpts / "last.pt")
+    assert find_resume_checkpoint(tmp_path, True) == (ckpts / "last.pt", "")
+    assert find_resume_checkpoint(tmp_path, str(ckpts / "iter_20.pt")) == (ckpts / "iter_20.pt", "")
 
 
 def test_ema_tracks_weights():

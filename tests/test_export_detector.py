@@ -116,7 +116,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     last = run / "last.pt"
     before = last.read_bytes()
     cases = [
-        (["--checkpoint", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "a.pt")], "config.yaml"),
+        (["--checkpoint", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "a.pt")], "not found"),
         (["--checkpoint", str(tmp_path / "missing.pt"), "--config", str(run / "config.yaml"),
           "--output", str(tmp_path / "a.pt")], "not found"),
         (["--checkpoint", str(last), "--output", str(last)], "destroy the input"),

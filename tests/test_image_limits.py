@@ -54,7 +54,7 @@ def test_predict_refuses_the_bomb_in_one_line(tmp_path, capsys):
                   "solver.max_iter=1", "data.train.num_images=2", f"data.train.root={tmp_path / 'tr'}",
                   "data.val.num_images=1", f"data.val.root={tmp_path / 'va'}", "train.progress=false"]) == 0
     capsys.readouterr()
-    assert predict.main(["--checkpoint", str(run / "last.pt"), "--images", str(tmp_path / "bomb.png"),
+    assert predict.main(["--checkpoint", str(run / "checkpoints" / "last.pt"), "--images", str(tmp_path / "bomb.png"),
                          "--output", str(tmp_path / "out"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bomb.png is 20000x20000" in err

@@ -144,8 +144,8 @@ def test_train_det_new_run_and_eval_only(tmp_path, capsys):
     assert train_det.main(_det(tmp_path, out, "solver.base_lr=0.1")) == 2
     assert "not empty" in _error(capsys) and _snapshot(out) == before
     assert train_det.main(_det(tmp_path, out, "--eval-only", "test.max_images=1")) == 0
-    report = out / "last.eval.json"
-    assert json.loads(report.read_text())["checkpoint"] == str(out / "last.pt")
+    report = out / "checkpoints" / "last.eval.json"
+    assert json.loads(report.read_text())["checkpoint"] == str(out / "checkpoints" / "last.pt")
     report.unlink()
     assert _snapshot(out) == before  # config.yaml, eval.json, metrics untouched
     assert train_det.main(_det(tmp_path, out, "--overwrite")) == 0

@@ -180,13 +180,14 @@ def test_train_det_resume_with_another_optimizer_is_one_line(tmp_path, capsys):
               "solver.batch_size=2", "train.progress=false"]
     assert train_det.main([*common, "solver.max_iter=1"]) == 0
     capsys.readouterr()
-    last = (out / "last.pt").read_bytes()
+    last = (out / "checkpoints" / "last.pt").read_bytes()
     assert train_det.main([*common, "solver.max_iter=2", "solver.optimizer=sgd", "--resume"]) == 2
     err = _error(capsys)
-    assert "last.pt holds the state of another optimizer than this run's SGD" in err and "betas" in err
+    assert "last.pt holds the state of another optimizer (adamw) than this run's SGD" in err and "betas" in err
+    assert "resume with solver.optimizer=adamw" in err  # the checkpoint records its config
     assert train_det.main([*common, "solver.max_iter=2", "model.fpn.out_channels=32", "--resume"]) == 2  # a changed
     assert "of another shape" in _error(capsys)  # model (FPN width, head): one line through --resume too
-    assert (out / "last.pt").read_bytes() == last
+    assert (out / "checkpoints" / "last.pt").read_bytes() == last
 
 
 @pytest.mark.parametrize("tool,argv", [

@@ -83,7 +83,7 @@ def test_train_det_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path, cap
     assert code == 3 and len(err) == 1, (code, err)
     assert any(w in err[0] for w in ("loss is nan", "loss is inf", "gradients are non-finite")), err
     failed_at = int(err[0].split("iteration ")[1].split()[0])
-    state = torch.load(out / "last.pt", weights_only=True)
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     # The failing step is not saved: the checkpoint is the last finite one (iterations count completed steps).
     assert state["iteration"] == failed_at and _finite(state["model"]), (state["iteration"], failed_at)
 
@@ -107,8 +107,8 @@ def test_train_det_stops_on_non_finite_gradients_of_a_finite_loss(tmp_path, caps
     line = err[0]
     assert line.startswith("error: gradients are non-finite at iteration 2 ("), line
     assert f"first non-finite gradient: {poisoned[0]};" in line and "loss " in line, line
-    assert f"the last good checkpoint is kept: {out / 'last.pt'}" in line, line
-    state = load_checkpoint(out / "last.pt")
+    assert f"the last good checkpoint is kept: {out / 'checkpoints' / 'last.pt'}" in line, line
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert state["iteration"] == 2 and _finite(state["model"])
     assert all(_finite(buffers) for buffers in state["optimizer"]["state"].values())  # momentum too
 

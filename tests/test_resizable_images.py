@@ -69,4 +69,4 @@ def test_train_det_refuses_a_strip_in_its_training_json_before_training(tmp_path
     err = capsys.readouterr().err.strip()
     assert code == 2 and "Traceback" not in err, err
     assert f"(id {gt['images'][1]['id']} in {tmp_path / 'train.json'}) is 50x10000" in err.splitlines()[-1], err
-    assert not (tmp_path / "run" / "last.pt").exists()
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()

@@ -28,8 +28,8 @@ def test_two_process_resume_equals_uninterrupted(tmp_path):
     _torchrun(root, tmp_path / "straight", "solver.max_iter=3")
     _torchrun(root, tmp_path / "split", "solver.max_iter=2")
     _torchrun(root, tmp_path / "split", "--resume", "solver.max_iter=3")
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=True)
     assert a["iteration"] == b["iteration"] == 3
     assert len(a["rng"]) == 2 and not torch.equal(a["rng"][0]["torch"], a["rng"][1]["torch"])  # seed + rank
     for part in ("model", "optimizer"):

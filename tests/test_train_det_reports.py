@@ -1,6 +1,7 @@
 """tools/train_det.py keeps what detectron2 users look for: AP / AP50 per category in eval.json and in the final
 console report, the evaluated detections in OUTPUT/inference/coco_instances_results.json (COCO.loadRes reads them),
-OUTPUT/best.pt by the first iou type's AP when train.eval_period > 0, and "resumed from ...: iteration N" on --resume.
+OUTPUT/checkpoints/best.pt by the first iou type's AP when train.eval_period > 0, and "resumed from ...: iteration N"
+on --resume.
 Tiny quickstart runs (Mask R-CNN on 6 shapes images, 3 val images)."""
 import contextlib
 import io
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO, tiny_train_det_args
-from resbackbones.engine.det_reports import BestTracker
+from resbackbones.engine.checkpoint import CheckpointManager
 
 sys.path.insert(0, str(REPO / "tools"))
 import train_det  # noqa: E402
@@ -55,20 +56,20 @@ def test_per_category_results_json_best_and_resume(data_root, tmp_path, capsys):
     evals = [(r["iter"], r["bbox_AP"]) for r in rows if "bbox_AP" in r]
     assert [i for i, _ in evals] == [1, 2]
     best_iter, best_ap = max(evals, key=lambda e: (e[1], -e[0]))  # metrics.jsonl rounds to 5 digits
-    best = torch.load(out / "best.pt", weights_only=True)
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
     assert (best["best_metric_name"], best["best_iteration"], best["iteration"]) == ("bbox_AP", best_iter, best_iter)
     assert best["best_metric"] == pytest.approx(best_ap, abs=1e-5)
     best_ap = best["best_metric"]
-    assert result["best"] == {"checkpoint": "best.pt", "best_metric": best_ap, "best_metric_name": "bbox_AP",
-                              "best_iteration": best_iter}
-    assert f"best bbox AP so far: {best_ap:.4f} (fraction 0-1) at iteration {best_iter}: saved {out / 'best.pt'}" \
-        in printed
-    last = torch.load(out / "last.pt", weights_only=True)
+    assert result["best"] == {"checkpoint": "checkpoints/best.pt", "best_metric": best_ap,
+                              "best_metric_name": "bbox_AP", "best_iteration": best_iter}
+    saved = out / "checkpoints" / "best.pt"
+    assert f"best bbox AP so far: {best_ap:.4f} (fraction 0-1) at iteration {best_iter}: saved {saved}" in printed
+    last = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert last["iteration"] == 2 and last["best_metric"] == best_ap  # a resumed run knows the best so far
     # 4. --resume says where it continues from
     assert train_det.main(_tiny(data_root, out, "solver.max_iter=3", "train.eval_period=1", "--resume")) == 0
     printed = capsys.readouterr().out
-    assert f"resumed from {out / 'last.pt'}: iteration 2" in printed
+    assert f"resumed from {out / 'checkpoints' / 'last.pt'}: iteration 2" in printed
     assert json.loads((out / "eval.json").read_text())["iteration"] == 3
 
 
@@ -77,8 +78,8 @@ def test_no_best_without_periodic_evaluation_and_resume_of_an_empty_folder(data_
     out.mkdir()
     assert train_det.main(_tiny(data_root, out, "solver.max_iter=1", "--resume")) == 0
     printed = capsys.readouterr().out
-    assert f"resume: no checkpoint in {out}, starting from scratch" in printed
-    assert not (out / "best.pt").exists() and "best" not in json.loads((out / "eval.json").read_text())
+    assert f"resume: no checkpoint in {out / 'checkpoints'}, starting from scratch" in printed
+    assert not (out / "checkpoints" / "best.pt").exists() and "best" not in json.loads((out / "eval.json").read_text())
     assert (out / "inference" / "coco_instances_results.json").is_file()
     # --overwrite removes the files of the run, the detections folder included
     (out / "mine.txt").write_text("kept")
@@ -86,12 +87,16 @@ def test_no_best_without_periodic_evaluation_and_resume_of_an_empty_folder(data_
     assert "inference" in capsys.readouterr().out and (out / "mine.txt").read_text() == "kept"
 
 
-def test_best_tracker():
-    best = BestTracker("segm")
-    assert best.name == "segm_AP" and not best.update({"segm": {"AP": float("nan")}}, 1)
-    assert best.update({"segm": {"AP": 0.2}}, 2) and not best.update({"segm": {"AP": 0.2}}, 3)
-    assert not best.update({"bbox": {"AP": 0.9}}, 4) and best.update({"segm": {"AP": 0.3}}, 5)
+def test_best_tracking_of_the_shared_checkpoint_manager(tmp_path):
+    best = CheckpointManager(tmp_path, metric="segm_AP")
+    state = {"model": {"w": torch.zeros(1)}}
+    assert not best.save(state, metrics={"segm_AP": float("nan")}, iteration=1)
+    assert best.save(state, metrics={"segm_AP": 0.2}, iteration=2)
+    assert not best.save(state, metrics={"segm_AP": 0.2}, iteration=3)  # a tie keeps the earlier one
+    assert not best.save(state, metrics={"bbox_AP": 0.9}, iteration=4)
+    assert best.save(state, metrics={"segm_AP": 0.3}, iteration=5)
     assert best.state() == {"best_metric": 0.3, "best_metric_name": "segm_AP", "best_iteration": 5}
-    other = BestTracker("bbox")
-    other.load(best.state())  # another metric's record is not this one's best
-    assert other.value is None
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["best_iteration"] == 5
+    other = CheckpointManager(tmp_path, metric="bbox_AP")
+    other.load_best(best.state())  # another metric's record is not this one's best
+    assert other.best is None

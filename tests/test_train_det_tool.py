@@ -30,7 +30,7 @@ def _tiny(root, out, *extra):
 def test_train_eval_predict(data_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert train_det.main(_tiny(data_root, out, "solver.max_iter=2")) == 0
-    for name in ("last.pt", "config.yaml", "metrics.csv", "metrics.jsonl", "curves.png", "eval.json"):
+    for name in ("checkpoints/last.pt", "config.yaml", "metrics.csv", "metrics.jsonl", "curves.png", "eval.json"):
         assert (out / name).is_file(), name
     assert list((out / "tensorboard").iterdir())
     result = json.loads((out / "eval.json").read_text())
@@ -40,28 +40,40 @@ def test_train_eval_predict(data_root, tmp_path, capsys):
     assert [r["iter"] for r in rows if "loss" in r] == [1, 2]
     assert {"loss_mask", "loss_classifier", "loss_objectness", "lr"} <= set(rows[0])
     assert rows[-1]["iter"] == 2 and "segm_AP" in rows[-1]
-    state = torch.load(out / "last.pt", weights_only=True)
-    assert state["iteration"] == 2 and state["label_to_category"] == {1: 1, 2: 2, 3: 3}
+    last = out / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    assert state["iteration"] == 2 and state["label_to_category"] == {1: 1, 2: 2, 3: 3} and state["task"] == "det"
+    assert state["config"] == yaml.safe_load((out / "config.yaml").read_text())  # the model needs no file beside
     assert "bbox AP" in capsys.readouterr().out
     # config.yaml names the normalisation used (no weights here: torchvision's ImageNet RGB)
     used = yaml.safe_load((out / "config.yaml").read_text())["model"]["input"]
     assert (used["format"], used["image_mean"], used["image_std"]) == ("RGB", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     # --eval-only on the checkpoint reproduces the final numbers, in last.eval.json beside it (eval.json stays)
     before = {name: (out / name).read_bytes() for name in ("eval.json", "config.yaml", "metrics.jsonl")}
-    assert train_det.main(_tiny(data_root, out, "--eval-only", "--weights", str(out / "last.pt"))) == 0
+    assert train_det.main(_tiny(data_root, out, "--eval-only", "--weights", str(last))) == 0
     assert {name: (out / name).read_bytes() for name in before} == before
-    again = json.loads((out / "last.eval.json").read_text())
+    again = json.loads((out / "checkpoints" / "last.eval.json").read_text())
     assert again["bbox"] == result["bbox"] and again["segm"] == result["segm"]
     assert again["amp"] == result["amp"] in ("none", "bf16")  # the precision the stats were measured at
-    # a config with another model than the checkpoint's (FPN width): one line naming the file and the shapes
+    # a config with another model (FPN width): the checkpoint's recorded model is evaluated, and a note says so
     capsys.readouterr()
-    assert train_det.main(_tiny(data_root, out, "--eval-only", "--weights", str(out / "last.pt"),
+    assert train_det.main(_tiny(data_root, out, "--eval-only", "--weights", str(last),
+                                "model.fpn.out_channels=32")) == 0
+    printed = capsys.readouterr().out
+    assert f"note: the model is rebuilt from the config recorded in {last}; not used from the given config: " \
+           f"model.fpn.out_channels\n" in printed
+    assert json.loads((out / "checkpoints" / "last.eval.json").read_text())["bbox"] == result["bbox"]
+    # ...but a checkpoint that records no config (train_det before it did) is rebuilt from the given config:
+    # one line naming the file and the shapes
+    state.pop("config")
+    torch.save(state, tmp_path / "bare.pt")
+    assert train_det.main(_tiny(data_root, out, "--eval-only", "--weights", str(tmp_path / "bare.pt"),
                                 "model.fpn.out_channels=32")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert "last.pt" in err and "of another shape" in err and "(64, 64, 1, 1) vs (32, 64, 1, 1)" in err, err
+    assert "bare.pt" in err and "of another shape" in err and "(64, 64, 1, 1) vs (32, 64, 1, 1)" in err, err
     # predict.py draws PNGs
-    assert predict.main(["--checkpoint", str(out / "last.pt"), "--images", str(data_root / "val" / "images"),
+    assert predict.main(["--checkpoint", str(last), "--images", str(data_root / "val" / "images"),
                          "--output", str(tmp_path / "pred"), "--score-thresh", "0", "--device", "cpu"]) == 0
     assert len(list((tmp_path / "pred").glob("*.png"))) == 3
 
@@ -71,8 +83,8 @@ def test_resume_continues_bit_identically(data_root, tmp_path):
     assert train_det.main(_tiny(data_root, straight, "solver.max_iter=3")) == 0
     assert train_det.main(_tiny(data_root, split, "solver.max_iter=2")) == 0
     assert train_det.main(_tiny(data_root, split, "--resume", "solver.max_iter=3")) == 0
-    a = torch.load(straight / "last.pt", weights_only=True)
-    b = torch.load(split / "last.pt", weights_only=True)
+    a = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(split / "checkpoints" / "last.pt", weights_only=True)
     assert a["iteration"] == b["iteration"] == 3
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
@@ -121,10 +133,10 @@ def test_non_finite_weights_are_not_saved(data_root, tmp_path):
     out = tmp_path / "run"
     trainer = DetTrainer(_tiny_cfg(data_root, out))
     trainer.save()
-    good = (out / "last.pt").read_bytes()
+    good = (out / "checkpoints" / "last.pt").read_bytes()
     with torch.no_grad():
         trainer.model.roi_heads.box_predictor.bbox_pred.bias[0] = float("nan")
     with pytest.raises(TrainingDiverged, match=r"weights became non-finite .*roi_heads\.box_predictor\.bbox_pred\.bias "
                                                r"and 0 more.*the last good checkpoint is kept: .*last\.pt"):
         trainer.save()
-    assert (out / "last.pt").read_bytes() == good
+    assert (out / "checkpoints" / "last.pt").read_bytes() == good

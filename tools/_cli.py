@@ -9,6 +9,7 @@ Imported as `from _cli import ...`: Python puts a script's own folder first on t
 path edit (the package itself comes from the editable install, tools/dev.py). The underscore: not a tool itself.
 """
 import argparse
+import re
 from typing import Callable, Mapping, Optional, Type, TypeVar
 
 from resbackbones.config import load_config
@@ -16,6 +17,7 @@ from resbackbones.engine.device import AMP_MODES
 from resbackbones.engine.tool_errors import run_tool
 
 T = TypeVar("T")
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a config override "key.path=value" (never a checkpoint path)
 AMP_HELP = ("autocast precision: auto = bf16 where native (CPU amx_bf16 / avx512_bf16, CUDA compute capability >= "
             "8.0), fp16 on older GPUs, else fp32; none = fp32")
 # The trainers' shared flags, in each trainer's words (what --weights may be, what --overwrite deletes).
@@ -27,11 +29,11 @@ TRAINER_HELP = {
                        "torchvision:<ENUM>; the head loads where its shape fits",
             "resume": "resume from CKPT, or from OUTPUT/checkpoints/last.pt when no path is given"},
     "det": {"config": "YAML config (configs/*.yaml); default: configs/quickstart.yaml",
-            "overwrite": "replace the run in a non-empty output folder (deletes its last.pt, best.pt, metrics, "
+            "overwrite": "replace the run in a non-empty output folder (deletes its checkpoints, metrics, "
                          "eval.json, inference/)",
-            "eval_only": "evaluate --weights (or OUTPUT/last.pt) and exit",
+            "eval_only": "evaluate --weights (or OUTPUT/checkpoints/last.pt) and exit",
             "weights": "backbone weights to start from; with --eval-only: a checkpoint",
-            "resume": "continue from OUTPUT/last.pt if it exists"},
+            "resume": "resume from CKPT, or from OUTPUT/checkpoints/last.pt when no path is given"},
 }
 
 
@@ -40,9 +42,8 @@ def default_argument_parser(description: str, *, task: Optional[str] = None, ove
     """A parser showing `description` as written (the tool's docstring, examples included).
 
     task "cls" / "det" adds the trainers' flags: --config (default config_default), --output, --device, --resume,
-    --overwrite, --eval-only, --weights. --resume takes an optional CKPT for "cls" (the classification trainer
-    resumes from any checkpoint) and none for "det" (OUTPUT/last.pt). overrides adds the positional `key=value`
-    config overrides; parse with parse_intermixed_args so they may stand anywhere on the line.
+    --overwrite, --eval-only, --weights, --resume [CKPT] (engine.checkpoint.find_resume_checkpoint). overrides adds
+    the positional `key=value` config overrides; parse with parse_intermixed_args so they may stand anywhere.
     """
     if task is not None and task not in TRAINER_HELP:
         raise ValueError(f"task must be one of {sorted(TRAINER_HELP)}, got {task!r}")
@@ -52,10 +53,7 @@ def default_argument_parser(description: str, *, task: Optional[str] = None, ove
         parser.add_argument("--config", default=config_default, help=text["config"])
         parser.add_argument("--output", help="output DIR (train.output_dir)")
         parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (train.device)")
-        if task == "cls":
-            parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT", help=text["resume"])
-        else:
-            parser.add_argument("--resume", action="store_true", help=text["resume"])
+        parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT", help=text["resume"])
         parser.add_argument("--overwrite", action="store_true", help=text["overwrite"])
         parser.add_argument("--eval-only", action="store_true", help=text["eval_only"])
         parser.add_argument("--weights", help=text["weights"])
@@ -84,8 +82,12 @@ def flag_overrides(args: argparse.Namespace, flags: Mapping[str, str]) -> list:
 def default_setup(schema: Type[T], args: argparse.Namespace, flags: Mapping[str, str]) -> T:
     """The config of a command line: schema defaults <- args.config <- flags (args attribute -> config key, in
     `flags` order) <- positional key=value overrides, which win. Flag values go through the same override parser
-    as text, so their types are checked exactly like an override's. Raises ConfigError (one line)."""
-    return load_config(schema, args.config, flag_overrides(args, flags) + list(args.overrides))
+    as text, so their types are checked exactly like an override's. `--resume key=value` (scripts write that) is
+    --resume and an override, not a checkpoint path: args.resume becomes True. Raises ConfigError (one line)."""
+    overrides = list(args.overrides)
+    if isinstance(getattr(args, "resume", None), str) and OVERRIDE.match(args.resume):
+        overrides, args.resume = [args.resume, *overrides], True
+    return load_config(schema, args.config, flag_overrides(args, flags) + overrides)
 
 
 def run(body: Callable[[], int], *, interrupt_hint: str) -> int:

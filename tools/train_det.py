@@ -3,22 +3,22 @@
 
     python tools/train_det.py --config configs/quickstart.yaml                 # embedded shapes, minutes on CPU
     torchrun --nproc_per_node=8 tools/train_det.py --config configs/mrcnn_r50.yaml --weights r50.safetensors
-    python tools/train_det.py --config C --resume                               # continue from OUTPUT/last.pt
+    python tools/train_det.py --config C --resume [CKPT]          # continue from OUTPUT/checkpoints/last.pt (or CKPT)
     python tools/train_det.py --config C --overwrite                            # replace the run in OUTPUT
-    python tools/train_det.py --config C --eval-only --weights OUTPUT/last.pt   # -> OUTPUT/last.eval.json
+    python tools/train_det.py --config C --eval-only --weights X.pt             # -> X.eval.json beside X.pt
     python tools/train_det.py --config C solver.max_iter=200 solver.base_lr=0.01   # any config key=value
 
 --weights: backbone weights for training (model.backbone.weights): torchvision:<ENUM> (e.g. torchvision:IMAGENET1K_V1,
 from torchvision's cache in $TORCH_HOME, downloaded unless RESBACKBONES_OFFLINE=1) or a file (tools/train_cls.py
 --export or checkpoint, ours, torchvision .pth, detectron2 .pkl) whose metadata sets the input normalisation; with
---eval-only: a checkpoint of this tool, whose AP goes only to CHECKPOINT.eval.json beside it (OUTPUT/last.eval.json).
-Writes OUTPUT/{config.yaml, last.pt, metrics.csv, metrics.jsonl, tensorboard/, curves.png, eval.json} (COCO AP as a
-fraction, 0-1; eval.json also holds AP and AP50 per category, also printed at the end), the detections the final
-evaluation scored (OUTPUT/inference/coco_instances_results.json, detectron2's name) and, with train.eval_period > 0,
-OUTPUT/best.pt: the checkpoint of the best AP of the first evaluated iou type (bbox unless test.iou_types says
-otherwise; named in the log line and in the checkpoint's best_metric_name). --resume prints "resumed from
-OUTPUT/last.pt: iteration N". A new run refuses a non-empty OUTPUT (continue with --resume, replace with
---overwrite) and a second writer while one runs.
+--eval-only: a checkpoint of this tool (default: the one --resume would take), whose model is rebuilt from the config
+it records and whose AP goes only to CHECKPOINT.eval.json beside it.
+Writes OUTPUT/{config.yaml, checkpoints/last.pt, metrics.csv, metrics.jsonl, tensorboard/, curves.png, eval.json}
+(COCO AP as a fraction, 0-1; eval.json also holds AP and AP50 per category, also printed at the end), the detections
+the final evaluation scored (OUTPUT/inference/coco_instances_results.json, detectron2's name) and, with
+train.eval_period > 0, OUTPUT/checkpoints/best.pt: the best AP of the first evaluated iou type (bbox unless
+test.iou_types says otherwise). --resume: train_cls's rule (engine.checkpoint.find_resume_checkpoint; an older run's
+OUTPUT/last.pt too). A new run refuses a non-empty OUTPUT (continue with --resume, replace with --overwrite).
 Exit codes: 0 ok, 2 user error (one line on stderr), 3 training diverged (NaN/inf loss or gradients), 130 interrupted.
 """
 import sys
@@ -60,10 +60,13 @@ def _run(args) -> int:
 
 
 def _evaluate(args, cfg):
+    from resbackbones.engine.checkpoint import CheckpointError, find_resume_checkpoint
     from resbackbones.engine.det_trainer import DetTrainer
     from resbackbones.engine.outputs import write_json_atomic
 
-    checkpoint = Path(args.weights or Path(cfg.train.output_dir) / "last.pt")
+    checkpoint = Path(args.weights) if args.weights else find_resume_checkpoint(cfg.train.output_dir, True)[0]
+    if checkpoint is None:
+        raise CheckpointError(f"--eval-only: no checkpoint in {cfg.train.output_dir}; give --weights CKPT")
     trainer = DetTrainer(cfg, eval_only=True, checkpoint=str(checkpoint))
     if trainer.dist.is_main:
         print(f"evaluating {checkpoint} at amp {trainer.eval_amp} ({trainer.eval_amp_reason})", flush=True)

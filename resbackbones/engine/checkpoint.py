@@ -13,7 +13,7 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from ..weights.checkpoint import CheckpointError, load_matching_state, read_mode
 PathLike = Union[str, os.PathLike]
 LAST = "last.pt"
 BEST = "best.pt"
+CHECKPOINTS = "checkpoints"  # OUTPUT/checkpoints/{last,best,epoch_N,iter_N}.pt: the layout of both trainers
 _EPOCH_FILE = re.compile(r"^(epoch|iter)_(\d+)\.pt$")
 _TEMP_FILE = re.compile(r"^\.(?P<target>.+\.pt)\.tmp-(?P<pid>\d+)$")  # save_atomic's temp names
 _LOADED_AT = time.time()  # this process wrote no temp file before: one with our pid and an older mtime is stale
@@ -195,8 +196,35 @@ def find_last_checkpoint(folder: PathLike) -> Optional[Path]:
     return max(numbered)[1] if numbered else None
 
 
+def checkpoints_dir(output: PathLike) -> Path:
+    """Where both trainers keep their checkpoints: OUTPUT/checkpoints."""
+    return Path(output) / CHECKPOINTS
+
+
+def find_resume_checkpoint(output: PathLike, resume: Union[bool, str, os.PathLike]) -> Tuple[Optional[Path], str]:
+    """The one resume rule of tools/train_cls.py and tools/train_det.py, and the line to print about it.
+
+    resume a path -> that file; True -> OUTPUT/checkpoints/last.pt, else the highest checkpoints/{epoch,iter}_N.pt,
+    else OUTPUT/last.pt (train_det wrote it there before the shared layout; the note says so, the next save goes to
+    checkpoints/), else (None, "resume: no checkpoint in OUTPUT/checkpoints, starting from scratch").
+    """
+    if resume is not True:
+        return Path(resume), ""
+    folder = checkpoints_dir(output)
+    found = find_last_checkpoint(folder)
+    if found is not None:
+        return found, ""
+    legacy = Path(output) / LAST
+    if legacy.is_file():
+        return legacy, (f"note: {legacy} is in the layout of train_det before checkpoints/; resuming from it, the "
+                        f"next checkpoints go to {folder}")
+    return None, f"resume: no checkpoint in {folder}, starting from scratch"
+
+
 class CheckpointManager:
-    """Writes last.pt every time and best.pt when the tracked metric improves (rank 0 only, by the caller)."""
+    """The one best-checkpoint tracker of both trainers: writes last.pt every time and best.pt when `metric`
+    improves (rank 0 only, by the caller); NaN or a missing value never wins, ties keep the earlier one. Checkpoints
+    carry best_metric, best_metric_name and best_iteration, so a resumed run knows the best so far."""
 
     def __init__(self, folder: PathLike, *, metric: str = "val_top1", mode: str = "max", keep_every: int = 0):
         if mode not in ("max", "min"):
@@ -206,6 +234,7 @@ class CheckpointManager:
         self.mode = mode
         self.keep_every = keep_every
         self.best: Optional[float] = None
+        self.best_iteration: Optional[int] = None
 
     def is_better(self, value: Optional[float]) -> bool:
         if value is None or value != value:  # NaN never wins
@@ -214,13 +243,19 @@ class CheckpointManager:
             return True
         return value > self.best if self.mode == "max" else value < self.best
 
-    def save(self, state: Dict[str, Any], *, metrics: Optional[Dict[str, float]] = None, epoch: int = 0) -> bool:
-        """Save last.pt (and best.pt if improved); returns whether this was the best so far."""
+    def state(self) -> Dict[str, Any]:
+        """What checkpoints (and train_det's eval.json) record about the best so far."""
+        return {"best_metric": self.best, "best_metric_name": self.metric, "best_iteration": self.best_iteration}
+
+    def save(self, state: Dict[str, Any], *, metrics: Optional[Dict[str, float]] = None, epoch: int = 0,
+             iteration: Optional[int] = None) -> bool:
+        """Save last.pt (and best.pt if metrics[metric] improved, recording `iteration`; epoch_N.pt every
+        keep_every epochs with metrics); returns whether this was the best so far."""
         value = (metrics or {}).get(self.metric)
         improved = self.is_better(value)
         if improved:
-            self.best = float(value)
-        state = dict(state, best_metric=self.best, best_metric_name=self.metric)
+            self.best, self.best_iteration = float(value), iteration
+        state = dict(state, **self.state())
         save_atomic(state, self.folder / LAST)
         if improved:
             save_atomic(state, self.folder / BEST)
@@ -229,5 +264,6 @@ class CheckpointManager:
         return improved
 
     def load_best(self, state: Dict[str, Any]) -> None:
-        if state.get("best_metric") is not None:
-            self.best = float(state["best_metric"])
+        """The best so far from a resumed checkpoint (a record of another metric is not this one's best)."""
+        if state.get("best_metric") is not None and state.get("best_metric_name", self.metric) == self.metric:
+            self.best, self.best_iteration = float(state["best_metric"]), state.get("best_iteration")

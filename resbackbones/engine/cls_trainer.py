@@ -27,8 +27,8 @@ from ..data.folders import ImageFolderDataset, find_split
 from ..data.synthetic_cls import default_cache_dir, write_image_folder
 from . import distributed as dist_utils
 from .cls_epoch import EpochMeter
-from .checkpoint import (CheckpointManager, find_last_checkpoint, gathered_rng_state, load_checkpoint,
-                         load_optimizer_state, restore_rng_state)
+from .checkpoint import (CheckpointManager, checkpoints_dir, find_resume_checkpoint, gathered_rng_state,
+                         load_checkpoint, load_optimizer_state, restore_rng_state)
 from .data_loading import ResumableSampler, make_loader
 from ..evaluation.classification import evaluate_classifier
 from .device import amp_dtype, grad_scaler
@@ -52,12 +52,13 @@ class ClsTrainer(Trainer):
 
     def __init__(self, cfg: ClsConfig, *, resume: object = False, build_train: bool = True,
                  write_run_files: bool = True):
-        """resume: False, True (last checkpoint in output_dir/checkpoints, if any) or a checkpoint path.
+        """resume: False, True (engine.checkpoint.find_resume_checkpoint: the last checkpoint of output_dir, if
+        any) or a checkpoint path.
         write_run_files=False (evaluation of a run): config.yaml and the metrics files of the run stay as they are."""
         super().__init__(setup_run(cfg.train, fixed_input_size=True))
         self.cfg = cfg
         self.output_dir = Path(cfg.train.output_dir)
-        self.checkpoint_path = self.output_dir / "checkpoints" / "last.pt"
+        self.checkpoint_path = checkpoints_dir(self.output_dir) / "last.pt"
         self._build_data(build_train)
         self._build_model()
         self.epoch = 0            # completed epochs
@@ -72,7 +73,7 @@ class ClsTrainer(Trainer):
                                  Periodic(cfg.train.checkpoint_period, self._save_mid_epoch)])
             self.logger = MetricsLogger(self.output_dir, enabled=self.is_main and write_run_files,
                                         tensorboard=cfg.train.tensorboard, columns=METRIC_COLUMNS)
-            self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", metric="val_top1",
+            self.checkpoints = CheckpointManager(checkpoints_dir(self.output_dir), metric="val_top1",
                                                  keep_every=cfg.train.keep_every)
             if resume:
                 self._resume(resume)
@@ -203,16 +204,16 @@ class ClsTrainer(Trainer):
             "rng": gathered_rng_state(),  # a collective: every rank calls state_dict() (see _save)
             "epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch, "global_iter": self.global_iter,
             "partial": dict(self._partial),
-            "arch": self.cfg.model.backbone.name, "num_classes": self.num_classes, "classes": list(self.classes),
+            "task": "cls", "arch": self.cfg.model.backbone.name, "num_classes": self.num_classes,
+            "classes": list(self.classes),
             "config": to_dict(self.cfg),
         }
 
     def _resume(self, resume: object) -> None:
-        folder = self.output_dir / "checkpoints"
-        path = find_last_checkpoint(folder) if resume is True else Path(str(resume))
+        path, note = find_resume_checkpoint(self.output_dir, resume)
+        if note and self.is_main:
+            print(note, flush=True)
         if path is None:
-            if self.is_main:
-                print(f"resume: no checkpoint in {folder}, starting from scratch")
             return
         state = load_checkpoint(path, map_location=self.device)
         rb_weights.load_state_dict(self.model, state["model"], source=str(path))
@@ -234,7 +235,7 @@ class ClsTrainer(Trainer):
     def _save(self, metrics: Optional[Dict] = None) -> None:
         state = self.checked_state()
         if self.is_main:
-            self.checkpoints.save(state, metrics=metrics, epoch=self.epoch)
+            self.checkpoints.save(state, metrics=metrics, epoch=self.epoch, iteration=self.iter)
         dist_utils.barrier()
 
     # -- loops ----------------------------------------------------------------------------------------------------

@@ -2,16 +2,22 @@
 
     OUTPUT/inference/coco_instances_results.json   the detections the final evaluation scored (COCO results json,
                                                    detectron2's name; COCO.loadRes reads it)
-    OUTPUT/best.pt                                 the checkpoint of the best AP seen by the periodic evaluations
+    OUTPUT/checkpoints/best.pt                     the checkpoint of the best AP seen by the periodic evaluations
                                                    (train.eval_period > 0) and the final one
     eval.json "per_category"                       {iou type: {category name: {"id", "AP", "AP50"}}}
 
 AP everywhere is COCOeval's fraction (0-1). best.pt is chosen by the first evaluated iou type's AP (test.iou_types,
 default bbox, also for mask models): its name, value and iteration are in the checkpoint ("best_metric",
-"best_metric_name", "best_iteration", as train_cls's CheckpointManager writes them) and in the log line.
+"best_metric_name", "best_iteration": engine.checkpoint.CheckpointManager, the one tracker of both trainers) and in
+the log line.
 """
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Sequence
+
+from .checkpoint import BEST
+
+if TYPE_CHECKING:
+    from .checkpoint import CheckpointManager
 
 RESULTS_FILE = Path("inference") / "coco_instances_results.json"
 
@@ -30,32 +36,10 @@ def per_category_without_detections(gt: Mapping[str, Any], iou_types: Sequence[s
     return {t: dict(report) for t in iou_types}
 
 
-class BestTracker:
-    """The best value of `<iou type>_AP` so far (higher is better; NaN / missing never wins)."""
-
-    def __init__(self, iou_type: str):
-        self.iou_type = iou_type
-        self.name = f"{iou_type}_AP"
-        self.value: Optional[float] = None
-        self.iteration: Optional[int] = None
-
-    def update(self, result: Mapping[str, Any], iteration: int) -> bool:
-        value = (result.get(self.iou_type) or {}).get("AP")
-        if value is None or value != value or (self.value is not None and value <= self.value):
-            return False
-        self.value, self.iteration = float(value), int(iteration)
-        return True
-
-    def state(self) -> Dict[str, Any]:
-        return {"best_metric": self.value, "best_metric_name": self.name, "best_iteration": self.iteration}
-
-    def load(self, state: Mapping[str, Any]) -> None:
-        if state.get("best_metric") is not None and state.get("best_metric_name") == self.name:
-            self.value, self.iteration = float(state["best_metric"]), state.get("best_iteration")
-
-    def line(self, path: Path) -> str:
-        return (f"best {self.iou_type} AP so far: {self.value:.4f} (fraction 0-1) at iteration {self.iteration}: "
-                f"saved {path} (best.pt is chosen by the first evaluated iou type's AP, {self.iou_type})")
+def best_line(best: "CheckpointManager", iou_type: str) -> str:
+    """The log line of a new best.pt (best: the run's engine.checkpoint.CheckpointManager)."""
+    return (f"best {iou_type} AP so far: {best.best:.4f} (fraction 0-1) at iteration {best.best_iteration}: saved "
+            f"{best.folder / BEST} (best.pt is chosen by the first evaluated iou type's AP, {iou_type})")
 
 
 def final_report(result: Mapping[str, Any], iou_types: Iterable[str]) -> str:

@@ -1,9 +1,10 @@
 """Iteration-based detection training (Faster / Mask R-CNN): SGD + warm-up + steps, AMP, DDP, periodic COCO eval,
-atomic checkpoints with resume, tqdm, metrics.csv / TensorBoard, loss-curve PNG, final eval.json (12 COCO stats and
-AP / AP50 per category for each iou type), the final detections (inference/coco_instances_results.json) and best.pt
-by AP (with train.eval_period; see det_reports.py).
+atomic checkpoints with resume (OUTPUT/checkpoints/last.pt, the layout and resume rule of classification too:
+engine/checkpoint.py), tqdm, metrics.csv / TensorBoard, loss-curve PNG, final eval.json (12 COCO stats and AP / AP50
+per category for each iou type), the final detections (inference/coco_instances_results.json) and
+checkpoints/best.pt by AP (with train.eval_period; see det_reports.py).
 
-    trainer = DetTrainer(cfg, resume=True)       # cfg: config.det.DetTrainConfig
+    trainer = DetTrainer(cfg, resume=True)       # cfg: config.det.DetTrainConfig; resume may be a checkpoint path
     result = trainer.fit()                       # {"bbox": {"AP": ..}, "segm": {...}} of the final evaluation
 
 The step, its divergence checks and the hook calls are the loop core's (engine/loop.py), shared with
@@ -11,23 +12,24 @@ classification; this file says what detection trains on, logs, saves and evaluat
 """
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Union
 
 import torch
 from torch import nn
 
-from ..config import ConfigError, dump_yaml
+from ..config import ConfigError, dump_yaml, to_dict
 from ..config.det import DetTrainConfig, default_iou_types
 from ..data.det_datasets import build_det_dataset, check_data_paths
 from ..data.det_transforms import build_det_transforms, collate_detection
 from ..data.resizable import check_coco_images_resizable
 from ..detection.backbone_weights import refuse_untrainable_backbone
 from ..detection.builder import build_detector
-from .checkpoint import (find_last_checkpoint, gathered_rng_state, load_checkpoint, load_matching_state,
-                         load_optimizer_state, restore_rng_state, save_atomic)
+from .checkpoint import (BEST, LAST, CHECKPOINTS, CheckpointManager, checkpoints_dir, find_resume_checkpoint,
+                         gathered_rng_state, load_checkpoint, load_matching_state, load_optimizer_state,
+                         restore_rng_state)
 from .data_loading import ResumableSampler, SampleSeeded, make_loader
 from .det_curves import plot_det_curves
-from .det_reports import RESULTS_FILE, BestTracker, per_category_without_detections
+from .det_reports import RESULTS_FILE, best_line, per_category_without_detections
 from .device import autocast, grad_scaler, resolve_amp
 from .distributed import all_gather_objects
 from .metrics_log import MetricsLogger
@@ -38,19 +40,20 @@ from .hooks import LossWindow, Periodic, TrainTimer
 from .loop import Trainer
 from .tool_errors import TrainingDiverged  # noqa: F401 (also imported from here)
 
-LAST = "last.pt"
-BEST = "best.pt"
-# What a run writes into its output folder (train_det --overwrite deletes these and nothing else).
-RUN_FILES = ("config.yaml", LAST, BEST, "metrics.csv", "metrics.jsonl", "curves.png", "tensorboard", "eval.json",
-             RESULTS_FILE.parts[0])
+# What a run writes into its output folder (train_det --overwrite deletes these and nothing else); LAST and BEST:
+# OUTPUT/last.pt and best.pt of runs written before checkpoints/ (read by --resume, never written again).
+RUN_FILES = ("config.yaml", CHECKPOINTS, LAST, BEST, "metrics.csv", "metrics.jsonl", "curves.png", "tensorboard",
+             "eval.json", RESULTS_FILE.parts[0])
 
 
 class DetTrainer(Trainer):
     """The detection task on the loop core (engine/loop.py): iterations of run_step on an endless loader, with
     hooks for the loss log, checkpoints, periodic evaluation and the time limit; `iter` (alias iteration) counts
-    optimizer steps. eval_only builds the model and the val data only (no optimizer, no run-folder writes)."""
+    optimizer steps. eval_only builds the model and the val data only (no optimizer, no run-folder writes); with a
+    `checkpoint`, the model is the one it records (evaluation.inference.load_detector), cfg gives data and test.
+    resume: False, True (engine.checkpoint.find_resume_checkpoint) or a checkpoint path."""
 
-    def __init__(self, cfg: DetTrainConfig, *, resume: bool = False, eval_only: bool = False,
+    def __init__(self, cfg: DetTrainConfig, *, resume: Union[bool, str] = False, eval_only: bool = False,
                  checkpoint: str = ""):
         self.cfg = cfg
         if not eval_only:
@@ -64,7 +67,8 @@ class DetTrainer(Trainer):
         self.eval_amp, self.eval_amp_reason = (resolve_amp(cfg.test.amp, self.device) if cfg.test.amp
                                                else (self.amp, self.amp_reason))
         self.output = Path(tcfg.output_dir)
-        self.checkpoint_path = self.output / LAST
+        self.checkpoint_path = checkpoints_dir(self.output) / LAST
+        loaded = self._load_detector(checkpoint) if eval_only and checkpoint else None
         self.iou_types = default_iou_types(cfg)
         self.world = self.dist.world_size
         if cfg.solver.batch_size % self.world:
@@ -89,25 +93,28 @@ class DetTrainer(Trainer):
                 check_coco_images_resizable(split.coco.dataset.get("images", []), source=split.ann_file,
                                             min_size=icfg.min_size if split is self.train_set else icfg.min_size[-1],
                                             max_size=icfg.max_size)
-        self.model = build_detector(cfg.model).to(self.device)
+        self.model = loaded.model if loaded is not None else build_detector(cfg.model).to(self.device)
         # The dumped config.yaml names the input normalisation actually used (adopted from the backbone weights).
         t, icfg = self.model.transform, cfg.model.input
         icfg.image_mean, icfg.image_std, icfg.format = tuple(t.image_mean), tuple(t.image_std), t.input_format
         if not eval_only:
             self._build_solver()
-        self.best = BestTracker(self.iou_types[0])  # best.pt: the first evaluated iou type's AP
+        # best.pt: the first evaluated iou type's AP
+        self.checkpoints = CheckpointManager(checkpoints_dir(self.output), metric=f"{self.iou_types[0]}_AP")
         self.last_results: List[Dict] = []  # the detections of the latest evaluation (rank 0)
         # Evaluation of a checkpoint leaves the run folder alone (the tool writes its report beside the checkpoint).
-        self.label_to_category = dict(self.val_set.label_to_category)  # evaluation: the checkpoint's, see _load
+        self.label_to_category = dict(self.val_set.label_to_category)  # evaluation: the checkpoint's (below)
         self.logger = MetricsLogger(self.output, enabled=self.dist.is_main and not eval_only, index_key="iter")
-        if checkpoint:
-            self._load(checkpoint, weights_only_model=eval_only)
-        elif resume:
-            last = find_last_checkpoint(self.output)
-            if last is not None:
-                self._load(last, weights_only_model=False)
-            elif self.dist.is_main:
-                print(f"resume: no checkpoint in {self.output}, starting from scratch", flush=True)
+        if loaded is not None:  # score each label as the category it was trained on
+            self.label_to_category, note = loaded.label_mapping(self.val_set.categories)
+            if note and self.dist.is_main:
+                print(f"note: {note}", flush=True)
+        elif checkpoint or resume:
+            path, note = find_resume_checkpoint(self.output, checkpoint or resume)
+            if note and self.dist.is_main:
+                print(note, flush=True)
+            if path is not None:
+                self._load(path)
         if self.dist.is_main and not eval_only:
             self.output.mkdir(parents=True, exist_ok=True)
             dump_yaml(cfg, self.output / "config.yaml")
@@ -146,36 +153,43 @@ class DetTrainer(Trainer):
             raise ValueError(f"model.num_classes={self.cfg.model.num_classes} but data.{split} "
                              f"({dataset.ann_file}) has {dataset.num_classes} categories")
 
+    def _load_detector(self, checkpoint: str):
+        """The model of `checkpoint` for evaluation, from the config it records (its model section replaces this
+        config's, whose data and test sections stay); legacy checkpoints without one use this config."""
+        from ..evaluation.inference import load_detector
+
+        loaded = load_detector(checkpoint, self.cfg, device=self.device, config_source="the config")
+        if loaded.note and self.dist.is_main:
+            print(loaded.note, flush=True)
+        self.cfg.model = loaded.cfg.model
+        return loaded
+
     # -- checkpoints ------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"task": "det", "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
                 "iteration": self.iter, "train_seconds": self.train_seconds,
                 "rng": gathered_rng_state(),  # a collective: every rank calls state_dict()
-                **self.best.state(),
+                **self.checkpoints.state(),
+                "config": to_dict(self.cfg),  # the resolved config: the model is rebuilt from it alone
                 "label_to_category": dict(self.val_set.label_to_category),
                 "categories": [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))}
                                for c in self.val_set.categories]}
 
     def save(self) -> Optional[Path]:
-        """Write OUTPUT/last.pt (rank 0) once the weights are checked finite; every rank must call it (the check and
-        the RNG states are gathered from every rank)."""
+        """Write OUTPUT/checkpoints/last.pt (rank 0) once the weights are checked finite; every rank must call it
+        (the check and the RNG states are gathered from every rank)."""
         state = self.checked_state()
         if not self.dist.is_main:
             return None
-        return save_atomic(state, self.output / LAST)
+        self.checkpoints.save(state)
+        return self.checkpoint_path
 
-    def _load(self, path, *, weights_only_model: bool) -> None:
+    def _load(self, path) -> None:
+        """Resume from a checkpoint of this tool (legacy OUTPUT/last.pt files too: a single RNG dict, no task)."""
         state = load_checkpoint(path, map_location=self.device)
         load_matching_state(self.model, state["model"], checkpoint=path, model_source="the config")
-        if weights_only_model:  # evaluation: score each label as the category it was trained on
-            from ..evaluation.coco_results import checkpoint_label_mapping
-
-            self.label_to_category, note = checkpoint_label_mapping(state, self.val_set.categories, where=str(path))
-            if note and self.dist.is_main:
-                print(f"note: {note}", flush=True)
-            return
         load_optimizer_state(self.optimizer, state, checkpoint=path)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
@@ -184,7 +198,7 @@ class DetTrainer(Trainer):
         self.train_seconds = float(state.get("train_seconds", 0.0))
         if "rng" in state:
             restore_rng_state(state["rng"], self.dist.rank)
-        self.best.load(state)
+        self.checkpoints.load_best(state)
         self.logger.resume(self.iter)
         if self.dist.is_main:  # train_cls's wording
             print(f"resumed from {path}: iteration {self.iter}", flush=True)
@@ -296,17 +310,17 @@ class DetTrainer(Trainer):
                     row[f"{t}_AP50"] = result[t]["AP50"]
             self.logger.log(row)
             plot_det_curves(self.logger.rows, self.output / "curves.png")
-            if (self.cfg.train.eval_period or self.best.value is not None) and self.best.update(result, self.iteration):
-                state.update(self.best.state())  # last.pt too, so that a resumed run knows this best
-                save_atomic(state, self.output / BEST)
-                save_atomic(state, self.output / LAST)
-                print(self.best.line(self.output / BEST), flush=True)
+            best = self.checkpoints
+            metrics = {best.metric: (result.get(self.iou_types[0]) or {}).get("AP")}
+            if (self.cfg.train.eval_period or best.best is not None) and best.is_better(metrics[best.metric]):
+                best.save(state, metrics=metrics, iteration=self.iter)  # last.pt too: a resumed run knows this best
+                print(best_line(best, self.iou_types[0]), flush=True)
             if final:
                 write_json_atomic(self.output / RESULTS_FILE, self.last_results, indent=None)
                 summary = dict(result, iteration=self.iteration, train_seconds=round(self.train_seconds, 1),
                                coco_results=str(RESULTS_FILE))
-                if self.best.value is not None:
-                    summary["best"] = {"checkpoint": BEST, **self.best.state()}
+                if best.best is not None:
+                    summary["best"] = {"checkpoint": f"{CHECKPOINTS}/{BEST}", **best.state()}
                 write_json_atomic(self.output / "eval.json", summary)
         self.model.train()
         return result

@@ -1,6 +1,6 @@
 """A trained detector back for inference: load_detector(checkpoint) -> eval-mode model, its config and class names.
 
-    loaded = load_detector("output/quickstart/last.pt")     # config.yaml beside the checkpoint
+    loaded = load_detector("output/quickstart/checkpoints/last.pt")   # the config it records (or config.yaml)
     loaded.model([image])         # image float [3, H, W] RGB in [0, 1] -> [{"boxes": [K, 4], "labels": [K], ...}]
     loaded.names                  # {1: "circle", ...}: model label -> category name of its training data
 
@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
-from ..config import ConfigError, load_config, load_yaml_with_bases
+from ..config import ConfigError, load_config, load_yaml_with_bases, to_dict
 from ..config.det import DetTrainConfig
 from ..config.legacy import upgrade
 from ..detection.builder import build_detector
@@ -38,6 +38,7 @@ class LoadedDetector:
     label_to_category: Dict[int, int] = field(default_factory=dict)  # label -> category id of the training data
     names: Dict[int, str] = field(default_factory=dict)  # label (1..num_classes) -> name (the id as text if unnamed)
     categories: List[Dict[str, Any]] = field(default_factory=list)  # [{"id", "name"}] of the training data
+    note: str = ""  # one line for the user when the given config's model section was not used (see load_detector)
 
     def names_list(self) -> List[str]:
         """names as a list indexed by label, "__background__" at 0 (TorchScript-friendly)."""
@@ -52,8 +53,9 @@ class LoadedDetector:
 
 
 def _config_beside(checkpoint: Path) -> Optional[Path]:
-    # OUTPUT/last.pt (train_det today) and OUTPUT/checkpoints/last.pt both resolve to OUTPUT/config.yaml. Only a
-    # folder named "checkpoints" is looked past: a config.yaml above a run folder belongs to something else.
+    # OUTPUT/last.pt (train_det before checkpoints/) and OUTPUT/checkpoints/last.pt both resolve to
+    # OUTPUT/config.yaml. Only a folder named "checkpoints" is looked past: a config.yaml above a run folder belongs
+    # to something else.
     candidates = [checkpoint.parent / CONFIG_FILE]
     if checkpoint.parent.name == "checkpoints":
         candidates.append(checkpoint.parent.parent / CONFIG_FILE)
@@ -65,30 +67,72 @@ def _refuse_classifier(record: ModelCheckpoint) -> None:
         raise CheckpointError(f"{record.path} is a classification checkpoint (tools/train_cls.py), not a detector's")
 
 
-def find_detector_config(checkpoint: PathLike, config: Optional[PathLike] = None, *, overrides: Sequence[str] = (),
-                         record: Optional[ModelCheckpoint] = None) -> Tuple[DetTrainConfig, str]:
-    """The config a detector checkpoint is rebuilt from, and where it came from: `config`; else the config the
-    checkpoint records (record: the checkpoint already read; else it is read when the file exists); else
-    config.yaml beside the checkpoint (or beside its checkpoints/ folder). `overrides` ("key=value") apply to it.
-    Raises ConfigError in one line when there is none, CheckpointError for a classification checkpoint."""
-    checkpoint = Path(checkpoint)
-    if config:
-        return load_config(DetTrainConfig, config, overrides), str(config)
+def _flat(data: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _adopt_recorded_model(cfg: DetTrainConfig, record: Optional[ModelCheckpoint], model_overrides: Sequence[str] = ()
+                          ) -> Tuple[DetTrainConfig, str]:
+    """cfg with the model section the checkpoint recorded (+ model_overrides, "model.x=value"), and a note naming the
+    keys where cfg's own model section differed. A given config describes the data and the test settings; the model
+    is the one that was trained: its input normalisation came from its backbone weights, which a config whose
+    model.input is empty would silently replace by the ImageNet default."""
+    if record is None or record.config is None:
+        return cfg, ""
+    recorded = load_config(DetTrainConfig, None, model_overrides, base=upgrade(record.config, "det")[0],
+                           base_source=f"the config recorded in {record.path}").model
+    given, adopted = _flat(to_dict(cfg.model), "model."), _flat(to_dict(recorded), "model.")
+    # Empty values (model.input's normalisation left to the backbone weights) are filled in by training, not set.
+    differ = [k for k in adopted if k != "model.backbone.weights" and given.get(k) not in (None, "", (), [])
+              and given.get(k) != adopted[k]]
+    cfg.model = recorded
+    if not differ:
+        return cfg, ""
+    listed = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+    return cfg, (f"note: the model is rebuilt from the config recorded in {record.path}; not used from the given "
+                 f"config: {listed}")
+
+
+def _resolve_config(checkpoint: Path, config: Optional[PathLike], overrides: Sequence[str],
+                    record: Optional[ModelCheckpoint]) -> Tuple[DetTrainConfig, str, str]:
+    """find_detector_config's lookup, plus the note of _adopt_recorded_model."""
     if record is None and checkpoint.is_file():
         record = read_model_checkpoint(checkpoint)
     if record is not None:
         _refuse_classifier(record)
+    if config:
+        model_overrides = [o for o in overrides if o.strip().startswith("model.")]
+        cfg, note = _adopt_recorded_model(load_config(DetTrainConfig, config, overrides), record, model_overrides)
+        return cfg, str(config), note
     if record is not None and record.config is not None:
         source = f"the config recorded in {checkpoint}"
         return load_config(DetTrainConfig, None, overrides, base=upgrade(record.config, "det")[0],
-                           base_source=source), source
+                           base_source=source), source, ""
     beside = _config_beside(checkpoint)
     if beside is None:
         raise ConfigError(f"{checkpoint} has no {CONFIG_FILE} beside it: give --config, the config it was trained "
                           f"with")
     # Written by train_det, maybe before the shared config vocabulary: read as stored output (config/legacy.py).
     stored = upgrade(load_yaml_with_bases(beside), "det")[0]
-    return load_config(DetTrainConfig, None, overrides, base=stored, base_source=str(beside)), str(beside)
+    return load_config(DetTrainConfig, None, overrides, base=stored, base_source=str(beside)), str(beside), ""
+
+
+def find_detector_config(checkpoint: PathLike, config: Optional[PathLike] = None, *, overrides: Sequence[str] = (),
+                         record: Optional[ModelCheckpoint] = None) -> Tuple[DetTrainConfig, str]:
+    """The config a detector checkpoint is rebuilt from, and where it came from: the config the checkpoint records
+    (record: the checkpoint already read; else it is read when the file exists), else config.yaml beside the
+    checkpoint (or beside its checkpoints/ folder). An explicit `config` gives every section but the model when the
+    checkpoint records its own (then the recorded model section is used: the one that was trained). `overrides`
+    ("key=value") apply last. Raises ConfigError in one line when there is none, CheckpointError for a
+    classification checkpoint."""
+    cfg, source, _ = _resolve_config(Path(checkpoint), config, overrides, record)
+    return cfg, source
 
 
 def load_detector(checkpoint: PathLike, config: Union[PathLike, DetTrainConfig, None] = None, *,
@@ -97,22 +141,23 @@ def load_detector(checkpoint: PathLike, config: Union[PathLike, DetTrainConfig, 
     weight into it, strictly: the backbone weights the config names are not read.
 
     config: a file, a DetTrainConfig already loaded (config_source: how messages name it), or None: the lookup of
-    find_detector_config. overrides: "key=value" applied to a config read here. device: where the model goes.
-    Raises ConfigError / CheckpointError in one line; a mismatch names the checkpoint and the config.
+    find_detector_config. When the checkpoint records its config, the model section is always that one (the
+    returned .note names what a given config had otherwise). overrides: "key=value" applied to a config read here.
+    device: where the model goes. Raises ConfigError / CheckpointError in one line; a mismatch names the checkpoint
+    and the config.
     """
-    checkpoint, record = Path(checkpoint), None
-    if isinstance(config, DetTrainConfig):
-        cfg, source = copy.deepcopy(config), config_source or "the given config"
-    else:
-        if not config and checkpoint.is_file():  # its own record comes before a config.yaml beside it
-            record = read_model_checkpoint(checkpoint)
-        cfg, source = find_detector_config(checkpoint, config, overrides=overrides, record=record)
-    record = record or read_model_checkpoint(checkpoint)
+    checkpoint = Path(checkpoint)
+    record = read_model_checkpoint(checkpoint)
     _refuse_classifier(record)
+    if isinstance(config, DetTrainConfig):
+        cfg, note = _adopt_recorded_model(copy.deepcopy(config), record)
+        source = config_source or "the given config"
+    else:
+        cfg, source, note = _resolve_config(checkpoint, config, overrides, record)
     cfg.model.backbone.weights = ""  # the checkpoint holds every weight
     model = build_detector(cfg.model)
     load_matching_state(model, record.state, checkpoint=checkpoint, model_source=source)
     by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in record.categories}
     names = {label: by_id.get(cat, str(cat)) for label, cat in record.label_to_category.items()}
     return LoadedDetector(model.to(device).eval(), cfg, source, checkpoint, dict(record.label_to_category), names,
-                          list(record.categories))
+                          list(record.categories), note)
