@@ -30,8 +30,9 @@ from .cls_epoch import EpochMeter
 from .checkpoint import (CheckpointManager, checkpoints_dir, find_resume_checkpoint, gathered_rng_state,
                          load_checkpoint, load_optimizer_state, restore_rng_state)
 from .data_loading import ResumableSampler, make_loader
-from ..evaluation.classification import evaluate_classifier
-from .device import amp_dtype, grad_scaler
+from ..evaluation.classification import ClassificationEvaluator
+from ..evaluation.inference import inference_on_dataset
+from .device import grad_scaler
 from .ema import ModelEMA
 from .hooks import EMAHook, Periodic
 from .loop import Trainer
@@ -312,9 +313,8 @@ class ClsTrainer(Trainer):
         Evaluates the EMA weights when EMA is enabled. Ten-crop batches [N, 10, 3, h, w] average the crops' logits.
         """
         model = model if model is not None else (self.ema.module if self.ema is not None else self.model)
-        metrics = evaluate_classifier(model, self.val_loader, self.device,
-                                      autocast_dtype=amp_dtype(self.amp),
-                                      channels_last=self.cfg.model.channels_last)
+        metrics = inference_on_dataset(model, self.val_loader, ClassificationEvaluator(), device=self.device,
+                                       amp=self.amp, channels_last=self.cfg.model.channels_last)
         return {"val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"],
                 "val_count": metrics["count"]}
 

@@ -12,7 +12,7 @@ default bbox, also for mask models): its name, value and iteration are in the ch
 the log line.
 """
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .checkpoint import BEST
 
@@ -20,20 +20,6 @@ if TYPE_CHECKING:
     from .checkpoint import CheckpointManager
 
 RESULTS_FILE = Path("inference") / "coco_instances_results.json"
-
-
-def per_category_without_detections(gt: Mapping[str, Any], iou_types: Sequence[str]) -> Dict[str, Dict]:
-    """eval.json's "per_category" when nothing was detected (COCOeval cannot run on an empty result list):
-    AP = AP50 = 0 for every category with a non-crowd ground-truth object, -1 (undefined) for the others."""
-    present = {a["category_id"] for a in gt["annotations"] if not a.get("iscrowd", 0)}
-    cats = sorted(gt["categories"], key=lambda c: c["id"])
-    names = [str(c.get("name", c["id"])) for c in cats]
-    report = {}
-    for cat, name in zip(cats, names):
-        value = 0.0 if cat["id"] in present else -1.0
-        key = name if names.count(name) == 1 else f"{name} (id {cat['id']})"
-        report[key] = {"id": int(cat["id"]), "AP": value, "AP50": value}
-    return {t: dict(report) for t in iou_types}
 
 
 def best_line(best: "CheckpointManager", iou_type: str) -> str:

@@ -29,9 +29,8 @@ from .checkpoint import (BEST, LAST, CHECKPOINTS, CheckpointManager, checkpoints
                          restore_rng_state)
 from .data_loading import ResumableSampler, SampleSeeded, make_loader
 from .det_curves import plot_det_curves
-from .det_reports import RESULTS_FILE, best_line, per_category_without_detections
-from .device import autocast, grad_scaler, resolve_amp
-from .distributed import all_gather_objects
+from .det_reports import RESULTS_FILE, best_line
+from .device import grad_scaler, resolve_amp
 from .metrics_log import MetricsLogger
 from .optim import build_optimizer_for, make_lr_lambda
 from .outputs import write_json_atomic
@@ -242,61 +241,34 @@ class DetTrainer(Trainer):
         return result
 
     # -- evaluation -------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict_coco(self) -> List[Dict]:
-        """Run the model over this rank's share of the val set; COCO results of ALL ranks (gathered)."""
-        from ..evaluation.coco_results import to_coco_results
-
-        model = self.model
-        model.eval()
-        ids = self.val_set.ids
-        if self.cfg.test.max_images:
-            ids = ids[: self.cfg.test.max_images]
-        positions = list(range(len(ids)))[self.dist.rank::self.world]
-        results: List[Dict] = []
-        batch = max(1, self.cfg.test.ims_per_batch)
+    def _val_batches(self) -> Iterator[List]:
+        """This rank's share of the evaluated val images (the first test.max_images, strided over ranks) in batches
+        of test.ims_per_batch: lists of (image, target)."""
+        ids = self.val_set.ids[: self.cfg.test.max_images] if self.cfg.test.max_images else self.val_set.ids
         index = {image_id: i for i, image_id in enumerate(self.val_set.ids)}
-        for s in range(0, len(positions), batch):
-            chunk = [self.val_set[index[ids[p]]] for p in positions[s:s + batch]]
-            images = [im.to(self.device) for im, _ in chunk]
-            with autocast(self.device, self.eval_amp):
-                outputs = model(images)
-            outputs = [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in outputs]
-            results += to_coco_results(outputs, [t["image_id"] for _, t in chunk], self.label_to_category,
-                                       mask_threshold=self.cfg.test.mask_threshold)
-        return [r for part in all_gather_objects(results) for r in part]
-
-    def _gt(self) -> Dict:
-        """The val ground truth restricted to the evaluated images (crowd regions kept: COCOeval ignores them)."""
-        data = self.val_set.coco.dataset
-        ids = set(self.val_set.ids[: self.cfg.test.max_images] if self.cfg.test.max_images else self.val_set.ids)
-        if ids == set(self.val_set.coco.imgs):
-            return data
-        return dict(data, images=[im for im in data["images"] if im["id"] in ids],
-                    annotations=[a for a in data["annotations"] if a["image_id"] in ids])
+        mine = ids[self.dist.rank::self.world]
+        batch = max(1, self.cfg.test.ims_per_batch)
+        for start in range(0, len(mine), batch):
+            yield [self.val_set[index[image_id]] for image_id in mine[start:start + batch]]
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
-        """COCO stats of the current model on the val set: {"bbox": {"AP": .., ..}, "segm": {..}, "eval_seconds",
-        "amp" (the autocast precision used: test.amp, or train.amp when test.amp is null)} (all ranks)."""
-        from ..evaluation.coco import evaluate_coco
+        """COCO stats of the current model on the val set through evaluation.inference.inference_on_dataset:
+        {"bbox": {"AP": .., ..}, "segm": {..}, "eval_seconds", "amp" (the autocast precision used: test.amp, or
+        train.amp when test.amp is null), "max_dets", "ap_unit", "per_category"} on rank 0, {} on the others."""
+        from ..evaluation.coco_evaluator import COCOEvaluator, restrict_ground_truth
+        from ..evaluation.inference import inference_on_dataset
 
         started = time.perf_counter()
-        results = self.predict_coco()
-        out: Dict[str, Dict[str, float]] = {}
+        test = self.cfg.test
+        ids = self.val_set.ids[: test.max_images] if test.max_images else self.val_set.ids
+        evaluator = COCOEvaluator(restrict_ground_truth(self.val_set.coco.dataset, ids), self.label_to_category,
+                                  iou_types=self.iou_types, mask_threshold=test.mask_threshold,
+                                  max_dets=test.max_dets, backend=test.backend, gt_source=str(self.val_set.ann_file))
+        out = inference_on_dataset(self.model, self._val_batches(), evaluator, device=self.device, amp=self.eval_amp)
         if self.dist.is_main:
-            if results:
-                stats = evaluate_coco(self._gt(), results, iou_types=self.iou_types, backend=self.cfg.test.backend,
-                                      max_dets=self.cfg.test.max_dets, gt_source=str(self.val_set.ann_file))
-                out = {t: dict(s.stats) for t, s in stats.items()}
-            else:  # nothing detected: COCOeval cannot load an empty result list; every stat is 0 by definition
-                out = {t: {"AP": 0.0} for t in self.iou_types}
             out["eval_seconds"] = round(time.perf_counter() - started, 2)
             out["amp"] = self.eval_amp  # the precision these numbers were measured at
-            out["max_dets"] = list(self.cfg.test.max_dets)  # COCOeval maxDets: AP is measured at the last
-            out["ap_unit"] = "fraction (0-1)"  # COCOeval's; the console prints the same numbers
-            out["per_category"] = ({t: s.per_category_report() for t, s in stats.items()} if results
-                                   else per_category_without_detections(self._gt(), self.iou_types))
-            self.last_results = results
+            self.last_results = evaluator.detections
         return out
 
     def _eval_and_log(self, final: bool = False) -> Dict:

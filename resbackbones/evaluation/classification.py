@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from .inference import DatasetEvaluator, inference_on_dataset
+
 LOGITS = "logits"
 
 
@@ -36,14 +38,58 @@ def ten_crop(images: torch.Tensor, size: Union[int, Tuple[int, int]]) -> torch.T
     return torch.stack(TF.ten_crop(images, size), dim=1)
 
 
-def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    out = model(images)
+def _logits(out) -> torch.Tensor:
     if isinstance(out, dict):  # FeatureClassifier
         if LOGITS not in out:
             raise ValueError(f"model returns a dict without {LOGITS!r} (keys: {', '.join(out)}); build it with "
                              f"out_features including {LOGITS!r}")
         out = out[LOGITS]
     return out
+
+
+class ClassificationEvaluator(DatasetEvaluator):
+    """Top-1 / top-5 (percent), mean cross-entropy and count over (images, targets) batches, summed over ranks.
+
+    images [N, 3, H, W], or [N, n_crops, 3, h, w]: the crops' logits are averaged (the paper's 10-crop testing);
+    ten_crop_size=224 cuts the 10 crops here from [N, 3, H, W] batches. evaluate() -> {"top1", "top5", "loss",
+    "count"} on every rank; ValueError when no sample was seen.
+    """
+
+    def __init__(self, *, ten_crop_size: Optional[Union[int, Tuple[int, int]]] = None):
+        self.ten_crop_size = ten_crop_size
+        self.totals: Optional[torch.Tensor] = None
+
+    def reset(self) -> None:
+        self.totals = None
+
+    def inputs(self, batch, device: torch.device) -> torch.Tensor:
+        images = batch[0].to(device, non_blocking=True)
+        if self.ten_crop_size is not None:
+            images = ten_crop(images, self.ten_crop_size)
+        return images.flatten(0, 1) if images.dim() == 5 else images
+
+    def process(self, batch, outputs) -> None:
+        logits = _logits(outputs)
+        targets = torch.as_tensor(batch[1]).to(logits.device, non_blocking=True)
+        crops = logits.shape[0] // max(1, targets.shape[0])
+        if crops > 1:
+            logits = logits.view(-1, crops, logits.shape[-1]).mean(dim=1)
+        top1, top5 = correct_counts(logits, targets, (1, 5))
+        sums = torch.stack([top1.double(), top5.double(), F.cross_entropy(logits, targets, reduction="sum").double(),
+                            torch.tensor(float(targets.shape[0]), dtype=torch.float64, device=logits.device)])
+        self.totals = sums if self.totals is None else self.totals + sums  # correct1, correct5, loss_sum, count
+
+    def evaluate(self) -> Dict[str, float]:
+        totals = self.totals if self.totals is not None else torch.zeros(4, dtype=torch.float64)
+        if dist.is_available() and dist.is_initialized():
+            if dist.get_backend() == "nccl":  # a rank with an empty shard still takes part, on the right device
+                totals = totals.cuda()
+            dist.all_reduce(totals)
+        correct1, correct5, loss_sum, count = totals.tolist()
+        if count == 0:
+            raise ValueError("evaluate_classifier: the loader yielded no samples")
+        return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count,
+                "count": int(count)}
 
 
 def evaluate_classifier(
@@ -55,52 +101,13 @@ def evaluate_classifier(
     autocast_dtype: Optional[torch.dtype] = None,
     channels_last: bool = False,
 ) -> Dict[str, float]:
-    """Evaluate `model` over `loader` of (images, targets) batches.
+    """Evaluate `model` over `loader` of (images, targets) batches: inference_on_dataset with a
+    ClassificationEvaluator (see there for shapes and ten-crop).
 
-    images [N, 3, H, W] (or [N, n_crops, 3, h, w]: the crops' logits are averaged, as the paper's 10-crop
-    testing); ten_crop_size=224 cuts the 10 crops here from [N, 3, H, W] batches (e.g. resized to 256).
     Returns {"top1": %, "top5": %, "loss": mean cross-entropy, "count": images}. Under torch.distributed the
     counts are summed over ranks, so every rank gets the global numbers.
     device None: the model's device. The model's train/eval mode is restored afterwards.
     """
-    if device is None:
-        param = next(iter(model.parameters()), None)
-        device = param.device if param is not None else torch.device("cpu")
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss_sum, count
-    try:
-        with torch.inference_mode():
-            for batch in loader:
-                images, targets = batch[0], batch[1]
-                images = images.to(device, non_blocking=True)
-                targets = torch.as_tensor(targets).to(device, non_blocking=True)
-                if ten_crop_size is not None:
-                    images = ten_crop(images, ten_crop_size)
-                crops = 1
-                if images.dim() == 5:
-                    crops = images.shape[1]
-                    images = images.flatten(0, 1)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    logits = _logits(model, images)
-                logits = logits.float()
-                if crops > 1:
-                    logits = logits.view(-1, crops, logits.shape[-1]).mean(dim=1)
-                top1, top5 = correct_counts(logits, targets, (1, 5))
-                totals += torch.stack([
-                    top1.double(), top5.double(),
-                    F.cross_entropy(logits, targets, reduction="sum").double(),
-                    torch.tensor(float(targets.shape[0]), dtype=torch.float64, device=device),
-                ])
-    finally:
-        model.train(was_training)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(totals)
-    correct1, correct5, loss_sum, count = totals.tolist()
-    if count == 0:
-        raise ValueError("evaluate_classifier: the loader yielded no samples")
-    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count,
-            "count": int(count)}
+    amp = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype]
+    return inference_on_dataset(model, loader, ClassificationEvaluator(ten_crop_size=ten_crop_size), device=device,
+                                amp=amp, channels_last=channels_last)

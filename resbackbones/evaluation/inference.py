@@ -1,29 +1,97 @@
-"""A trained detector back for inference: load_detector(checkpoint) -> eval-mode model, its config and class names.
+"""One evaluation path (detectron2's DatasetEvaluator / inference_on_dataset) and a trained detector back for
+inference (load_detector).
+
+    metrics = inference_on_dataset(model, loader, ClassificationEvaluator(), device=device, amp="bf16")
+    metrics = inference_on_dataset(detector, batches, COCOEvaluator(gt, label_to_category, iou_types=("bbox",)))
 
     loaded = load_detector("output/quickstart/checkpoints/last.pt")   # the config it records (or config.yaml)
     loaded.model([image])         # image float [3, H, W] RGB in [0, 1] -> [{"boxes": [K, 4], "labels": [K], ...}]
     loaded.names                  # {1: "circle", ...}: model label -> category name of its training data
 
-The one loader of tools/predict.py, tools/eval_coco.py --checkpoint and tools/export_detector.py (also importable as
-resbackbones.deploy.load_detector). Not to be confused with resbackbones/inference.py (optimize_for_inference: a
-faster forward of an already built model).
+Both trainers evaluate through inference_on_dataset (ClassificationEvaluator: evaluation/classification.py,
+COCOEvaluator: evaluation/coco_evaluator.py), and so do tools/eval_coco.py --checkpoint and train_det --eval-only.
+load_detector is the one loader of tools/predict.py, tools/eval_coco.py --checkpoint, train_det --eval-only and
+tools/export_detector.py (also importable as resbackbones.deploy.load_detector). Not to be confused with
+resbackbones/inference.py (optimize_for_inference: a faster forward of an already built model).
 """
 import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import nn
 
 from ..config import ConfigError, load_config, load_yaml_with_bases, to_dict
 from ..config.det import DetTrainConfig
 from ..config.legacy import upgrade
 from ..detection.builder import build_detector
+from ..engine.device import autocast
 from ..weights.checkpoint import CheckpointError, ModelCheckpoint, load_matching_state, read_model_checkpoint
 from .coco_results import checkpoint_label_mapping
 
 PathLike = Union[str, os.PathLike]
+
+
+class DatasetEvaluator:
+    """What inference_on_dataset asks of a task: reset() once, then per batch inputs() (what the model is called
+    with) and process() (accumulate), then evaluate() (gather over ranks, compute the metrics)."""
+
+    def reset(self) -> None:
+        """Forget the batches of an earlier run."""
+
+    def inputs(self, batch: Any, device: torch.device) -> Any:
+        """The model's argument for `batch`, on `device`."""
+        raise NotImplementedError
+
+    def process(self, batch: Any, outputs: Any) -> None:
+        """Accumulate the model's outputs (floating tensors already fp32) on `batch`."""
+        raise NotImplementedError
+
+    def evaluate(self) -> Dict[str, Any]:
+        """The metrics over every batch of every rank (a collective under DDP: every rank calls it)."""
+        raise NotImplementedError
+
+
+def _to_fp32(outputs: Any) -> Any:
+    if torch.is_tensor(outputs):
+        return outputs.float() if outputs.is_floating_point() else outputs
+    if isinstance(outputs, Mapping):
+        return {key: _to_fp32(value) for key, value in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(_to_fp32(value) for value in outputs)
+    return outputs
+
+
+def inference_on_dataset(model: nn.Module, loader: Iterable, evaluator: DatasetEvaluator, *,
+                         device: Union[str, torch.device, None] = None, amp: str = "none",
+                         channels_last: bool = False) -> Dict[str, Any]:
+    """Run `model` over every batch of `loader` (this rank's share) in eval mode, without gradients, under
+    autocast(amp) ("none", "bf16", "fp16"), outputs cast to fp32, and return evaluator.evaluate(). device None: the
+    model's. channels_last: 4-d image batches [N, 3, H, W] go in channels-last memory format. The model's train /
+    eval mode is restored afterwards."""
+    if device is None:
+        param = next(iter(model.parameters()), None)
+        device = param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+    evaluator.reset()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                inputs = evaluator.inputs(batch, device)
+                if channels_last and torch.is_tensor(inputs) and inputs.dim() == 4:
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                with autocast(device, amp):
+                    outputs = model(inputs)
+                evaluator.process(batch, _to_fp32(outputs))
+    finally:
+        model.train(was_training)
+    return evaluator.evaluate()
+
+
 CONFIG_FILE = "config.yaml"  # what tools/train_det.py writes into its output folder
 
 
