@@ -163,7 +163,7 @@ for dataset in $DATASETS; do
   esac
   names=()
   for b in $backbones; do for i in $INITS; do names+=("${b}_$i"); done; done
-  (( ${#names[@]} )) && rb_train_each "$RUNS/$dataset" last.pt seconds finetune_one "${names[@]}"
+  (( ${#names[@]} )) && rb_train_each "$RUNS/$dataset" checkpoints/last.pt seconds finetune_one "${names[@]}"
 done
 
 # -- 3. the table, the figure and the README tables -------------------------------------------------------------------

@@ -6,7 +6,7 @@
 #   bash projects/vgg_vs_resnet/run.sh
 #   BCCD=/path/to/bccd bash projects/vgg_vs_resnet/run.sh        # any COCO-format set: train.json, val.json, images/
 #
-# Interrupted? Run it again: a finished backbone is skipped, an unfinished one continues from its last.pt
+# Interrupted? Run it again: a finished backbone is skipped, an unfinished one continues from its checkpoints/last.pt
 # (tools/train_det.py --resume). Environment (all optional):
 #   BCCD              folder with train.json, val.json and images/             [../shared/data/bccd next to the repo]
 #   VVR_RUNS          where the runs are written (git-ignored)                  [projects/vgg_vs_resnet/runs]
@@ -63,6 +63,6 @@ train_one() {  # train_one BACKBONE OUT
     ${RB_RESUME[@]+"${RB_RESUME[@]}"} "${extra[@]}"
 }
 # shellcheck disable=SC2086  # BACKBONES is a word list
-rb_train_each "$RUNS" last.pt date train_one $BACKBONES
+rb_train_each "$RUNS" checkpoints/last.pt date train_one $BACKBONES
 
 "$PY" "$HERE/summarize.py" --runs "$RUNS" --results "$RESULTS" --backbones $BACKBONES
