@@ -7,9 +7,10 @@ Detections file (the scripted form, fixed):
        "per_category": {"bbox": {NAME: {"id", "AP", "AP50"}}, ...} (detectron2's per-category AP; AP50 beside it),
        "ap_unit": "fraction (0-1)"}
 Checkpoint (runs the model first, writes its COCO results json next to --out, or to --results):
-    python tools/eval_coco.py --checkpoint out/last.pt --gt GT.json --images DIR     # out/config.yaml, or --config
+    python tools/eval_coco.py --checkpoint out/checkpoints/last.pt --gt GT.json --images DIR
     python tools/eval_coco.py --checkpoint C --gt GT.json --images DIR model.roi_heads.score_thresh=0.01  # key=value
-    (--amp none forces fp32; the default, auto, runs bf16 autocast where the hardware has it natively)
+    (the model, batching, mask threshold, max_dets and amp of train_det's evaluation: the checkpoint's config; --amp
+    overrides its test.amp / train.amp, none forces fp32, auto runs bf16 autocast where the hardware has it natively)
 
 AP and AR are fractions (0-1), COCOeval's unit, on the console and in the stats json. Outputs never replace an
 input (--gt, --dt, --checkpoint), an existing --results file, or an --out file that is not a stats json of this tool
@@ -28,7 +29,8 @@ import time
 from _cli import add_amp_argument, default_argument_parser, run
 
 from resbackbones.engine.outputs import check_eval_outputs, eval_detections_path, write_json_atomic
-from resbackbones.evaluation.coco import BACKENDS, IOU_TYPES, CocoEvalError, evaluate_coco, format_stats
+from resbackbones.evaluation.coco import (BACKENDS, DEFAULT_MAX_DETS, IOU_TYPES, CocoEvalError, evaluate_coco,
+                                          format_stats)
 
 
 def parse_args(argv=None):
@@ -39,11 +41,12 @@ def parse_args(argv=None):
     parser.add_argument("--out", help="write the stats json here")
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
     parser.add_argument("--checkpoint", help="training checkpoint (tools/train_det.py) to run instead of --dt")
-    parser.add_argument("--config", help="the training config of --checkpoint; default: config.yaml beside it")
+    parser.add_argument("--config", help="data and test settings for --checkpoint; default: the config it records")
     parser.add_argument("--images", help="image folder of --gt (checkpoint form)")
     parser.add_argument("--results", help="checkpoint form: where to write the detections json")
     parser.add_argument("--device", default="auto", help="checkpoint form: cpu | cuda | auto")
-    add_amp_argument(parser, prefix="checkpoint form: ")
+    add_amp_argument(parser, prefix="checkpoint form (default: the config's test.amp, else train.amp): ")
+    parser.set_defaults(amp=None)
     parser.add_argument("--opts", nargs="*", help=argparse.SUPPRESS)  # refused in _run, naming the new syntax
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing detections json (--results) or a non-stats --out file")
@@ -64,20 +67,20 @@ def _run(args) -> int:
     detections = eval_detections_path(args.out, args.results) if args.checkpoint else None
     check_eval_outputs(args.out, {"--gt": args.gt, "--dt": args.dt, "--checkpoint": args.checkpoint},
                        detections=detections, results=args.results, overwrite=args.overwrite)
-    dt = args.dt
+    dt, max_dets = args.dt, DEFAULT_MAX_DETS
     if args.checkpoint:
-        from resbackbones.evaluation.checkpoint_detections import detect_coco_images
+        from resbackbones.evaluation.checkpoint_detections import run_checkpoint_on_coco
 
-        found = detect_coco_images(args.checkpoint, args.gt, args.images, config=args.config, overrides=args.overrides,
-                                   device=args.device, amp=args.amp, iou_types=args.iou_type)
-        dt = str(write_json_atomic(detections, found, indent=None))
+        found = run_checkpoint_on_coco(args.checkpoint, args.gt, args.images, config=args.config, device=args.device,
+                                       overrides=args.overrides, amp=args.amp, iou_types=args.iou_type)
+        dt, max_dets = str(write_json_atomic(detections, found.detections, indent=None)), found.cfg.test.max_dets
     started = time.perf_counter()
-    results = evaluate_coco(args.gt, dt, iou_types=args.iou_type, backend=args.backend)
+    results = evaluate_coco(args.gt, dt, iou_types=args.iou_type, backend=args.backend, max_dets=max_dets)
     seconds = time.perf_counter() - started
     out = {}
     for iou_type, result in results.items():
         print(f"\n== {iou_type} ({result.backend}, {seconds:.2f} s; AP and AR as fractions 0-1) ==")
-        print(format_stats(result.stats))
+        print(format_stats(result.stats, max_dets))
         print(result.table())
         out[iou_type] = result.stats
     out["per_category"] = {t: r.per_category_report() for t, r in results.items()}

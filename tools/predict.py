@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Run a trained detector on images and write PNGs with boxes, masks and labels drawn.
 
-    python tools/predict.py --checkpoint output/quickstart/last.pt --images IMAGE_OR_DIR [...] --output preds/
+    python tools/predict.py --checkpoint output/quickstart/checkpoints/last.pt --images IMAGE_OR_DIR --output preds/
     python tools/predict.py --checkpoint C --config configs/quickstart.yaml --images img.jpg --score-thresh 0.5
     python tools/predict.py --checkpoint C --images DIR --amp none        # force fp32 (default: bf16 where native)
     python tools/predict.py --checkpoint C --images DIR --gt DIR.json     # ground truth drawn beside predictions
 
-The model is rebuilt from --config, or from config.yaml next to the checkpoint (written by tools/train_det.py; see
-resbackbones.evaluation.inference.load_detector).
+The model is rebuilt from the config the checkpoint records (tools/train_det.py writes it), else from --config or the
+config.yaml beside it (resbackbones.evaluation.inference.load_detector).
 Each image X.ext becomes OUTPUT/X.png; an output that would replace an input image, or that two inputs would share
 (a.jpg and a.png, or two folders with the same names), is refused before anything runs. --gt COCO_JSON: images of
 that json (matched by file name) are drawn as [predictions | ground truth] under a legend. Images run in batches
@@ -65,6 +65,8 @@ def _run(args) -> int:
     amp, reason = resolve_amp(args.amp, device)
     print(f"amp: {amp} ({reason if args.amp == 'auto' else 'set by --amp'})", flush=True)
     loaded = load_detector(args.checkpoint, args.config, overrides=args.overrides, device=device)
+    if loaded.note:
+        print(loaded.note, flush=True)
     model, icfg = loaded.model, loaded.cfg.model.input
     for path in targets:  # refuse what the model cannot resize before any image is decoded
         size = header_size(path)

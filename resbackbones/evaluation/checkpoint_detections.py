@@ -1,39 +1,53 @@
 """A train_det checkpoint's detections on the images of a COCO json, as COCO results (tools/eval_coco.py --checkpoint).
 
-    results = detect_coco_images("out/last.pt", "val.json", "val/", device="cpu")   # then evaluate_coco(gt, results)
+    found = run_checkpoint_on_coco("out/checkpoints/last.pt", "val.json", "val/", device="cpu")
+    evaluate_coco(gt, found.detections, max_dets=found.cfg.test.max_dets)   # what tools/eval_coco.py does
 
 Everything a run could fail on mid-way is checked before the model sees the first image, and every user error
 arrives as one CocoEvalError line: the ground truth's types, the device and amp, the checkpoint and its config
 (load_detector), images the model cannot resize, the category mapping, image files missing from the folder.
-(Batched inference through one shared evaluation path is step 13 of docs/dev/engine_refactor_plan.md.)
+The images go through the one evaluation path (evaluation/inference.py: inference_on_dataset) with the batching,
+mask threshold and amp of train_det's evaluation, so both report the same detections.
 """
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
-
-import torch
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 from ..data.errors import DataError
 from ..data.folders import read_image
 from ..data.images import image_to_tensor
 from ..data.resizable import check_coco_images_resizable
-from ..engine.device import autocast, resolve_amp, resolve_device
+from ..config.det import DetTrainConfig
+from ..engine.device import resolve_amp, resolve_device
 from .coco import CocoEvalError, load_json
 from .coco_checks import check_ground_truth
-from .coco_results import to_coco_results
-from .inference import load_detector
+from .coco_evaluator import COCODetections
+from .inference import inference_on_dataset, load_detector
 
 PathLike = Union[str, os.PathLike]
 
 
-def detect_coco_images(checkpoint: PathLike, gt_path: PathLike, images: PathLike, *,
-                       config: Optional[PathLike] = None, overrides: Sequence[str] = (), device: str = "auto",
-                       amp: str = "auto", iou_types: Sequence[str] = ("bbox",)) -> List[Dict[str, Any]]:
-    """COCO results of `checkpoint` (its config: `config`, else the one beside it; `overrides` key=value) on every
-    image of the COCO json `gt_path`, read from the folder `images`, with the json's category ids (by name when the
-    checkpoint's ids differ). Prints the amp, a note on the category mapping, and the count and time.
-    Raises CocoEvalError (one line) for every user error."""
+@dataclass
+class CheckpointDetections:
+    """What run_checkpoint_on_coco found: the COCO results, the config the model was rebuilt with (its test
+    section: max_dets, backend for the scoring) and the autocast precision used."""
+
+    detections: List[Dict[str, Any]]
+    cfg: DetTrainConfig
+    amp: str
+
+
+def run_checkpoint_on_coco(checkpoint: PathLike, gt_path: PathLike, images: PathLike, *,
+                           config: Optional[PathLike] = None, overrides: Sequence[str] = (), device: str = "auto",
+                           amp: Optional[str] = None, iou_types: Sequence[str] = ("bbox",)) -> CheckpointDetections:
+    """COCO results of `checkpoint` (evaluation.inference.load_detector: the config it records, else `config` or
+    the one beside it; `overrides` key=value) on every image of the COCO json `gt_path`, read from the folder
+    `images`, with the json's category ids (by name when the checkpoint's ids differ). Runs through
+    inference_on_dataset as train_det's evaluation does: test.ims_per_batch images per batch, test.mask_threshold,
+    autocast at `amp` (None: test.amp, else train.amp). Prints the amp, a note on the category mapping, and the count
+    and time. Raises CocoEvalError (one line) for every user error."""
     if not images:
         raise CocoEvalError("--checkpoint needs --images (the --gt image folder)")
     if not Path(checkpoint).is_file():
@@ -44,15 +58,18 @@ def detect_coco_images(checkpoint: PathLike, gt_path: PathLike, images: PathLike
     check_ground_truth(gt, source=gt_path, iou_types=iou_types)  # before the model runs on every image
     try:  # unknown device, CUDA asked for on a machine without it, fp16 on CPU
         torch_device = resolve_device(device)
-        mode, reason = resolve_amp(amp, torch_device)
         loaded = load_detector(checkpoint, config, overrides=overrides, device=torch_device)
+        test = loaded.cfg.test
+        mode, reason = resolve_amp(amp or test.amp or loaded.cfg.train.amp, torch_device)
     except ValueError as error:  # ConfigError, CheckpointError: the first line names the file
         raise CocoEvalError(str(error).splitlines()[0]) from None
+    if loaded.note:
+        print(loaded.note, flush=True)
     icfg = loaded.cfg.model.input
     try:  # a 10000x50 strip would shrink under a pixel across and fail inside interpolate, mid-run
         check_coco_images_resizable(gt.get("images", []), source=gt_path, min_size=icfg.min_size[-1],
                                     max_size=icfg.max_size)
-        print(f"amp: {mode} ({reason if amp == 'auto' else 'set by --amp'})", flush=True)
+        print(f"amp: {mode} ({'set by --amp' if amp not in (None, 'auto') else reason})", flush=True)
         mapping, note = loaded.label_mapping(gt["categories"])  # each label scored as the category it learnt
     except ValueError as error:
         raise CocoEvalError(str(error)) from None
@@ -62,19 +79,32 @@ def detect_coco_images(checkpoint: PathLike, gt_path: PathLike, images: PathLike
     if missing:  # was a DataError traceback at that image, mid-run
         raise CocoEvalError(f"{len(missing)} image(s) of {gt_path} are not in --images {images} (first: "
                             f"{missing[0].get('file_name')}, id {missing[0].get('id')}); give the image folder of --gt")
-    return _detect(loaded.model, gt["images"], Path(images), torch_device, mode, mapping)
-
-
-def _detect(model, image_records, folder: Path, device: torch.device, amp: str, mapping) -> list:
-    results = []
     started = time.perf_counter()
-    with torch.no_grad(), autocast(device, amp):  # detections come out float32 either way (fp32_outputs.py)
-        for image in image_records:
+    collector = COCODetections(mapping, mask_threshold=test.mask_threshold)
+    records = sorted(gt["images"], key=lambda im: im["id"])  # train_det's order (data/coco.py), so the same batches
+    inference_on_dataset(loaded.model, _image_batches(records, Path(images), test.ims_per_batch), collector,
+                         device=torch_device, amp=mode)
+    found = collector.detections
+    print(f"detected {len(found)} objects on {len(gt['images'])} images in {time.perf_counter() - started:.1f} s")
+    return CheckpointDetections(found, loaded.cfg, mode)
+
+
+def detect_coco_images(checkpoint: PathLike, gt_path: PathLike, images: PathLike, *,
+                       config: Optional[PathLike] = None, overrides: Sequence[str] = (), device: str = "auto",
+                       amp: Optional[str] = "auto", iou_types: Sequence[str] = ("bbox",)) -> List[Dict[str, Any]]:
+    """run_checkpoint_on_coco(...).detections (amp None: the config's)."""
+    return run_checkpoint_on_coco(checkpoint, gt_path, images, config=config, overrides=overrides, device=device,
+                                  amp=amp, iou_types=iou_types).detections
+
+
+def _image_batches(records: Sequence[Dict[str, Any]], folder: Path, size: int) -> Iterator[List]:
+    """(image [3, H, W] float RGB 0-1, {"image_id"}) in batches of `size`, in the order given, read lazily."""
+    for start in range(0, len(records), max(1, size)):
+        batch = []
+        for image in records[start:start + size]:
             try:
                 pixels = read_image(folder / image["file_name"])  # RGB uint8 [H, W, 3]
             except DataError as error:  # corrupt or not an image: named, one line
                 raise CocoEvalError(str(error)) from None
-            output = model([image_to_tensor(pixels).to(device)])[0]
-            results += to_coco_results([output], [image["id"]], mapping)
-    print(f"detected {len(results)} objects on {len(image_records)} images in {time.perf_counter() - started:.1f} s")
-    return results
+            batch.append((image_to_tensor(pixels), {"image_id": image["id"]}))
+        yield batch
