@@ -60,6 +60,7 @@ def replace(src, dst, *a, **k):
 
 torch.save, os.replace = save, replace
 sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))  # as `python tools/x.py` does: _cli.py beside it
 runpy.run_path(sys.argv[0], run_name="__main__")
 '''
 
