@@ -1,6 +1,6 @@
 """Numeric config ranges (issue 16): every numeric field of the tools' schemas declares its valid range (RANGES),
 every shipped config is inside them, and a value outside is refused before any work with one line naming the key
-and the range (exit 2 through the tools) - no negative learning rate, -1 epochs or log_period=0 traceback."""
+and the range (exit 2 through the tools) - no negative learning rate, -1 epochs or log_period=-1 traceback."""
 import dataclasses
 import glob
 import subprocess
@@ -72,7 +72,7 @@ CLS_BAD = [("solver.gamma=-0.1", "solver.gamma", "in (0, 1]"), ("solver.warmup_f
            ("train.num_threads=-1", "train.num_threads", ">= 0"), ("data.crop_size=0", "data.crop_size", ">= 1"),
            ("solver.momentum=1.5", "solver.momentum", "in [0, 1)"), ("ema.decay=1", "ema.decay", ""),
            ("solver.base_lr=.nan", "solver.base_lr", "nan"), ("data.scale=[0.0,1.0]", "data.scale", "item 0.0")]
-DET_BAD = [("train.log_period=0", "train.log_period", ">= 1"), ("train.num_threads=-1", "train.num_threads", ""),
+DET_BAD = [("train.log_period=-1", "train.log_period", ">= 0"), ("train.num_threads=-1", "train.num_threads", ""),
            ("model.input.min_size=[0]", "model.input.min_size", ""), ("model.input.max_size=0", "model.input.max_size", ""),
            ("solver.gamma=-0.1", "solver.gamma", ""), ("solver.warmup_factor=-0.5", "solver.warmup_factor", ""),
            ("solver.max_iter=-1", "solver.max_iter", ""), ("model.rpn.nms_thresh=0", "model.rpn.nms_thresh", "in (0, 1]"),
@@ -96,7 +96,7 @@ def test_det_out_of_range_is_one_line_naming_key_and_range(override, key, words)
     assert "\n" not in message and key in message and "must be" in message and words in message, message
 
 
-@pytest.mark.parametrize("tool,override", [("train_cls.py", "solver.gamma=-0.1"), ("train_det.py", "train.log_period=0")])
+@pytest.mark.parametrize("tool,override", [("train_cls.py", "solver.gamma=-0.1"), ("train_det.py", "train.log_period=-1")])
 def test_tools_exit_2_before_any_work(tool, override, tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "tools" / tool), "--output", str(tmp_path / "run"), override],
                           capture_output=True, text=True, timeout=300)

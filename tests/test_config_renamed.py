@@ -127,8 +127,8 @@ def test_run_folder_in_old_keys_resumes_and_exports(tmp_path, capsys):
 
 
 def test_every_renamed_det_key_is_listed():
-    # one solver section (config/common.py) for both tasks
-    assert {old for old, _ in DET_RENAMED} == SOLVER | {"model.input.channels_last"}
+    # one solver and one train section (config/common.py) for both tasks
+    assert {old for old, _ in DET_RENAMED} == SOLVER | {"train.print_freq", "train.threads", "model.input.channels_last"}
 
 
 def test_det_run_config_in_old_keys_is_read_beside_its_checkpoint(tmp_path):

@@ -86,3 +86,25 @@ def test_init_weights_from_exported_backbone_and_from_checkpoint(data, tmp_path)
     other = rb.build_classifier("cifar_resnet", num_classes=10, depth=8, widths=[4, 8, 8], weights=checkpoint)
     assert all(torch.equal(other.state_dict()[k], v) for k, v in trainer.model.state_dict().items())
     assert (other.weights_metadata.source, other.weights_metadata.pixel_std) == (meta.source, meta.pixel_std)
+
+
+def test_time_limit_stops_with_a_resumable_checkpoint(data, tmp_path):
+    """train.time_limit_s: training stops after the first step past the limit (inside epoch 1 of 2) with a
+    mid-epoch checkpoint; --resume without the limit ends bit-identical to an uninterrupted run."""
+    def cfg(out, limit):
+        c = tiny_cfg(data, out)
+        c.train.deterministic, c.train.time_limit_s = True, limit
+        return c
+
+    ref = ClsTrainer(cfg(tmp_path / "ref", 0.0))
+    ref.fit()
+    stopped = ClsTrainer(cfg(tmp_path / "run", 1e-9))  # any step takes longer: stops after one
+    assert stopped.fit() == {} and stopped.global_iter == 1 < stopped.iters_per_epoch
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["iter_in_epoch"], state["global_iter"]) == (0, 1, 1)
+    assert state["train_seconds"] > 1e-9 and state["config"]["train"]["time_limit_s"] == 1e-9
+    resumed = ClsTrainer(cfg(tmp_path / "run", 0.0), resume=True)
+    assert resumed.global_iter == 1 and resumed.train_seconds == state["train_seconds"]
+    row = resumed.fit()
+    assert row["epoch"] == 2 and resumed.global_iter == ref.global_iter
+    assert all(torch.equal(v, ref.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())

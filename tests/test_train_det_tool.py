@@ -140,3 +140,19 @@ def test_non_finite_weights_are_not_saved(data_root, tmp_path):
                                                r"and 0 more.*the last good checkpoint is kept: .*last\.pt"):
         trainer.save()
     assert (out / "checkpoints" / "last.pt").read_bytes() == good
+
+
+def test_keep_every_and_tensorboard(data_root, tmp_path):
+    """train.keep_every counts iterations for detection: checkpoints/iter_N.pt at each checkpoint whose iteration N
+    is a multiple; train.tensorboard=false writes no event files, true writes them (scalars of metrics.csv)."""
+    out = tmp_path / "kept"
+    assert train_det.main(_tiny(data_root, out, "solver.max_iter=4", "train.checkpoint_period=1",
+                                "train.keep_every=2", "train.tensorboard=false")) == 0
+    names = sorted(p.name for p in (out / "checkpoints").glob("*.pt"))
+    assert names == ["iter_2.pt", "iter_4.pt", "last.pt"]  # eval_period 0: no best.pt
+    assert torch.load(out / "checkpoints" / "iter_2.pt", weights_only=True)["iteration"] == 2
+    assert not (out / "tensorboard").exists()
+    board = tmp_path / "board"
+    assert train_det.main(_tiny(data_root, board, "solver.max_iter=1", "train.tensorboard=true")) == 0
+    assert list((board / "tensorboard").glob("events.out.tfevents.*"))
+    assert not list((board / "checkpoints").glob("iter_*.pt"))  # keep_every 0: last.pt / best.pt only

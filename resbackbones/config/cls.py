@@ -3,7 +3,7 @@
 Each section's RANGES gives the valid range of its numeric fields, checked when a config is loaded
 (resbackbones/config/ranges.py): a value outside is one line naming the key and the range, exit 2 in the tools.
 Keys shared with detection training (config/det.py) have one name in both: model.backbone.name/weights/options,
-data.num_workers, data.flip_prob, solver.base_lr, train.log_period. RENAMED lists the keys they
+data.num_workers, data.flip_prob, solver.base_lr, and the sections solver and train (config/common.py). RENAMED lists the keys they
 replaced (refused with one line naming the new key; config/legacy.py upgrades configs stored before the rename).
 Kept different on purpose: model.num_classes (None = from the data), data.train_subset / val_subset (a random
 subset), data.mean / std (the dataset normalises; detection's model does), and the sections loss and ema."""
@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Dict, Literal, Optional, Tuple
 
 from ..data.cls_transforms import CIFAR_MEAN, CIFAR_STD
 from . import ConfigError
-from .common import AmpMode, SolverConfig
+from .common import SolverConfig, TrainConfig
 
 
 @dataclass
@@ -89,28 +89,6 @@ class EMAConfig:
     enabled: bool = False
     decay: float = 0.9999
     warmup_steps: int = 2000
-
-
-@dataclass
-class TrainConfig:
-    RANGES: ClassVar[Dict[str, str]] = {
-        "seed": "[0, inf)", "eval_period": "[0, inf)", "checkpoint_period": "[0, inf)", "keep_every": "[0, inf)",
-        "num_threads": "[0, inf)", "log_period": "[0, inf)"}
-    RENAMED: ClassVar[Dict[str, str]] = {"print_freq": "train.log_period", "threads": "train.num_threads"}
-    output_dir: str = "output/cls_default"
-    device: str = "auto"
-    # auto: bf16 on CPUs with native bf16 and on CUDA GPUs of compute capability >= 8.0, fp16 on older GPUs,
-    # none otherwise (engine/device.resolve_amp); none / bf16 / fp16 force a mode.
-    amp: AmpMode = "auto"
-    seed: int = 0
-    deterministic: bool = False
-    eval_period: int = 1                       # epochs between evaluations (the last epoch always evaluates)
-    checkpoint_period: int = 0                 # iterations between mid-epoch checkpoints (0: end of epoch only)
-    keep_every: int = 0                        # also keep epoch_N.pt every N epochs (0: only last/best)
-    progress: bool = True                      # tqdm bar
-    tensorboard: bool = True
-    num_threads: int = 0                       # torch CPU threads (0: torch's default / OMP_NUM_THREADS)
-    log_period: int = 0                        # iterations between log lines when progress is off (0: per epoch)
 
 
 @dataclass

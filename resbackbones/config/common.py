@@ -90,3 +90,48 @@ def check_iteration_solver(solver: SolverConfig) -> None:
     for key in ("unit", "warmup_unit"):
         if getattr(solver, key) != "iter":
             raise ValueError(f"config key 'solver.{key}' must be 'iter' for detection, got {getattr(solver, key)!r}")
+
+
+@dataclass
+class TrainConfig:
+    """The loop settings (train:) of both tasks; the defaults are classification's (detection_train: detection's).
+
+    Units differ by task where the loops differ: eval_period and keep_every count EPOCHS for classification and
+    ITERATIONS for detection. eval_period: evaluate every N (classification: 0 = every epoch; the last epoch always
+    evaluates. detection: 0 = only at the end). checkpoint_period: iterations between checkpoints (0 = none in
+    between; classification also saves at every epoch end, detection at the end). keep_every: also keep
+    checkpoints/epoch_N.pt (classification, at epoch ends with N % keep_every == 0) or checkpoints/iter_N.pt
+    (detection, at every checkpoint whose iteration N % keep_every == 0); 0 = only last.pt / best.pt.
+    log_period: iterations between log rows (classification: a console line when progress is off; detection: a
+    metrics row of the window's mean losses); 0 = none in between (classification: per epoch; detection: one row
+    at the end). time_limit_s: stop training cleanly once this many training seconds have passed (0 = no limit):
+    a checkpoint is saved that --resume continues from (detection also evaluates) - a guard for time-boxed runs.
+    amp: auto = bf16 on CPUs with native bf16 and CUDA GPUs of compute capability >= 8.0, fp16 on older GPUs, none
+    otherwise (engine/device.resolve_amp); none / bf16 / fp16 force a mode. num_threads: torch CPU threads (0 =
+    torch's default, 1 on an oversubscribed CPU: engine/setup.set_threads). deterministic: bit-reproducible kernels
+    (CPU only for detection). progress: a tqdm bar. tensorboard: TensorBoard scalars in OUTPUT/tensorboard/ beside
+    metrics.csv / metrics.jsonl.
+    """
+
+    RANGES: ClassVar[Dict[str, str]] = {
+        "seed": "[0, inf)", "eval_period": "[0, inf)", "checkpoint_period": "[0, inf)", "keep_every": "[0, inf)",
+        "num_threads": "[0, inf)", "log_period": "[0, inf)", "time_limit_s": "[0, inf)"}
+    RENAMED: ClassVar[Dict[str, str]] = {"print_freq": "train.log_period", "threads": "train.num_threads"}
+    output_dir: str = "output/cls_default"
+    device: str = "auto"
+    amp: AmpMode = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    eval_period: int = 1
+    checkpoint_period: int = 0
+    keep_every: int = 0
+    progress: bool = True
+    tensorboard: bool = True
+    num_threads: int = 0
+    log_period: int = 0
+    time_limit_s: float = 0.0
+
+
+def detection_train() -> TrainConfig:
+    """Detection's defaults: a log row every 20 iterations, evaluation at the end, a checkpoint every 5000."""
+    return TrainConfig(output_dir="output/det", log_period=20, eval_period=0, checkpoint_period=5000)

@@ -6,7 +6,7 @@ Schedules are in iterations (detectron2's convention): solver.max_iter, solver.s
 solver.batch_size is the TOTAL batch over all processes (each of N torchrun processes takes 1/N of it), and
 solver.base_lr belongs to that total batch, so a config trains the same whatever the number of GPUs.
 Keys shared with classification training (config/cls.py) have one name in both, and the solver section is one
-class (config/common.py) with detection's defaults; RENAMED lists the keys it replaced (solver.ims_per_batch,
+and train sections are the classes of config/common.py with detection's defaults; RENAMED lists the keys it replaced (solver.ims_per_batch,
 solver.policy, solver.warmup_iters; refused with one line naming the new key), config/legacy.py upgrades configs
 stored before the rename. test.amp null (was "") follows train.amp.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Dict, Literal, Optional, Tuple
 
 from ..detection.config import DetectorConfig
-from .common import AmpMode, SolverConfig, check_iteration_solver, detection_solver
+from .common import AmpMode, SolverConfig, TrainConfig, check_iteration_solver, detection_solver, detection_train
 
 
 @dataclass
@@ -58,34 +58,6 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Loop settings. eval_period / checkpoint_period in iterations (0 = only at the end).
-
-    amp: "none" | "bf16" | "fp16" (fp16 is CUDA only); "auto" = bf16 on CPUs with native bf16 (amx_bf16 /
-    avx512_bf16) and CUDA GPUs of compute capability >= 8.0, fp16 on older GPUs, none otherwise.
-    num_threads: torch CPU threads (0 = torch's default, 1 on an oversubscribed CPU: engine/setup.set_threads, the
-    rule of both trainers). deterministic: bit-reproducible kernels (CPU only for detection). time_limit_s: stop
-    training early (and evaluate) once this many seconds have passed (0 = no limit) - a guard for time-boxed runs,
-    never used by the configs.
-    """
-
-    RANGES: ClassVar[Dict[str, str]] = {
-        "seed": "[0, inf)", "log_period": "[1, inf)", "eval_period": "[0, inf)", "checkpoint_period": "[0, inf)",
-        "num_threads": "[0, inf)", "time_limit_s": "[0, inf)"}
-    output_dir: str = "output/det"
-    device: str = "auto"
-    amp: AmpMode = "auto"
-    seed: int = 0
-    log_period: int = 20
-    eval_period: int = 0
-    checkpoint_period: int = 5000
-    num_threads: int = 0
-    deterministic: bool = False
-    progress: bool = True
-    time_limit_s: float = 0.0
-
-
-@dataclass
 class TestConfig:
     """Evaluation: iou_types default to bbox (+ segm when the model has a mask head); max_images 0 = all.
 
@@ -112,7 +84,7 @@ class DetTrainConfig:
     model: DetectorConfig = field(default_factory=DetectorConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=detection_solver)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=detection_train)
     test: TestConfig = field(default_factory=TestConfig)
 
     def validate(self) -> None:

@@ -226,9 +226,13 @@ class CheckpointManager:
     improves (rank 0 only, by the caller); NaN or a missing value never wins, ties keep the earlier one. Checkpoints
     carry best_metric, best_metric_name and best_iteration, so a resumed run knows the best so far."""
 
-    def __init__(self, folder: PathLike, *, metric: str = "val_top1", mode: str = "max", keep_every: int = 0):
+    def __init__(self, folder: PathLike, *, metric: str = "val_top1", mode: str = "max", keep_every: int = 0,
+                 keep_unit: str = "epoch"):
         if mode not in ("max", "min"):
             raise ValueError(f"checkpoint mode must be 'max' or 'min', got {mode!r}")
+        if keep_unit not in ("epoch", "iter"):
+            raise ValueError(f"checkpoint keep_unit must be 'epoch' or 'iter', got {keep_unit!r}")
+        self.keep_unit = keep_unit
         self.folder = Path(folder)
         self.metric = metric
         self.mode = mode
@@ -249,8 +253,9 @@ class CheckpointManager:
 
     def save(self, state: Dict[str, Any], *, metrics: Optional[Dict[str, float]] = None, epoch: int = 0,
              iteration: Optional[int] = None) -> bool:
-        """Save last.pt (and best.pt if metrics[metric] improved, recording `iteration`; epoch_N.pt every
-        keep_every epochs with metrics); returns whether this was the best so far."""
+        """Save last.pt (and best.pt if metrics[metric] improved, recording `iteration`); with keep_every, also
+        epoch_N.pt (keep_unit "epoch": saves with metrics, N = epoch) or iter_N.pt (keep_unit "iter": every save,
+        N = iteration) when N % keep_every == 0 (train.keep_every). Returns whether this was the best so far."""
         value = (metrics or {}).get(self.metric)
         improved = self.is_better(value)
         if improved:
@@ -259,8 +264,10 @@ class CheckpointManager:
         save_atomic(state, self.folder / LAST)
         if improved:
             save_atomic(state, self.folder / BEST)
-        if self.keep_every and metrics is not None and epoch % self.keep_every == 0:
-            save_atomic(state, self.folder / f"epoch_{epoch}.pt")
+        kept = epoch if self.keep_unit == "epoch" and metrics is not None else None
+        kept = iteration if self.keep_unit == "iter" else kept
+        if self.keep_every and kept is not None and kept % self.keep_every == 0:
+            save_atomic(state, self.folder / f"{self.keep_unit}_{kept}.pt")
         return improved
 
     def load_best(self, state: Dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ from ..evaluation.classification import ClassificationEvaluator
 from ..evaluation.inference import inference_on_dataset
 from .device import grad_scaler
 from .ema import ModelEMA
-from .hooks import EMAHook, Periodic
+from .hooks import EMAHook, Periodic, TrainTimer
 from .loop import Trainer
 from .metrics_log import CURVES_NAME, MetricsLogger, plot_error_curves
 from .optim import build_optimizer_for, build_scheduler, weight_penalty
@@ -70,7 +70,9 @@ class ClsTrainer(Trainer):
         if build_train:
             self._build_solver()
             self.meter = EpochMeter()
-            self.register_hooks([EMAHook(self.ema) if self.ema is not None else None, self.meter,
+            # The timer first: it decides whether training stops after this step (train.time_limit_s).
+            self.register_hooks([TrainTimer(cfg.train.time_limit_s),
+                                 EMAHook(self.ema) if self.ema is not None else None, self.meter,
                                  Periodic(cfg.train.checkpoint_period, self._save_mid_epoch)])
             self.logger = MetricsLogger(self.output_dir, enabled=self.is_main and write_run_files,
                                         tensorboard=cfg.train.tensorboard, columns=METRIC_COLUMNS)
@@ -204,7 +206,7 @@ class ClsTrainer(Trainer):
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": gathered_rng_state(),  # a collective: every rank calls state_dict() (see _save)
             "epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch, "global_iter": self.global_iter,
-            "partial": dict(self._partial),
+            "partial": dict(self._partial), "train_seconds": self.train_seconds,
             "task": "cls", "arch": self.cfg.model.backbone.name, "num_classes": self.num_classes,
             "classes": list(self.classes),
             "config": to_dict(self.cfg),
@@ -228,6 +230,7 @@ class ClsTrainer(Trainer):
         self.epoch, self.iter_in_epoch = int(state["epoch"]), int(state["iter_in_epoch"])
         self.global_iter = int(state["global_iter"])
         self._partial = dict(state.get("partial") or {})
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         self.checkpoints.load_best(state)
         self.logger.resume(self.epoch)
         if self.is_main:
@@ -268,9 +271,11 @@ class ClsTrainer(Trainer):
         for images, targets in loader:
             yield self._to_device(images, targets)
 
-    def train_one_epoch(self) -> Dict[str, float]:
+    def train_one_epoch(self) -> Optional[Dict[str, float]]:
         """Train the rest of the current epoch (all of it unless resumed mid-epoch); returns its statistics over all
-        ranks: train_loss, train_top1, epoch_time_s, images_per_s, lr. Does not advance self.epoch (fit does)."""
+        ranks: train_loss, train_top1, epoch_time_s, images_per_s, lr. Does not advance self.epoch (fit does).
+        None when train.time_limit_s stopped it inside the epoch: a mid-epoch checkpoint is saved, as at
+        train.checkpoint_period, and --resume continues from it."""
         self.train_model.train()
         self.sampler.set_epoch(self.epoch)
         self.train_set.set_epoch(self.epoch)
@@ -283,6 +288,10 @@ class ClsTrainer(Trainer):
         self.iters_this_epoch = min(self.iters_per_epoch, self.max_iter - (self.iter - start_iter))
         self.meter.start(self, self._partial, progress=self._progress(self.iters_this_epoch, start_iter))
         self.train(self._batches(loader), max_iter=self.iter - start_iter + self.iters_this_epoch)
+        if self.stop and self.iter_in_epoch < self.iters_this_epoch:  # train.time_limit_s inside the epoch
+            self._partial = self.meter.totals()
+            self._save()
+            return None
         totals = self.meter.totals()
         elapsed = totals["elapsed"]
         count = max(1.0, totals["count"])
@@ -319,7 +328,8 @@ class ClsTrainer(Trainer):
                 "val_count": metrics["count"]}
 
     def fit(self) -> Dict[str, float]:
-        """Train to the configured length, evaluating, logging and checkpointing every epoch; returns the last row."""
+        """Train to the configured length (or until train.time_limit_s), evaluating, logging and checkpointing every
+        epoch; returns the last epoch's row ({} when stopped by the time limit inside the first epoch)."""
         cfg = self.cfg
         if self.is_main:
             print(f"training {cfg.model.backbone.name} on {len(self.train_set)} images ({len(self.classes)} classes), "
@@ -330,6 +340,8 @@ class ClsTrainer(Trainer):
         row: Dict[str, float] = {}
         while self.global_iter < self.max_iter:
             stats = self.train_one_epoch()
+            if stats is None:
+                break
             self.epoch += 1
             last = self.global_iter >= self.max_iter
             val = self.evaluate() if (last or self.epoch % max(1, cfg.train.eval_period) == 0) else {}
@@ -340,6 +352,13 @@ class ClsTrainer(Trainer):
                 plot_error_curves(self.logger.rows, self.output_dir / CURVES_NAME,
                                   title=f"{cfg.model.backbone.name}: train (dashed) / val (bold) error")
                 self._print_row(row)
+            if self.stop:
+                break
+        if self.stop and self.is_main:
+            print(f"train.time_limit_s ({cfg.train.time_limit_s:g} s) reached after {self.train_seconds:.1f} s of "
+                  f"training at iteration {self.global_iter} ({self.epoch} epochs + {self.iter_in_epoch} iterations): "
+                  f"stopped, checkpoint "
+                  f"{self.checkpoint_path} (--resume continues)", flush=True)
         self.logger.close()
         return row
 

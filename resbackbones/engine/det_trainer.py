@@ -99,11 +99,13 @@ class DetTrainer(Trainer):
         if not eval_only:
             self._build_solver()
         # best.pt: the first evaluated iou type's AP
-        self.checkpoints = CheckpointManager(checkpoints_dir(self.output), metric=f"{self.iou_types[0]}_AP")
+        self.checkpoints = CheckpointManager(checkpoints_dir(self.output), metric=f"{self.iou_types[0]}_AP",
+                                             keep_every=tcfg.keep_every, keep_unit="iter")  # iter_N.pt
         self.last_results: List[Dict] = []  # the detections of the latest evaluation (rank 0)
         # Evaluation of a checkpoint leaves the run folder alone (the tool writes its report beside the checkpoint).
         self.label_to_category = dict(self.val_set.label_to_category)  # evaluation: the checkpoint's (below)
-        self.logger = MetricsLogger(self.output, enabled=self.dist.is_main and not eval_only, index_key="iter")
+        self.logger = MetricsLogger(self.output, enabled=self.dist.is_main and not eval_only, index_key="iter",
+                                    tensorboard=tcfg.tensorboard)
         if loaded is not None:  # score each label as the category it was trained on
             self.label_to_category, note = loaded.label_mapping(self.val_set.categories)
             if note and self.dist.is_main:
@@ -182,7 +184,7 @@ class DetTrainer(Trainer):
         state = self.checked_state()
         if not self.dist.is_main:
             return None
-        self.checkpoints.save(state)
+        self.checkpoints.save(state, iteration=self.iter)
         return self.checkpoint_path
 
     def _load(self, path) -> None:

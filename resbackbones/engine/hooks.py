@@ -2,6 +2,7 @@
 import time
 from typing import Callable, Dict, List
 
+from .distributed import first_rank_with
 from .ema import ModelEMA
 from .loop import HookBase, Trainer
 
@@ -32,8 +33,9 @@ class Periodic(HookBase):
 
 class TrainTimer(HookBase):
     """Keep trainer.train_seconds (training time, continued across resumes) and stop training once it passes
-    limit_s (0 = no limit): trainer.stop ends train() after this step, which then finishes as at the configured
-    length (save, evaluate)."""
+    limit_s (0 = no limit, train.time_limit_s): trainer.stop ends train() after this step, and the trainer saves a
+    checkpoint --resume continues from. Every rank stops at the same step (the decision is all-reduced: a rank
+    stopping alone would leave the others waiting in the next collective)."""
 
     def __init__(self, limit_s: float = 0.0):
         self.limit_s = limit_s
@@ -44,14 +46,14 @@ class TrainTimer(HookBase):
 
     def after_step(self, trainer: Trainer) -> None:
         trainer.train_seconds = time.perf_counter() - self.start
-        if self.limit_s and trainer.train_seconds > self.limit_s:
+        if self.limit_s and first_rank_with(trainer.train_seconds > self.limit_s, trainer.device) is not None:
             trainer.stop = True
 
 
 class LossWindow(HookBase):
     """The training log of an iteration-based run: every `period` iterations (and at the last one) one metrics row
-    with the mean of each loss term over the window, "loss", "lr" and "time_s" (trainer.logger); a tqdm bar when
-    `progress`. Register after TrainTimer, which decides whether this step is the last."""
+    with the mean of each loss term over the window, "loss", "lr" and "time_s" (trainer.logger); period 0: one row
+    at the end only; a tqdm bar when `progress`. Register after TrainTimer, which decides whether this step is the last."""
 
     def __init__(self, period: int, max_iter: int, *, progress: bool):
         self.period, self.max_iter, self.progress = period, max_iter, progress
@@ -73,7 +75,7 @@ class LossWindow(HookBase):
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{trainer.optimizer.param_groups[0]['lr']:.4g}")
-        if trainer.iter % self.period == 0 or trainer.stop or trainer.iter >= self.max_iter:
+        if (self.period and trainer.iter % self.period == 0) or trainer.stop or trainer.iter >= self.max_iter:
             self._flush(trainer)
 
     def after_train(self, trainer: Trainer) -> None:
