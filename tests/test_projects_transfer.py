@@ -53,7 +53,7 @@ def test_run_sh_tiny_budget_pretrains_exports_finetunes_resumes_and_summarizes(t
         ("dsb", "resnet50", "scratch"), ("dsb", "resnet50", "pretrained")]
     for row in rows:
         assert row["finetune_iters"] == "2" and row["pretrain_epochs"] == ("1" if row["init"] == "pretrained" else "0")
-        assert 0.0 <= float(row["bbox_AP"]) <= 1.0  # a fraction, as in eval.json
+        assert 0.0 <= float(row["bbox_AP"]) <= 100.0  # percent (issue 13): eval.json's fraction x 100
         assert (row["segm_AP"] == "") == (row["dataset"] == "bccd")  # box-only BCCD: segm empty
     assert (results / "ap_bars.png").stat().st_size > 10_000
     # The export carries its pretraining (epochs, top-1 on the test images) and the CIFAR normalisation the
@@ -161,20 +161,29 @@ def _synthetic_study(tmp_path):
     return runs
 
 
-def test_summarize_rows_columns_order_and_fractions(tmp_path, capsys):
+def test_summarize_rows_columns_order_and_percent(tmp_path, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+
+    titles, savefig = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (titles.extend(ax.get_title() for ax in fig.axes),
+                                                                  savefig(fig, *a, **k)))
     runs = _synthetic_study(tmp_path)
     assert summarize.main(["--runs", str(runs), "--results", str(tmp_path / "out")]) == 0
     lines = (tmp_path / "out" / "summary.csv").read_text().splitlines()
     assert lines[0] == ",".join(COLUMNS)
-    assert lines[1:] == [  # AP as fractions 0-1 (eval.json's numbers), 4 decimals
-        "bccd,vgg16,scratch,0,1000,0.0667,0.2000,,", "bccd,vgg16,pretrained,10,1000,0.2000,0.5000,,",
-        "bccd,resnet50,scratch,0,1000,0.1000,0.3000,,", "bccd,resnet50,pretrained,10,1000,0.3000,0.6000,,",
-        "bccd,resnet101,scratch,0,1000,0.1167,0.3500,,", "bccd,resnet101,pretrained,10,1000,0.3500,0.6500,,",
-        "dsb,resnet50,scratch,0,1000,0.1000,0.3000,0.1250,0.3000",
-        "dsb,resnet50,pretrained,10,1000,0.2500,0.5000,0.2625,0.5500"]
+    assert lines[1:] == [  # AP in percent (issue 13's contract): eval.json's fractions x 100, 2 decimals
+        "bccd,vgg16,scratch,0,1000,6.67,20.00,,", "bccd,vgg16,pretrained,10,1000,20.00,50.00,,",
+        "bccd,resnet50,scratch,0,1000,10.00,30.00,,", "bccd,resnet50,pretrained,10,1000,30.00,60.00,,",
+        "bccd,resnet101,scratch,0,1000,11.67,35.00,,", "bccd,resnet101,pretrained,10,1000,35.00,65.00,,",
+        "dsb,resnet50,scratch,0,1000,10.00,30.00,12.50,30.00",
+        "dsb,resnet50,pretrained,10,1000,25.00,50.00,26.25,55.00"]
     details = _rows(tmp_path / "out" / "details.csv")[1]
     assert (details[-1]["pretrain_top1"], details[-1]["pretrain_px"], details[-1]["max_dets"]) == ("80.50", "48", "1 10 400")
+    assert [details[-1][k] for k in ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")] == ["25.00", "50.00", "26.25",
+                                                                                         "55.00"]
     assert (tmp_path / "out" / "ap_bars.png").stat().st_size > 10_000
+    assert titles == ["BCCD (Faster R-CNN): bbox AP (%)", "DSB2018 nuclei (Mask R-CNN): bbox AP (%)",
+                      "DSB2018 nuclei (Mask R-CNN): segm AP (%)"]
     out = capsys.readouterr().out
     assert "pending (no eval.json yet): dsb/resnet101_scratch" in out
     assert out.count("**holds**") == 3
@@ -185,7 +194,8 @@ def test_summarize_fills_readme_blocks_and_reports_failed_claims(tmp_path, capsy
     _fake_run(runs, "bccd", "resnet101_pretrained_", (0.0, 0.0))  # not <backbone>_<init>: refused below
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- transfer:claims -->\nold\n<!-- /transfer:claims -->\n"
-                      "<!-- transfer:vgg_vs_resnet -->\n<!-- /transfer:vgg_vs_resnet -->\nend\n")
+                      "<!-- transfer:vgg_vs_resnet -->\n<!-- /transfer:vgg_vs_resnet -->\n"
+                      "<!-- transfer:table -->\n(no finished runs yet)\n<!-- /transfer:table -->\nend\n")
     assert summarize.main(["--runs", str(runs), "--results", str(tmp_path / "out"), "--readme", str(readme)]) == 2
     assert "folder name must be <backbone>_<init>" in capsys.readouterr().err
     (runs / "bccd" / "resnet101_pretrained_" / "eval.json").unlink()
@@ -196,9 +206,16 @@ def test_summarize_fills_readme_blocks_and_reports_failed_claims(tmp_path, capsy
     assert summarize.main(["--runs", str(runs), "--results", str(tmp_path / "out"), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("intro\n<!-- transfer:claims -->\n- ResNet-50 on BCCD") and text.endswith("end\n")
-    assert "pretrained bbox AP > scratch: **does NOT hold** (AP 0.0500 vs 0.1000)" in text
-    assert "| ResNet-101 | 0.3500 | 0.6500 | +0.1500 (+75 %) | 0.764 | 0.738 | 0.484 | 0.272 |" in text
-    assert "| BCCD bbox AP (0-1) |" in text and "AP as fractions (0-1)" in text
+    # Percent throughout (issue 13, the paper's unit), labelled in every header and in a note under each table.
+    assert "pretrained bbox AP > scratch: **does NOT hold** (AP 5.00 % vs 10.00 %)" in text
+    assert "| ResNet-101 | 35.00 | 65.00 | +15.00 (+75 %) | 76.4 | 73.8 | 48.4 | 27.2 |" in text
+    assert "| paper gain ResNet-101 vs VGG-16 | | | | +3.2 | +3.4 | +6.9 (+17 %) | +6.0 (+28 %) |" in text
+    assert "| BCCD bbox AP (%) | BCCD AP50 (%) | AP vs VGG-16 (points) | paper VOC07 mAP (%, T7) |" in text
+    assert "| bbox AP (%) | bbox AP50 (%) | segm AP (%) | segm AP50 (%) | AP gain over scratch (points) |" in text
+    assert ("| dsb | ResNet-50 | pretrained | 10, 48 px, 80.50 % | 1000 | 25.00 | 50.00 | 26.25 | 55.00 | "
+            "+13.75 (segm) |") in text
+    note = "AP in percent (COCOeval's fraction x 100; each run's eval.json keeps the fractions)"
+    assert text.count(note) == 2 and "fraction 0-1" not in text and "(0-1)" not in text
 
 
 @pytest.mark.parametrize("case, message", [

@@ -7,9 +7,10 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO, require_shared
+from conftest import REPO, load_project_module, require_shared
 
 PROJECT = REPO / "projects" / "vgg_vs_resnet"
+summarize = load_project_module("vgg_vs_resnet", "summarize")
 COLUMNS = ["backbone", "AP", "AP50", "params_m", "train_s_per_img", "infer_s_per_img"]
 
 
@@ -33,7 +34,7 @@ def test_run_sh_tiny_schedule(tmp_path):
     params = {r["backbone"]: float(r["params_m"]) for r in rows}
     assert 14.0 < params["vgg16"] < 20.0 and 23.0 < params["resnet50"] < 30.0  # backbone + small FPN/heads
     for row in rows:
-        assert 0.0 <= float(row["AP"]) <= float(row["AP50"]) <= 1.0  # fractions, as in eval.json
+        assert 0.0 <= float(row["AP"]) <= float(row["AP50"]) <= 100.0  # percent (issue 7): eval.json's fraction x 100
         assert float(row["train_s_per_img"]) > 0 and float(row["infer_s_per_img"]) > 0
     details = list(csv.DictReader((tmp_path / "results" / "details.csv").open()))
     assert float(details[0]["backbone_gmacs_224"]) > float(details[1]["backbone_gmacs_224"])  # VGG-16 > ResNet-50
@@ -45,6 +46,39 @@ def test_run_sh_tiny_schedule(tmp_path):
     second = _run(env)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
     assert "vgg16: already finished" in second.stdout and "resnet50: resuming" in second.stdout
+
+
+def test_ap_is_percent_in_the_csvs_and_the_figure(tmp_path, monkeypatch, capsys):
+    """Issue 7's contract: AP / AP50 in percent (eval.json's fractions x 100, 2 decimals), the paper's unit; the
+    committed results are in it, and --from-csv redraws their figure, titled "(%)", without touching the CSVs."""
+    from matplotlib.figure import Figure
+
+    run = tmp_path / "runs" / "vgg16"
+    run.mkdir(parents=True)
+    (run / "eval.json").write_text(json.dumps({"bbox": {"AP": 0.0378, "AP50": 0.117}, "iteration": 100,
+                                               "train_seconds": 1421.0, "eval_seconds": 250.0}))
+    measured = summarize.read_run(run)
+    assert (round(measured["AP"], 6), round(measured["AP50"], 6)) == (3.78, 11.7)
+    assert summarize.PAPER_COCO == {"vgg16": (41.5, 21.2), "resnet101": (48.4, 27.2)}
+
+    committed = PROJECT / "results"
+    assert (committed / "summary.csv").read_text().splitlines() == [
+        ",".join(COLUMNS), "vgg16,3.78,11.70,15.83,7.105,3.473", "resnet50,3.12,10.22,24.81,4.596,0.940",
+        "resnet101,0.65,2.52,43.81,6.281,0.853"]
+    details = list(csv.DictReader((committed / "details.csv").open()))
+    assert [(r["AP"], r["AP50"]) for r in details] == [("3.78", "11.70"), ("3.12", "10.22"), ("0.65", "2.52")]
+
+    titles, savefig = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (titles.extend(ax.get_title() for ax in fig.axes),
+                                                                  savefig(fig, *a, **k)))
+    out = tmp_path / "results"
+    assert summarize.main(["--from-csv", str(committed / "details.csv"), "--results", str(out)]) == 0
+    assert titles == ["mAP@.5 (%)", "mAP@[.5:.95] (%)"]
+    assert sorted(p.name for p in out.iterdir()) == ["ap_bars.png"]
+    printed = capsys.readouterr().out
+    assert "vgg16      AP   3.78 %  AP50  11.70 %" in printed and "-83 % relative to vgg16" in printed
+    assert summarize.main(["--from-csv", str(tmp_path / "none.csv"), "--results", str(out)]) == 2
+    assert "cannot read" in capsys.readouterr().err
 
 
 def test_run_sh_names_a_missing_dataset(tmp_path):

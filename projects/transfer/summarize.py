@@ -8,12 +8,13 @@ Inputs (what run.sh writes): RUNS/<dataset>/<backbone>_<init>/{eval.json, config
 every finished fine-tune (eval.json present; unfinished ones are listed as pending), and for init "pretrained" the
 backbone weights its config.yaml names (the tools/train_cls.py --export: epochs and CIFAR-10 top-1 in its metadata).
 Outputs in RESULTS/:
-  summary.csv  dataset,backbone,init,pretrain_epochs,finetune_iters,bbox_AP,bbox_AP50,segm_AP,segm_AP50
-               COCO AP@[.5:.95] / AP@.5 on the val split as fractions (0-1, COCOeval's unit, as in eval.json; at
-               the run's test.max_dets), segm empty for box-only sets; pretrain_epochs 0 for scratch.
-  details.csv  the same + pretraining CIFAR-10 top-1 (percent, a classification accuracy) and input size, train /
-               eval seconds, max_dets, amp
-  ap_bars.png  AP per backbone, pretrained beside scratch, one panel per dataset and metric
+  summary.csv  dataset,backbone,init,pretrain_epochs,finetune_iters,bbox_AP,bbox_AP50,segm_AP,segm_AP50 (issue 13)
+               COCO AP@[.5:.95] / AP@.5 on the val split in percent (COCOeval's fraction x 100, 2 decimals; each
+               run's eval.json keeps the fractions; at the run's test.max_dets), the paper's unit; segm empty for
+               box-only sets; pretrain_epochs 0 for scratch.
+  details.csv  the same (AP in percent) + pretraining CIFAR-10 top-1 (percent) and input size, train / eval
+               seconds, max_dets, amp
+  ap_bars.png  AP (%) per backbone, pretrained beside scratch, one panel per dataset and metric
 --readme FILE (repeatable) rewrites the blocks between "<!-- transfer:NAME -->" and "<!-- /transfer:NAME -->" that
 FILE holds (NAME: table, claims, vgg_vs_resnet); --readme-if-default does it for projects/transfer/README.md and
 projects/vgg_vs_resnet/README.md when --results is projects/transfer/results.
@@ -36,10 +37,11 @@ COLUMNS = ("dataset", "backbone", "init", "pretrain_epochs", "finetune_iters", "
            "segm_AP50")
 DETAIL_COLUMNS = COLUMNS + ("pretrain_top1", "pretrain_px", "train_seconds", "eval_seconds", "max_dets", "amp")
 # He et al. 2016, Faster R-CNN baselines: Table 7 PASCAL VOC mAP (07 test / 12 test), Table 8 COCO val mAP@.5,
-# @[.5:.95]; as fractions (0-1) like every AP here (the paper prints percent: 73.2, 70.4, 41.5, 21.2 / 76.4, ...)
-PAPER = {"vgg16": {"voc07": 0.732, "voc12": 0.704, "coco50": 0.415, "coco": 0.212},
-         "resnet101": {"voc07": 0.764, "voc12": 0.738, "coco50": 0.484, "coco": 0.272}}
-AP_KEYS = ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")  # fractions 0-1, written with 4 decimals
+# @[.5:.95]; in percent, as the paper prints them and like every AP here
+PAPER = {"vgg16": {"voc07": 73.2, "voc12": 70.4, "coco50": 41.5, "coco": 21.2},
+         "resnet101": {"voc07": 76.4, "voc12": 73.8, "coco50": 48.4, "coco": 27.2}}
+AP_KEYS = ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50")  # percent (eval.json's fractions x 100), 2 decimals
+PERCENT_NOTE = "AP in percent (COCOeval's fraction x 100; each run's eval.json keeps the fractions)."
 
 
 class SummaryError(RuntimeError):
@@ -90,8 +92,8 @@ def read_run(run: Path, dataset: str) -> dict:
            "max_dets": " ".join(map(str, result.get("max_dets", [1, 10, 100]))), "amp": result.get("amp", "")}
     for iou in ("bbox", "segm"):
         stats = result.get(iou)
-        row[f"{iou}_AP"] = float(stats["AP"]) if stats else None  # fractions 0-1, as eval.json
-        row[f"{iou}_AP50"] = float(stats.get("AP50", 0.0)) if stats else None  # no AP50: nothing was detected
+        row[f"{iou}_AP"] = 100.0 * stats["AP"] if stats else None  # percent: eval.json's fraction x 100
+        row[f"{iou}_AP50"] = 100.0 * stats.get("AP50", 0.0) if stats else None  # no AP50: nothing was detected
     if init == "pretrained":
         row.update(pretraining_of(_weights_of(run / "config.yaml"), run))
     return row
@@ -126,8 +128,8 @@ def _fmt(value, digits: int = 2) -> str:
 
 
 def _ap(value) -> str:
-    """An AP (fraction 0-1) for the CSVs and tables: 4 decimals (0.0378 = 3.78 %)."""
-    return _fmt(value, 4)
+    """An AP in percent for the CSVs and tables: 2 decimals (3.78 = eval.json's 0.0378)."""
+    return _fmt(value, 2)
 
 
 def write_csv(rows, path: Path, columns) -> None:
@@ -155,11 +157,11 @@ def plot(rows, path: Path) -> None:
             bars = ax.bar([x + offset for x in range(len(backbones))], heights, width=0.4, color=color, label=init)
             for bar, b in zip(bars, backbones):
                 if b in values:
-                    ax.annotate(f"{values[b]:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ax.annotate(f"{values[b]:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                                 ha="center", va="bottom", fontsize=8)
         ax.set_xticks(list(range(len(backbones))))
         ax.set_xticklabels([BACKBONE_NAMES.get(b, b) for b in backbones])
-        ax.set_title(f"{DATASET_NAMES[dataset]}: {iou} AP (fraction 0-1)", fontsize=9)
+        ax.set_title(f"{DATASET_NAMES[dataset]}: {iou} AP (%)", fontsize=9)
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -174,16 +176,17 @@ def _find(rows, dataset, backbone, init):
 
 def table_block(rows) -> str:
     lines = ["| dataset | backbone | init | pretraining: epochs, px, CIFAR-10 top-1 | fine-tune iters | "
-             "bbox AP (0-1) | bbox AP50 | segm AP (0-1) | segm AP50 | AP gain over scratch |",
+             "bbox AP (%) | bbox AP50 (%) | segm AP (%) | segm AP50 (%) | AP gain over scratch (points) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pre = f"{r['pretrain_epochs']}, {r['pretrain_px']} px, {r['pretrain_top1']} %" if r["init"] == "pretrained" else "-"
         key = "segm_AP" if r["segm_AP"] is not None else "bbox_AP"
         base = _find(rows, r["dataset"], r["backbone"], "scratch")
-        gain = f"{r[key] - base[key]:+.4f} ({key[:4]})" if r["init"] == "pretrained" and base else ""
+        gain = f"{r[key] - base[key]:+.2f} ({key[:4]})" if r["init"] == "pretrained" and base else ""
         lines.append(f"| {r['dataset']} | {BACKBONE_NAMES.get(r['backbone'], r['backbone'])} | {r['init']} | {pre} | "
                      f"{r['finetune_iters']} | {_ap(r['bbox_AP'])} | {_ap(r['bbox_AP50'])} | {_ap(r['segm_AP'])} | "
                      f"{_ap(r['segm_AP50'])} | {gain} |")
+    lines.append(f"\n{PERCENT_NOTE}")
     return "\n".join(lines)
 
 
@@ -201,7 +204,7 @@ def claims(rows):
         if a is None or b is None or a[key] is None or b[key] is None:
             out.append((text, None, "not run yet"))
         else:
-            out.append((text, a[key] > b[key], f"AP {a[key]:.4f} vs {b[key]:.4f}"))
+            out.append((text, a[key] > b[key], f"AP {a[key]:.2f} % vs {b[key]:.2f} %"))
     return out
 
 
@@ -211,8 +214,9 @@ def claims_block(rows) -> str:
 
 
 def vgg_vs_resnet_block(rows) -> str:
-    lines = ["| backbone (pretrained on CIFAR-10, same protocol) | BCCD bbox AP (0-1) | BCCD AP50 | AP vs VGG-16 | "
-             "paper VOC07 mAP (T7) | paper VOC12 mAP (T7) | paper COCO mAP@.5 (T8) | paper COCO mAP@[.5:.95] (T8) |",
+    lines = ["| backbone (pretrained on CIFAR-10, same protocol) | BCCD bbox AP (%) | BCCD AP50 (%) | AP vs VGG-16 "
+             "(points) | paper VOC07 mAP (%, T7) | paper VOC12 mAP (%, T7) | paper COCO mAP@.5 (%, T8) | "
+             "paper COCO mAP@[.5:.95] (%, T8) |",
              "|---|---|---|---|---|---|---|---|"]
     vgg = _find(rows, "bccd", "vgg16", "pretrained")
     for backbone in BACKBONE_ORDER:
@@ -221,12 +225,11 @@ def vgg_vs_resnet_block(rows) -> str:
         ours = (_ap(r["bbox_AP"]), _ap(r["bbox_AP50"])) if r else ("not run yet", "")
         gain = ""
         if r and vgg and r is not vgg and vgg["bbox_AP"] > 0:
-            gain = f"{r['bbox_AP'] - vgg['bbox_AP']:+.4f} ({100 * (r['bbox_AP'] / vgg['bbox_AP'] - 1):+.0f} %)"
-        cells = [f"{paper[k]:.3f}" if k in paper else "-" for k in ("voc07", "voc12", "coco50", "coco")]
+            gain = f"{r['bbox_AP'] - vgg['bbox_AP']:+.2f} ({100 * (r['bbox_AP'] / vgg['bbox_AP'] - 1):+.0f} %)"
+        cells = [f"{paper[k]:.1f}" if k in paper else "-" for k in ("voc07", "voc12", "coco50", "coco")]
         lines.append(f"| {BACKBONE_NAMES[backbone]} | {ours[0]} | {ours[1]} | {gain} | " + " | ".join(cells) + " |")
-    lines.append("| paper gain ResNet-101 vs VGG-16 | | | | +0.032 | +0.034 | +0.069 (+17 %) | +0.060 (+28 %) |")
-    lines.append("\nAP as fractions (0-1), COCOeval's unit (the paper's percent divided by 100); gains in % are "
-                 "relative.")
+    lines.append("| paper gain ResNet-101 vs VGG-16 | | | | +3.2 | +3.4 | +6.9 (+17 %) | +6.0 (+28 %) |")
+    lines.append(f"\n{PERCENT_NOTE[:-1]}, the paper's as printed; gains in points, in parentheses relative.")
     return "\n".join(lines)
 
 
