@@ -1,7 +1,7 @@
 """Drawings of detections for people: predictions coloured by class, and beside them the ground truth of a COCO json
 under a legend (what tools/predict.py writes as PNGs).
 
-    canvas = draw_detections(image, output, names, score_thresh=0.5)             # BGR uint8, for cv2.imwrite
+    canvas = draw_detections(image, output, names, score_thresh=0.5)             # BGR uint8 (io.outputs.write_image)
     truth = GroundTruth("val.json").for_image(path, height, width)               # None: not in the json
     canvas = draw_with_ground_truth(image, output, names, truth, score_thresh=0.5)
 """

@@ -114,3 +114,105 @@ def test_weights_do_not_import_backbones():
                          r"import\s+resbackbones\.backbones\b)", re.MULTILINE)
     importers = [_rel(p) for p in sorted((PACKAGE / "weights").rglob("*.py")) if pattern.search(p.read_text("utf-8"))]
     assert importers == []
+
+
+# -- the one output rule (issue 21): every file written goes through resbackbones/io/outputs.py -----------------------
+OUTPUT_MODULE = "resbackbones/io/outputs.py"
+# tools/dev.py runs before the package is installed (standard library only): the one permanent exception.
+DIRECT_WRITERS_EXEMPT = {"tools/dev.py"}
+# Files that still write directly, owned by engineers migrating them now; may only shrink.
+DIRECT_WRITERS_ALLOWED = {"resbackbones/engine/checkpoint.py", "resbackbones/engine/metrics_log.py",
+                          "resbackbones/weights/io.py"}
+_WRITE_CALLS = {"torch.save", "cv2.imwrite", "json.dump", "torch.jit.save", "torch.export.save", "np.save",
+                "numpy.save", "np.savez", "np.savez_compressed"}
+_WRITE_METHODS = {"write_text", "write_bytes", "savefig", "save_file", "imwrite"}  # any receiver: path.write_text(...)
+_WRITE_MODE = re.compile(r"^[rbt]*[wax+][rwaxbt+]*$")
+
+
+def _dotted(node) -> str:
+    import ast
+
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return ""
+
+
+def _opens_for_writing(call) -> bool:
+    """open(path, "w"), Path.open("a"), io.open(..., mode="wb"), "rb+": any mode that writes."""
+    import ast
+
+    name = _dotted(call.func)
+    if name not in ("open", "io.open") and not (isinstance(call.func, ast.Attribute) and call.func.attr == "open"
+                                                and name not in ("os.open", "tarfile.open", "Image.open")):
+        return False
+    modes = [kw.value for kw in call.keywords if kw.arg == "mode"] + list(call.args[:2])
+    return any(isinstance(m, ast.Constant) and isinstance(m.value, str) and _WRITE_MODE.match(m.value) for m in modes)
+
+
+def _direct_writes(path: Path) -> List[str]:
+    """'line: call' for each call in `path` that writes a file without the output module."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Call):
+            continue
+        name = _dotted(node.func)
+        method = node.func.attr if isinstance(node.func, ast.Attribute) else name
+        if name in _WRITE_CALLS or method in _WRITE_METHODS or _opens_for_writing(node):
+            found.append(f"{node.lineno}: {name or method}")
+    return found
+
+
+def _direct_writers() -> Dict[str, List[str]]:
+    files = _package_files() + sorted(TOOLS.glob("*.py"))
+    writers = {_rel(p, REPO): _direct_writes(p) for p in files if _rel(p, REPO) != OUTPUT_MODULE}
+    return {name: calls for name, calls in writers.items() if calls and name not in DIRECT_WRITERS_EXEMPT}
+
+
+def test_every_write_goes_through_the_output_module():
+    """No open(..., "w"/"a"/"x"/"+"), torch.save, cv2.imwrite, json.dump, safetensors save_file, write_text /
+    write_bytes, savefig, torch.jit.save, torch.export.save or np.save outside resbackbones/io/outputs.py: each
+    bypasses the rule (atomic, checked, never onto an input or another run's files, never silently replaced)."""
+    writers = _direct_writers()
+    new = {name: calls for name, calls in writers.items() if name not in DIRECT_WRITERS_ALLOWED}
+    assert new == {}, "write through resbackbones/io/outputs.py (write_atomic, write_json_atomic, write_image, ...)"
+    fixed = DIRECT_WRITERS_ALLOWED - set(writers)
+    assert not fixed, f"these write through the output module now: delete them from DIRECT_WRITERS_ALLOWED: {fixed}"
+
+
+def test_the_direct_write_detector_sees_each_form(tmp_path):
+    source = tmp_path / "sample.py"
+    source.write_text('open(p, "w")\nopen(p, mode="ab")\nPath(p).open("w")\nopen(p, "rb+")\ntorch.save(x, p)\n'
+                      'cv2.imwrite(p, a)\njson.dump(d, f)\nsave_file(t, p)\np.write_text("x")\nfig.savefig(p)\n'
+                      'torch.jit.save(m, p)\ntorch.export.save(m, p)\nnp.save(p, a)\n'
+                      'open(p)\nopen(p, "rb")\njson.dumps(d)\nos.open(p, 0)\ntarfile.open(p, mode="r:")\n')
+    assert [line.split(":")[0] for line in _direct_writes(source)] == [str(i) for i in range(1, 14)]
+
+
+def _sys_path_edits(path: Path) -> List[int]:
+    """Lines of code (not strings) in `path` that change sys.path: a call of one of its methods or an assignment."""
+    import ast
+
+    edits = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        target = None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            target = node.func.value  # sys.path.insert(...), sys.path.append(...)
+        elif isinstance(node, (ast.Assign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            target = next((t.value if isinstance(t, ast.Subscript) else t for t in targets), None)
+        if (isinstance(target, ast.Attribute) and target.attr == "path" and isinstance(target.value, ast.Name)
+                and target.value.id == "sys"):
+            edits.append(node.lineno)
+    return edits
+
+
+def test_no_sys_path_edits_in_tests():
+    """Tests import tools and benchmarks through pytest.ini's pythonpath, projects through load_project_module:
+    no test file edits sys.path (a shim script written for a subprocess, a string, does not count)."""
+    tests = Path(__file__).resolve().parent
+    offenders = {p.name: lines for p in sorted(tests.glob("*.py")) if (lines := _sys_path_edits(p))}
+    assert not offenders, f"sys.path edits in tests: {offenders}"

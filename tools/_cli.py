@@ -5,8 +5,8 @@
     cfg = default_setup(DetTrainConfig, args, {"output": "train.output_dir", "device": "train.device"})
     sys.exit(run(lambda: body(cfg), interrupt_hint="interrupted; continue with --resume"))
 
-Imported as `from _cli import ...`: Python puts a script's own folder first on the import path, so this needs no
-path edit (the package itself comes from the editable install, tools/dev.py). The underscore: not a tool itself.
+Imported as `from _cli import ...` (a script's own folder is first on the import path; the package comes from the
+editable install, tools/dev.py). The underscore: not a tool itself.
 """
 import argparse
 import re
@@ -15,6 +15,7 @@ from typing import Callable, Mapping, Optional, Type, TypeVar
 from resbackbones.config import load_config
 from resbackbones.engine.device import AMP_MODES
 from resbackbones.engine.tool_errors import run_tool
+from resbackbones.io.outputs import check_output_name, clear_registries
 
 T = TypeVar("T")
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a config override "key.path=value" (never a checkpoint path)
@@ -85,6 +86,7 @@ def default_setup(schema: Type[T], args: argparse.Namespace, flags: Mapping[str,
     as text, so their types are checked exactly like an override's. `--resume key=value` (scripts write that) is
     --resume and an override, not a checkpoint path: args.resume becomes True. Raises ConfigError (one line)."""
     overrides = list(args.overrides)
+    check_output_name(getattr(args, "output", None) or "", "--output")  # not UTF-8: one line, not a "bad override"
     if isinstance(getattr(args, "resume", None), str) and OVERRIDE.match(args.resume):
         overrides, args.resume = [args.resume, *overrides], True
     return load_config(schema, args.config, flag_overrides(args, flags) + overrides)
@@ -93,5 +95,6 @@ def default_setup(schema: Type[T], args: argparse.Namespace, flags: Mapping[str,
 def run(body: Callable[[], int], *, interrupt_hint: str) -> int:
     """body()'s exit code, or the failure's (engine.tool_errors.run_tool): 0 ok (or body's own code), 2 a user error
     (any ValueError: config, data, weights, checkpoint, output; or a missing file) as one line "error: ...",
-    3 training diverged, 130 interrupted (interrupt_hint on stderr)."""
+    3 training diverged, 130 interrupted (interrupt_hint on stderr). Output-rule inputs of an earlier run: forgotten."""
+    clear_registries()
     return run_tool(body, interrupt_hint=interrupt_hint, user_errors=(FileNotFoundError,))

@@ -7,7 +7,7 @@
 
 (--source is the older name of --from and still works.)
 --verify builds the architecture (from --arch or the metadata) and loads the result strictly.
-The output never replaces the input. Exit status 2 with a one-line reason on bad input (missing file, wrong format,
+The output never replaces the input, nor an existing file unless --overwrite. Exit status 2 with a one-line reason on bad input (missing file, wrong format,
 pickled code, mismatch), 130 interrupted.
 """
 import sys
@@ -16,7 +16,7 @@ from _cli import default_argument_parser, run
 from safetensors import SafetensorError
 
 import resbackbones as rb
-from resbackbones.engine.outputs import refuse_inputs
+from resbackbones.io.outputs import check_new_output, refuse_inputs
 from resbackbones.weights import CONVERTERS, WeightsError, convert
 
 
@@ -28,6 +28,7 @@ def main(argv=None) -> int:
                         help="who wrote the checkpoint (--source: the same flag's older name)")
     parser.add_argument("--arch", default=None, help="registered backbone name to record (default: inferred)")
     parser.add_argument("--verify", action="store_true", help="build the arch and load the result strictly")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args(argv)
     return run(lambda: _convert(args), interrupt_hint="interrupted; the output is written atomically, so it is the "
                                                        "old file or none")
@@ -35,6 +36,7 @@ def main(argv=None) -> int:
 
 def _convert(args) -> int:
     refuse_inputs({"output": args.output}, {"input": args.input})  # never over the file being converted
+    check_new_output(args.output, "output", overwrite=args.overwrite)  # before the conversion's work
     state, meta = convert(args.source, args.input, arch=args.arch)
     if args.verify:
         _verify(state, meta)

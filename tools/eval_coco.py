@@ -13,9 +13,9 @@ Checkpoint (runs the model first, writes its COCO results json next to --out, or
     overrides its test.amp / train.amp, none forces fp32, auto runs bf16 autocast where the hardware has it natively)
 
 AP and AR are fractions (0-1), COCOeval's unit, on the console and in the stats json. Outputs never replace an
-input (--gt, --dt, --checkpoint), an existing --results file, or an --out file that is not a stats json of this tool
-(--overwrite allows the last two). Without --results the detections go to OUT_STEM.detections.json beside --out
-(stats.detections.json without --out), which a rerun with the same --out replaces.
+input (--gt, --dt, --checkpoint, its config, the images), an existing detections json, or an --out file that is not
+a stats json of this tool (--overwrite allows the last two). Without --results the detections go to
+OUT_STEM.detections.json beside --out (stats.detections.json without --out); the path is printed.
 
 Numbers are pycocotools' COCOeval (backend "fast" computes them bit-identically, faster; --backend pycocotools
 runs the reference itself). Ground truth and detections are type-checked before anything runs
@@ -29,6 +29,7 @@ import time
 from _cli import add_amp_argument, default_argument_parser, run
 
 from resbackbones.engine.outputs import check_eval_outputs, eval_detections_path, write_json_atomic
+from resbackbones.io.outputs import files_in
 from resbackbones.evaluation.coco import (BACKENDS, DEFAULT_MAX_DETS, IOU_TYPES, CocoEvalError, evaluate_coco,
                                           format_stats)
 
@@ -65,8 +66,12 @@ def _run(args) -> int:
     if bool(args.dt) == bool(args.checkpoint):
         raise CocoEvalError("give exactly one of --dt (a detections json) or --checkpoint")
     detections = eval_detections_path(args.out, args.results) if args.checkpoint else None
-    check_eval_outputs(args.out, {"--gt": args.gt, "--dt": args.dt, "--checkpoint": args.checkpoint},
-                       detections=detections, results=args.results, overwrite=args.overwrite)
+    inputs = {"--gt": args.gt, "--dt": args.dt, **files_in(args.images, "--images")}
+    if args.checkpoint:
+        from resbackbones.evaluation.inference import detector_inputs
+
+        inputs.update(detector_inputs(args.checkpoint, args.config))
+    check_eval_outputs(args.out, inputs, detections=detections, results=args.results, overwrite=args.overwrite)
     dt, max_dets = args.dt, DEFAULT_MAX_DETS
     if args.checkpoint:
         from resbackbones.evaluation.checkpoint_detections import run_checkpoint_on_coco
@@ -74,6 +79,7 @@ def _run(args) -> int:
         found = run_checkpoint_on_coco(args.checkpoint, args.gt, args.images, config=args.config, device=args.device,
                                        overrides=args.overrides, amp=args.amp, iou_types=args.iou_type)
         dt, max_dets = str(write_json_atomic(detections, found.detections, indent=None)), found.cfg.test.max_dets
+        print(f"wrote the detections to {dt}", flush=True)
     started = time.perf_counter()
     results = evaluate_coco(args.gt, dt, iou_types=args.iou_type, backend=args.backend, max_dets=max_dets)
     seconds = time.perf_counter() - started

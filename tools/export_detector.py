@@ -41,14 +41,14 @@ def _run(args) -> int:
     from resbackbones.data.images import image_to_tensor
     from resbackbones.deploy import load_detector
     from resbackbones.deploy.export import check_export, export_detector
-    from resbackbones.engine.outputs import OutputError, refuse_inputs
+    from resbackbones.evaluation.inference import detector_inputs
+    from resbackbones.io.outputs import check_new_output, refuse_inputs
 
-    output = Path(args.output)
+    output = Path(args.output)  # never over what it reads (--overwrite or not), nor an existing file without it
     refuse_inputs({"--output": output}, {"--checkpoint": args.checkpoint, "--config": args.config,
                                          "--check": args.check})
-    if output.is_dir() or (output.exists() and not args.overwrite):
-        raise OutputError(f"--output {output} exists{' and is a folder' if output.is_dir() else ''}: give a new "
-                          f"file name{'' if output.is_dir() else ' or --overwrite'}")
+    check_new_output(output, "--output", overwrite=args.overwrite)
+    refuse_inputs({"--output": output}, detector_inputs(args.checkpoint, args.config))  # config.yaml beside it too
     image = None
     if args.check:
         image = image_to_tensor(read_image(args.check))

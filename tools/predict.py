@@ -9,7 +9,8 @@
 The model is rebuilt from the config the checkpoint records (tools/train_det.py writes it), else from --config or the
 config.yaml beside it (resbackbones.evaluation.inference.load_detector).
 Each image X.ext becomes OUTPUT/X.png; an output that would replace an input image, or that two inputs would share
-(a.jpg and a.png, or two folders with the same names), is refused before anything runs. --gt COCO_JSON: images of
+(a.jpg and a.png, or two folders with the same names), or an existing PNG without --overwrite, is refused before
+anything runs; a failed write (full disk) stops with one line naming the PNG. --gt COCO_JSON: images of
 that json (matched by file name) are drawn as [predictions | ground truth] under a legend. Images run in batches
 of --batch-size (only images of the same resized shape share one: the detections equal one-by-one inference).
 An image the model would resize to under 8 px across (e.g. a 10000x50 strip) is refused, naming it and its size.
@@ -18,11 +19,10 @@ Exit codes: 0 ok, 2 user error (one line on stderr), 130 interrupted.
 import sys
 from pathlib import Path
 
-import cv2
 from _cli import add_amp_argument, default_argument_parser, run
 
 from resbackbones.deploy.predict import list_images
-from resbackbones.engine.outputs import OutputError, refuse_inputs, unique_targets
+from resbackbones.io.outputs import OutputError, check_new_output, refuse_inputs, unique_targets, write_image
 
 
 def parse_args(argv=None):
@@ -32,6 +32,7 @@ def parse_args(argv=None):
     parser.add_argument("--images", "--input", dest="input", nargs="+", required=True,
                         help="image files and/or folders of images (--input: the same flag's older name)")
     parser.add_argument("--output", default="predictions", help="folder for the drawn PNGs")
+    parser.add_argument("--overwrite", action="store_true", help="replace PNGs that exist in --output")
     parser.add_argument("--gt", metavar="COCO_JSON", help="draw this json's ground truth beside the predictions")
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="draw detections scoring at least this")
@@ -53,13 +54,16 @@ def _run(args) -> int:
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"--output {out_dir} is a file; give a folder for the drawn PNGs")
-    refuse_inputs({"--output": out_dir}, {"--gt": args.gt}, folders=True)
+    refuse_inputs({"--output": out_dir}, {"--gt": args.gt, "--checkpoint": args.checkpoint, "--config": args.config},
+                  folders=True)
     from resbackbones.deploy import load_detector
     from resbackbones.deploy.predict import check_resizable, header_size, predict_images
     from resbackbones.engine.device import resolve_amp, resolve_device
     from resbackbones.visualize import GroundTruth, draw_detections, draw_with_ground_truth
 
     targets = unique_targets(list_images(args.input), out_dir, suffix=".png")
+    for target in targets.values():
+        check_new_output(target, "--output", overwrite=args.overwrite)
     truth = GroundTruth(args.gt) if args.gt else None
     device = resolve_device(args.device)
     amp, reason = resolve_amp(args.amp, device)
@@ -80,7 +84,7 @@ def _run(args) -> int:
             canvas = draw_detections(image, output, loaded.names, score_thresh=args.score_thresh)
         else:
             canvas = draw_with_ground_truth(image, output, loaded.names, drawn, score_thresh=args.score_thresh)
-        cv2.imwrite(str(targets[path]), canvas)
+        write_image(targets[path], canvas)  # checked: a full disk is one line naming the PNG, not a silent miss
         gt_note = "" if truth is None else f", {len(drawn[0])} ground truth" if drawn else ", not in --gt"
         print(f"{path} -> {targets[path]}: {int((output['scores'] >= args.score_thresh).sum())} detections{gt_note}")
     return 0

@@ -13,7 +13,8 @@
 
 A new run refuses an output folder that is not empty (continue it with --resume, or replace it with --overwrite), and
 a second process writing into the same folder is refused while the first runs. --eval-only writes nothing there.
---weights CKPT --export F with a train_cls checkpoint (and no --config) trains nothing: it writes what the run's own
+--export F never replaces an existing F without --overwrite, an input, or a file of a run folder (its checkpoints,
+config.yaml, metrics). --weights CKPT --export F with a train_cls checkpoint (and no --config) trains nothing: it writes what the run's own
 --export would have (its config's metadata, the top-1 re-measured on its val split; --data DIR if the data moved).
 Exit codes: 0 ok, 2 user error (one line on stderr), 3 training diverged (NaN/inf loss or gradients), 130 interrupted.
 """
@@ -25,7 +26,7 @@ from resbackbones.config import ConfigError
 from resbackbones.config.cls import ClsConfig, with_epochs
 from resbackbones.engine.cls_export import export_checkpoint, is_train_cls_checkpoint
 from resbackbones.engine.cls_run import run_classification
-from resbackbones.engine.outputs import refuse_inputs
+from resbackbones.io.outputs import check_new_output, refuse_inputs
 
 FLAGS = {"arch": "model.backbone.name", "data": "data.root", "output": "train.output_dir",
          "batch_size": "solver.batch_size", "workers": "data.num_workers", "device": "train.device",
@@ -60,6 +61,7 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
+    refuse_inputs({}, {"--config": args.config})  # registered: no output of this command may replace it
     if (args.export and args.weights and not args.resume and (args.config is None or args.eval_only)
             and is_train_cls_checkpoint(args.weights)):
         return _export_checkpoint(args)
@@ -71,7 +73,8 @@ def _run(args) -> int:
 def _export_checkpoint(args) -> int:
     """--weights CKPT --export F: the checkpoint's own config; flags that would change the run are refused."""
     refuse_inputs({"--export": args.export}, {"--weights": args.weights})
-    for flag in ("config", "arch", "output", "epochs", "lr", "overwrite"):
+    check_new_output(args.export, "--export", overwrite=args.overwrite)  # --overwrite: replace F, nothing else
+    for flag in ("config", "arch", "output", "epochs", "lr"):
         if getattr(args, flag) not in (None, False):
             raise ConfigError(f"--{flag} does not apply to --weights CKPT --export F, which exports the checkpoint "
                               f"as trained (its recorded config): drop --{flag} (--data DIR if the data moved)")

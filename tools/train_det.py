@@ -27,6 +27,7 @@ from pathlib import Path
 from _cli import default_argument_parser, default_setup, run
 
 from resbackbones.config.det import DetTrainConfig
+from resbackbones.io.outputs import refuse_inputs
 
 
 def parse_args(argv=None):
@@ -47,6 +48,7 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
+    refuse_inputs({}, {"--config": args.config, "--weights": args.weights})  # the output rule: never written over
     cfg = build_config(args)
     trainer, result, report = _evaluate(args, cfg) if args.eval_only else _train(args, cfg)
     if trainer.dist.is_main:  # COCO AP as a fraction (0-1), the unit of eval.json and of every AP this package prints

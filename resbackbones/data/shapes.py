@@ -13,12 +13,13 @@ images are fresh. Masks are stored as compressed RLE (exact for the non-convex v
     root = write_shapes_coco("/tmp/shapes_train", num_images=600, seed=1)   # -> root/annotations.json, root/images/
 """
 import json
-import os
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
+
+from ..io.outputs import write_image, write_json_atomic
 
 CATEGORIES = ({"id": 1, "name": "circle"}, {"id": 2, "name": "rectangle"}, {"id": 3, "name": "triangle"})
 GENERATOR_VERSION = 1  # bump when the drawing changes so that cached folders are regenerated
@@ -139,10 +140,7 @@ def write_shapes_coco(root, *, num_images: int, seed: int, image_size: int = 192
         if all(info.get(k) == v for k, v in wanted.items()):
             return root
     coco, pixels = shapes_coco_dict(num_images=num_images, seed=seed, image_size=image_size)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    for meta, img in zip(coco["images"], pixels):
-        cv2.imwrite(str(root / "images" / meta["file_name"]), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    tmp = ann_file.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(coco))
-    os.replace(tmp, ann_file)
+    for meta, img in zip(coco["images"], pixels):  # the one output rule: each write checked, none half-written
+        write_image(root / "images" / meta["file_name"], cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    write_json_atomic(ann_file, coco, indent=None)
     return root

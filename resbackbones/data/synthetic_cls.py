@@ -18,6 +18,8 @@ from typing import List, Tuple
 import cv2
 import numpy as np
 
+from ..io.outputs import write_image, write_json_atomic
+
 CLASSES = ("disk", "ring", "square", "square_outline", "triangle", "plus", "x_cross", "stripes_h", "stripes_v",
            "checker")
 _VERSION = 1  # bump when drawing changes so cached folders are regenerated
@@ -135,8 +137,8 @@ def write_image_folder(root: os.PathLike, *, train_per_class: int = 500, val_per
             (tmp / split / name).mkdir(parents=True, exist_ok=True)
         for index, (image, label) in enumerate(zip(images, labels)):
             path = tmp / split / CLASSES[label] / f"{index:05d}.png"
-            cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    (tmp / "dataset.json").write_text(json.dumps(spec))
+            write_image(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))  # checked: a full disk is one line
+    write_json_atomic(tmp / "dataset.json", spec, indent=None)
     if root.exists():
         shutil.rmtree(root)
     root.parent.mkdir(parents=True, exist_ok=True)

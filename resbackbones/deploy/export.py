@@ -15,7 +15,6 @@ pytorch/pytorch#118884): fmt="export" is attempted and refused in one line when 
 """
 import contextlib
 import io
-import os
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -23,6 +22,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..io.outputs import save_exported_program_atomic, save_torchscript_atomic, write_serialized_atomic
 from .scriptable import deployable
 
 FORMATS = ("torchscript", "export", "onnx")
@@ -48,18 +48,6 @@ class DeployedDetector(nn.Module):
         return detections
 
 
-def _save_atomic(write, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def export_detector(model: nn.Module, path, *, fmt: str = "torchscript", label_names: Optional[Sequence[str]] = None,
                     example: Optional[Tensor] = None) -> Path:
     """Write `model` (a build_detector detector) to `path` in format `fmt` (FORMATS); returns the path.
@@ -77,7 +65,7 @@ def export_detector(model: nn.Module, path, *, fmt: str = "torchscript", label_n
         with warnings.catch_warnings():  # torch.jit is deprecated but is what torchvision's R-CNN supports
             warnings.simplefilter("ignore")
             scripted = torch.jit.script(DeployedDetector(ready, label_names))
-            return _save_atomic(lambda f: torch.jit.save(scripted, f), path)
+            return save_torchscript_atomic(scripted, path)
     if example is None:
         size = int(ready.transform.min_size[-1])
         example = torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))
@@ -88,9 +76,9 @@ def export_detector(model: nn.Module, path, *, fmt: str = "torchscript", label_n
             raise DeployError("--format onnx needs the onnx package: pip install onnx (and onnxruntime to run the "
                               "file), or use --format torchscript") from None
         outputs = ["boxes", "labels", "scores"] + (["masks"] if ready.roi_heads.has_mask() else [])
-        _save_atomic(lambda f: torch.onnx.export(
-            ready, ([example],), f, dynamo=False, opset_version=17, input_names=["image"], output_names=outputs,
-            dynamic_axes={"image": {1: "height", 2: "width"}, **{o: {0: "detections"} for o in outputs}}), path)
+        write_serialized_atomic(path, lambda buffer: torch.onnx.export(
+            ready, ([example],), buffer, dynamo=False, opset_version=17, input_names=["image"], output_names=outputs,
+            dynamic_axes={"image": {1: "height", 2: "width"}, **{o: {0: "detections"} for o in outputs}}))
         onnx.checker.check_model(str(path))
         return path
     try:  # a failed capture prints the partial graph (thousands of lines) on stderr: keep it off the console
@@ -100,7 +88,7 @@ def export_detector(model: nn.Module, path, *, fmt: str = "torchscript", label_n
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DeployError(f"torch.export cannot capture this detector ({first[:160]}): torchvision's R-CNN has "
                           f"data-dependent box counts (pytorch/pytorch#118884); use --format torchscript") from None
-    return _save_atomic(lambda f: torch.export.save(program, f), path)
+    return save_exported_program_atomic(program, path)
 
 
 class _SingleImage(nn.Module):

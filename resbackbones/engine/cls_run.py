@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional, Union
 
 from ..config import ConfigError
 from ..config.cls import ClsConfig
+from ..io.outputs import check_new_output
 from .outputs import claimed_run_dir, refuse_inputs
 
 
@@ -31,10 +32,12 @@ def run_classification(cfg: ClsConfig, *, resume: Union[bool, str], eval_only: b
     from .cls_trainer import RUN_FILES, ClsTrainer  # the trainer imports torch's data stack: only when running
 
     checkpoints = Path(cfg.train.output_dir) / "checkpoints"
-    if export:  # never over the weights or checkpoints it is made from
-        refuse_inputs({"--export": export}, {"--weights": weights, "last.pt": checkpoints / "last.pt",
-                                             "--resume": resume if isinstance(resume, str) else None,
-                                             "best.pt": checkpoints / "best.pt"})
+    # The inputs registered (the output rule: nothing this command writes or --overwrite deletes may be one).
+    refuse_inputs({}, {"--weights": weights, "--resume": resume if isinstance(resume, str) else None})
+    if export:  # never over the checkpoints it is made from, an existing file or another run's: before training
+        refuse_inputs({"--export": export}, {"last.pt": checkpoints / "last.pt", "best.pt": checkpoints / "best.pt"},
+                      register=False)  # not read (--overwrite may delete them); the run writes them
+        check_new_output(export, "--export", overwrite=overwrite)
     with (contextlib.nullcontext() if eval_only else claimed_run_dir(  # --eval-only writes nothing there
             cfg.train.output_dir, resume=bool(resume), overwrite=overwrite, run_files=RUN_FILES)):
         trainer = ClsTrainer(cfg, resume=resume, build_train=not eval_only or bool(resume),

@@ -1,33 +1,34 @@
-"""Nothing lost: where the tools write, checked before any work starts.
+"""Run folders and eval_coco's outputs, on top of the one output rule (resbackbones/io/outputs.py).
 
     lock = claim_run_dir("output/run", resume=False, overwrite=False, run_files=RUN_FILES)  # train_cls / train_det
-    refuse_inputs({"--out": out}, {"--gt": gt, "--dt": dt})                               # eval_coco, convert_weights
-    targets = unique_targets(images, out_dir, suffix=".png")                             # predict
+    refuse_inputs({"--out": out}, {"--gt": gt, "--dt": dt})          # re-exported from io.outputs, as are
+    targets = unique_targets(images, out_dir, suffix=".png")        # OutputError, write_json_atomic, ...
 
 A run folder belongs to one run. A new run refuses a folder that is not empty (continue that run with --resume, or
-replace it with --overwrite, which first deletes the files a run of that tool writes and nothing else), and an
-exclusive lock (flock on FOLDER/.lock, released by the kernel when the process ends, kill -9 included) refuses a
-second writer while the first runs. Forked children (DataLoader workers) close their copy of the lock's descriptor at
-once: a flock belongs to the open file, so an orphaned worker still draining after its parent was killed would
-otherwise hold the folder and refuse the --resume that follows. Under torchrun only rank 0 writes, so only rank 0 claims. A tool never writes
-over one of its own inputs, and never gives two inputs the same output name.
+replace it with --overwrite, which first deletes the files a run of that tool writes and nothing else, never a file
+the command reads), and an exclusive lock (flock on FOLDER/.lock, released by the kernel when the process ends,
+kill -9 included) refuses a second writer while the first runs. The claim registers the folder as owned by this
+process (io.outputs.register_owned_run): only it may write the run's config.yaml, metrics and checkpoints; the
+.lock file stays after the run, so later commands know the folder is a run's. Forked children (DataLoader workers)
+close their copy of the lock's descriptor at once: a flock belongs to the open file, so an orphaned worker still
+draining after its parent was killed would otherwise hold the folder and refuse the --resume that follows. Under
+torchrun only rank 0 writes, so only rank 0 claims.
 
 Every refusal is an OutputError (a ValueError: the tools print it as one line and exit 2) naming the path and the fix.
-
-    write_json_atomic(OUTPUT / "eval.json", summary)   # every JSON a tool or trainer writes (text: write_text_atomic)
-
-A file is written beside its target under a hidden temp name and renamed over it, so a reader (or a run killed
-mid-write) never sees half a file: the target holds the old content or the new, nothing in between.
 """
 import contextlib
 import json
 import os
 import shutil
 import socket
-import tempfile
 import weakref
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Iterator, List, Mapping, Optional, Sequence, Union
+
+# The one output rule lives in io/outputs.py; these names stay importable from here (the tools and trainers did).
+from ..io.outputs import (LOCK_NAME, OutputError, check_new_output, check_output_path,  # noqa: F401 (re-exports)
+                          refuse_inputs, register_owned_run, registered_inputs, release_owned_run, same_path,
+                          unique_targets, write_json_atomic, write_text_atomic)
 
 try:
     import fcntl
@@ -35,11 +36,6 @@ except ImportError:  # Windows: no flock; the emptiness check still applies
     fcntl = None
 
 PathLike = Union[str, os.PathLike]
-LOCK_NAME = ".lock"
-
-
-class OutputError(ValueError):
-    """An output that would replace another run's files or one of the tool's inputs; one line with the fix."""
 
 
 _HELD_LOCKS: "weakref.WeakSet[RunLock]" = weakref.WeakSet()
@@ -59,8 +55,10 @@ class RunLock:
 
     def __init__(self, folder: Path):
         self.path = folder / LOCK_NAME
+        self.folder = folder
         self._fd: Optional[int] = None
         if fcntl is None:
+            register_owned_run(folder)
             return
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
@@ -74,6 +72,7 @@ class RunLock:
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
         _HELD_LOCKS.add(self)
+        register_owned_run(folder)  # the one output rule lets this process, and only it, write the run's own files
 
     def _forget_in_child(self) -> None:
         # Close only this process's descriptor: the parent keeps the flock, and the file's text stays the parent's.
@@ -87,6 +86,7 @@ class RunLock:
             os.close(self._fd)  # closing the last descriptor drops the flock
             self._fd = None
         _HELD_LOCKS.discard(self)
+        release_owned_run(self.folder)
 
 
 def is_main_process() -> bool:
@@ -136,8 +136,19 @@ def claimed_run_dir(folder: PathLike, *, resume: bool, overwrite: bool, run_file
             lock.release()
 
 
+def _refuse_removing_inputs(folder: Path, run_files: Sequence[str]) -> None:
+    """--overwrite deletes the previous run's files: never one this command reads (--weights RUN/checkpoints/best.pt)."""
+    for name in run_files:
+        doomed = os.path.realpath(folder / name)
+        for source in sorted(registered_inputs()):
+            if source == doomed or source.startswith(doomed + os.sep):
+                raise OutputError(f"--overwrite would delete {folder / name}, which this command reads ({source}); "
+                                  f"copy it out of {folder} first, or give another --output")
+
+
 def remove_run_files(folder: Path, run_files: Sequence[str]) -> List[str]:
     """Delete folder/<name> (file or folder) for each name in run_files; returns the names removed."""
+    _refuse_removing_inputs(folder, run_files)
     removed = []
     for name in run_files:
         path = folder / name
@@ -149,100 +160,6 @@ def remove_run_files(folder: Path, run_files: Sequence[str]) -> List[str]:
             continue
         removed.append(name)
     return removed
-
-
-def same_path(a: PathLike, b: PathLike) -> bool:
-    """Whether a and b name one file (hard and symbolic links included), existing or not."""
-    a, b = Path(a), Path(b)
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
-
-
-def check_output_path(path: PathLike, flag: str, *, folder: bool = False) -> None:
-    """OutputError when `path` cannot be written: a file output that is an existing folder, a folder output that is
-    a file, or a path under a file (`afile/out.json`; open / mkdir raised NotADirectoryError or FileExistsError)."""
-    path = Path(path)
-    if folder and path.exists() and not path.is_dir():
-        raise OutputError(f"{flag} {path} is a file; give a folder (new or empty)")
-    if not folder and path.is_dir():
-        raise OutputError(f"{flag} {path} is a folder; give a file name")
-    for parent in ([path] if folder else []) + list(path.parents):
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                raise OutputError(f"{flag} {path} cannot be written: {parent} is a file, not a folder; give a path "
-                                  f"in a folder")
-            try:  # the first existing folder must take new files (a read-only mount, /proc, no permission)
-                with tempfile.TemporaryFile(dir=parent):
-                    pass
-            except OSError as error:
-                raise OutputError(f"{flag} {path} cannot be written: no file can be made in {parent} "
-                                  f"({error.strerror or error}); give a path in a writable folder") from None
-            break
-
-
-def refuse_inputs(outputs: Mapping[str, Optional[PathLike]], inputs: Mapping[str, Optional[PathLike]], *,
-                  folders: bool = False) -> None:
-    """OutputError when an output path is one of the inputs, or two outputs are one path (names: the flags), or an
-    output cannot be written (check_output_path; folders: the outputs are folders, else files)."""
-    given_in = [(flag, p) for flag, p in inputs.items() if p]
-    given_out = [(flag, p) for flag, p in outputs.items() if p]
-    for flag, out in given_out:
-        check_output_path(out, flag, folder=folders)
-    for flag, out in given_out:
-        for in_flag, source in given_in:
-            if same_path(out, source):
-                raise OutputError(f"{flag} {out} is the {in_flag} input: writing it would destroy the input; "
-                                  f"choose another {flag}")
-    for i, (flag, out) in enumerate(given_out):
-        for other_flag, other in given_out[i + 1:]:
-            if same_path(out, other):
-                raise OutputError(f"{flag} and {other_flag} are both {out}; give them different paths")
-
-
-def write_text_atomic(path: PathLike, text: str) -> Path:
-    """Write `text` (UTF-8) to `path` through a temp file in the same folder and a rename; creates the folder.
-    Returns the path. The temp file (".<name>.tmp-<pid>") is removed when the write fails."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():  # only after a failed write: a successful one renamed it
-            tmp.unlink()
-    return path
-
-
-def write_json_atomic(path: PathLike, data: Any, *, indent: Optional[int] = 2) -> Path:
-    """json.dumps(data, indent=indent) written atomically (write_text_atomic); indent=None: one line, for large
-    files such as COCO results. Returns the path."""
-    return write_text_atomic(path, json.dumps(data, indent=indent))
-
-
-def unique_targets(sources: Iterable[PathLike], folder: PathLike, *, suffix: str) -> Dict[Path, Path]:
-    """{source: folder/<source stem><suffix>}, refusing a target that is one of the sources or that two sources share."""
-    sources = [Path(s) for s in sources]
-    targets: Dict[Path, Path] = {}
-    owner: Dict[Path, Path] = {}
-    for source in sources:
-        target = Path(folder) / f"{source.stem}{suffix}"
-        key = target.resolve()
-        if key in owner:
-            raise OutputError(f"{owner[key]} and {source} would both be written to {target}; give them separately "
-                              f"with different --output folders (or rename one)")
-        owner[key] = source
-        targets[source] = target
-    for target in targets.values():
-        clash = next((s for s in sources if same_path(target, s)), None)
-        if clash is not None:
-            raise OutputError(f"writing {target} would replace the input image {clash}; give another --output")
-    return targets
 
 
 # -- tools/eval_coco.py's outputs ------------------------------------------------------------------------------------
@@ -273,17 +190,16 @@ def is_coco_stats_file(path: PathLike) -> bool:
 def check_eval_outputs(out: Optional[PathLike], inputs: Mapping[str, Optional[PathLike]], *,
                        detections: Optional[PathLike] = None, results: Optional[PathLike] = None,
                        overwrite: bool = False) -> None:
-    """eval_coco's rules, before any work: no output over an input (`inputs`: flag -> path) or over the other
-    output; unless `overwrite`, no --results file that exists (another evaluation's detections?) and no --out that
-    exists and is not a stats json of the tool. out: the stats json (--out); detections: where the detections json
-    goes (eval_detections_path; None when there is none); results: the --results the user gave, if any (the default
-    name beside --out belongs to --out: a rerun replaces both). Raises OutputError naming the flag and the fix."""
+    """eval_coco's rules, before any work: no output over an input (`inputs`: flag -> path, registered) or over the
+    other output or another run's files; unless `overwrite`, no detections json that exists (--results, or the
+    implicit OUT_STEM.detections.json: maybe a user's file of that name) and no --out that exists and is not a
+    stats json of the tool (a rerun replaces its own). out: the stats json (--out); detections: where the detections
+    json goes (eval_detections_path; None when there is none); results: the --results the user gave, if any.
+    Raises OutputError naming the flag and the fix."""
     refuse_inputs({"--out": out, "--results": detections}, inputs)
-    if overwrite:
-        return
-    if results and Path(results).exists():
-        raise OutputError(f"--results {results} exists (another evaluation's detections?); give another --results, "
-                          f"or --overwrite to replace it")
-    if out and Path(out).exists() and not is_coco_stats_file(out):
-        raise OutputError(f"--out {out} exists and is not a stats json of tools/eval_coco.py; give another --out, "
+    if detections:
+        where = "--results" if results else "the detections json (beside --out; --results chooses)"
+        check_new_output(detections, where, overwrite=overwrite)
+    if out and not overwrite and Path(out).exists() and not is_coco_stats_file(out):
+        raise OutputError(f"--out {out} exists and is not a stats json of tools/eval_coco.py; give another path, "
                           f"or --overwrite to replace it")

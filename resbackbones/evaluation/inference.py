@@ -28,6 +28,7 @@ from ..config.det import DetTrainConfig
 from ..config.legacy import upgrade
 from ..detection.builder import build_detector
 from ..engine.device import autocast
+from ..io.outputs import register_input
 from ..weights.checkpoint import CheckpointError, ModelCheckpoint, load_matching_state, read_model_checkpoint
 from .coco_results import checkpoint_label_mapping
 
@@ -130,6 +131,17 @@ def _config_beside(checkpoint: Path) -> Optional[Path]:
     return next((path for path in candidates if path.is_file()), None)
 
 
+def detector_inputs(checkpoint: PathLike, config: Optional[PathLike] = None) -> Dict[str, Optional[Path]]:
+    """The files load_detector(checkpoint, config) may read, by flag, for the tools' output checks before any work
+    (io.outputs.refuse_inputs): the checkpoint, the config, and the config.yaml it would look for beside it."""
+    checkpoint = Path(checkpoint)
+    beside = [checkpoint.parent / CONFIG_FILE]
+    if checkpoint.parent.name == "checkpoints":
+        beside.append(checkpoint.parent.parent / CONFIG_FILE)
+    found = {"--checkpoint": checkpoint, "--config": Path(config) if config else None}
+    return dict(found, **{f"config {path}": path for path in beside if path.is_file()})
+
+
 def _refuse_classifier(record: ModelCheckpoint) -> None:
     if record.task == "cls":
         raise CheckpointError(f"{record.path} is a classification checkpoint (tools/train_cls.py), not a detector's")
@@ -175,6 +187,7 @@ def _resolve_config(checkpoint: Path, config: Optional[PathLike], overrides: Seq
     if record is not None:
         _refuse_classifier(record)
     if config:
+        register_input(config)  # the output rule: no output of this command may replace the config it reads
         model_overrides = [o for o in overrides if o.strip().startswith("model.")]
         cfg, note = _adopt_recorded_model(load_config(DetTrainConfig, config, overrides), record, model_overrides)
         return cfg, str(config), note
@@ -186,6 +199,7 @@ def _resolve_config(checkpoint: Path, config: Optional[PathLike], overrides: Seq
     if beside is None:
         raise ConfigError(f"{checkpoint} has no {CONFIG_FILE} beside it: give --config, the config it was trained "
                           f"with")
+    register_input(beside)
     # Written by train_det, maybe before the shared config vocabulary: read as stored output (config/legacy.py).
     stored = upgrade(load_yaml_with_bases(beside), "det")[0]
     return load_config(DetTrainConfig, None, overrides, base=stored, base_source=str(beside)), str(beside), ""
@@ -215,6 +229,7 @@ def load_detector(checkpoint: PathLike, config: Union[PathLike, DetTrainConfig, 
     and the config.
     """
     checkpoint = Path(checkpoint)
+    register_input(checkpoint)
     record = read_model_checkpoint(checkpoint)
     _refuse_classifier(record)
     if isinstance(config, DetTrainConfig):

@@ -41,6 +41,7 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P
 
 from ..backbones import Backbone, build_backbone
 from ..backbones.registry import builder_options, get_entry
+from ..io.outputs import save_torch_atomic
 from ..weights import WeightsError, load_state_dict, load_with_metadata, save
 from ..weights.metadata import WeightsMetadata
 from .detectron2_conventions import (
@@ -332,8 +333,8 @@ def save_for_detectron2(weights_path: str, out_path: str) -> str:
     """
     state, metadata = load_with_metadata(weights_path)
     names = {k: v.contiguous() for k, v in to_detectron2_names(state, source=weights_path).items()}
-    torch.save({"model": names, "__author__": "resbackbones", "matching_heuristics": True,
-                "resbackbones_metadata": dict(metadata)}, out_path)
+    save_torch_atomic({"model": names, "__author__": "resbackbones", "matching_heuristics": True,
+                       "resbackbones_metadata": dict(metadata)}, out_path)
     return str(out_path)
 
 
