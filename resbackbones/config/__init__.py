@@ -383,11 +383,8 @@ def to_dict(cfg: Any) -> Dict[str, Any]:
 
 
 def dump_yaml(cfg: Any, path: Union[str, os.PathLike]) -> Path:
-    """Write `cfg` (dataclass or dict) as YAML to `path` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(to_dict(cfg), handle, sort_keys=False, default_flow_style=None)
-    os.replace(tmp, path)
-    return path
+    """Write `cfg` (dataclass or dict) as YAML to `path` through the one output rule (io/outputs.py: atomic,
+    checked, never onto an input or another run's config.yaml). Raises OutputError (one line) when it cannot."""
+    from ..io.outputs import write_text_atomic
+
+    return write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None))
