@@ -24,7 +24,7 @@ EXTRAS = {
     "detectron2": [
         "detectron2 @ git+https://github.com/facebookresearch/detectron2.git@02b5c4e295e990042a714712c21dc79b731e8833"
     ],
-    "dev": ["pytest>=7.4", "pytest-timeout>=2.2"],
+    "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "hypothesis>=6.100"],
 }
 EXTRAS["all"] = EXTRAS["coco"] + EXTRAS["tensorboard"]
 EXTRAS["dev"] = EXTRAS["dev"] + EXTRAS["all"]

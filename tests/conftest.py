@@ -10,9 +10,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RESBACKBONES_SHARED", REPO.parent / "shared"))
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-# Every tool imports its sibling tools/_cli.py (`from _cli import ...`), found as `python tools/X.py` finds it: the
-# script's folder is on sys.path. A test that loads a tool by file path needs the same folder there.
-sys.path.append(str(REPO / "tools"))
+# tools/ and benchmarks/ are on the import path through pytest.ini's pythonpath (tools import their sibling
+# tools/_cli.py as `python tools/X.py` finds it).
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 # Nothing downloads during tests: "torchvision:<ENUM>" weights resolve only from files a test places in its own
@@ -99,12 +98,59 @@ def _seed():
 MIN_FREE_SCRATCH_GB = float(os.environ.get("RESBACKBONES_TEST_MIN_FREE_GB", "4"))
 
 
+# Tests are hermetic: they never touch the checkout's default folders. The session compares these before and after
+# (the quickstart fills output/ on a developer's checkout; a test using the default --output used to fail there).
+_CHECKOUT_SKIP = {".pytest_cache", ".venv", ".git", "__pycache__", ".hypothesis"}
+
+
+def _checkout_snapshot() -> dict:
+    """The checkout's top-level names (a default file such as stats.json appearing there), and {path: (size,
+    mtime_ns)} for everything under output/ (the tools' default folder)."""
+    snapshot = {}
+    for entry in REPO.iterdir():
+        if entry.name not in _CHECKOUT_SKIP and not entry.name.endswith(".egg-info"):
+            snapshot[entry.name] = "present"  # names only: developers edit tracked files while tests run
+    output = REPO / "output"
+    if output.is_dir():
+        for path in output.rglob("*"):
+            stat = path.lstat()
+            snapshot[path.relative_to(REPO).as_posix()] = (stat.st_size, stat.st_mtime_ns)
+    return snapshot
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_rb_checkout_snapshot", None)
+    if before is None or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    after = _checkout_snapshot()
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        shown = ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else "")
+        print(f"\nerror: the tests changed the checkout's default folders ({shown}); tests must write only under "
+              f"tmp_path", flush=True)
+        session.exitstatus = 1
+
+
 def pytest_sessionstart(session):
     import shutil
     import tempfile
+
+    session.config._rb_checkout_snapshot = _checkout_snapshot()
 
     scratch = Path(os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir())
     free_gb = shutil.disk_usage(scratch).free / 2**30
     if free_gb < MIN_FREE_SCRATCH_GB:
         pytest.exit(f"only {free_gb:.1f} GB free under {scratch}; the tests need about {MIN_FREE_SCRATCH_GB:.0f} GB "
                     f"of scratch space (old /tmp/pytest-of-* folders can be removed)", returncode=3)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzzer's case counts and seed (tests/fuzz_support.py), so a CI log says what was tried."""
+    import sys
+
+    support = sys.modules.get("fuzz_support")
+    if support is not None and support.CASES:
+        counts = ", ".join(f"{name} {count}" for name, count in sorted(support.CASES.items()))
+        terminalreporter.write_line(f"fuzz: {sum(support.CASES.values())} cases ({counts}), seed {support.FUZZ_SEED}, "
+                                    f"at most {support.FUZZ_EXAMPLES} per property (RESBACKBONES_FUZZ_SEED / "
+                                    f"RESBACKBONES_FUZZ_EXAMPLES)")

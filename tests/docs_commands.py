@@ -5,6 +5,7 @@ A command is a line of a fenced bash/sh block, or a line starting with a command
 pip, bash, scripts/) in a fenced block without language or in a 4-space indented block; a trailing `\\` joins the
 next line, a trailing `  # comment` is dropped and white space is folded. Inline `code` is not a command.
 """
+import importlib.util
 import json
 import os
 import re
@@ -102,14 +103,11 @@ def make_checkout(root: Path) -> Path:
     python = venv / "bin" / "python"
     python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     python.chmod(python.stat().st_mode | stat.S_IEXEC)
-    sys.path.insert(0, str(work / "tools"))
-    try:
-        import dev
-        assert dev.ROOT == work, dev.ROOT  # the copy fingerprints the checkout's files
-        (venv / ".resbackbones-installed").write_text(dev.install_fingerprint())
-    finally:
-        sys.path.remove(str(work / "tools"))
-        sys.modules.pop("dev", None)
+    spec = importlib.util.spec_from_file_location("dev_of_copy", work / "tools" / "dev.py")  # the copy's dev.py
+    dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dev)
+    assert dev.ROOT == work, dev.ROOT  # the copy fingerprints the checkout's files
+    (venv / ".resbackbones-installed").write_text(dev.install_fingerprint())
     return work
 
 

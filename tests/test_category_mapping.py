@@ -2,14 +2,11 @@
 truth with the same classes under other ids is matched by name (and said so), other classes are refused. Before,
 label k was scored against whatever category k was in the new json (AP 6.0 -> 1.0, no warning)."""
 import json
-import sys
 
 import pytest
 
 from conftest import REPO
 from resbackbones.evaluation.coco_results import checkpoint_label_mapping
-
-sys.path.insert(0, str(REPO / "tools"))
 import eval_coco  # noqa: E402
 import train_det  # noqa: E402
 

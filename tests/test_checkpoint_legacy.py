@@ -2,14 +2,11 @@
 with the keys train_det wrote then (no task, no config, one RNG dict for all ranks) still resumes, evaluates and
 predicts; the new checkpoints go to OUTPUT/checkpoints/ and the old file is left as it was."""
 import json
-import sys
 
 import pytest
 import torch
 
 from conftest import REPO, tiny_train_det_args
-
-sys.path.insert(0, str(REPO / "tools"))
 import predict  # noqa: E402
 import train_det  # noqa: E402
 

@@ -3,14 +3,11 @@ maxDets bit for bit, AP is read at maxDets[2] (pycocotools' summarize() reports 
 nuclei val set ground truth scored as detections reaches AP 1.0 only once maxDets[2] covers its 250 nuclei."""
 import copy
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import require_shared
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from coco_synthetic import synthetic_coco  # noqa: E402
 
 from resbackbones.config import ConfigError, load_config  # noqa: E402

@@ -1,13 +1,10 @@
 """The fast backend is pycocotools bit for bit on a larger synthetic set (crowds, all area ranges, duplicates):
 the 12 stats AND the whole precision / recall / scores arrays."""
 import copy
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from coco_synthetic import synthetic_coco  # noqa: E402
 
 from resbackbones.evaluation.coco import _run, evaluate_coco  # noqa: E402

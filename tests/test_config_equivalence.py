@@ -8,7 +8,6 @@ committed run configs (old keys, read-only records) through the same upgrade.
 """
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from resbackbones.config.legacy import upgrade
 
 REPO = Path(__file__).resolve().parents[1]
 DUMPS = Path(__file__).resolve().parent / "fixtures" / "config_dumps"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_configs_load import YAMLS, is_classification  # noqa: E402
 

@@ -107,7 +107,6 @@ def test_tools_exit_2_before_any_work(tool, override, tmp_path):
 
 
 def test_numeric_flags_outside_the_config_are_checked_too(capsys):
-    sys.path.insert(0, str(REPO / "tools"))
     import predict
     import train_cls
 

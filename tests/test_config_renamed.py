@@ -2,7 +2,6 @@
 is refused by the tools with one line naming the new key (exit 2, no alias accepted); a run folder written before
 the rename (config.yaml and checkpoint["config"] in the old keys) still resumes and exports, and a detection run's
 config.yaml in the old keys is still found beside its checkpoint, read through config/legacy.py."""
-import sys
 
 import pytest
 import torch
@@ -16,8 +15,6 @@ from resbackbones.config.legacy import renamed_keys
 from resbackbones.data.synthetic_cls import write_image_folder
 from resbackbones.evaluation.inference import find_detector_config
 from resbackbones.weights import WeightsMetadata, load_with_metadata
-
-sys.path.insert(0, str(REPO / "tools"))
 import train_cls  # noqa: E402
 import train_det  # noqa: E402
 

@@ -1,6 +1,5 @@
 """Every YAML config of the repo loads with its schema; the COCO configs' missing-data error says what to pass,
 and what it says works (BCCD in ../shared/data/bccd)."""
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from resbackbones.data.det_datasets import check_data_paths
 from resbackbones.data.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 
 import train_det  # noqa: E402
 

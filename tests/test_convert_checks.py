@@ -1,6 +1,5 @@
 """tools/convert_weights.py checks what it records (issue 16): --arch must agree with the weights (a wrong one used to
 be written into the metadata), and integer (quantized or corrupted) weights are refused instead of cast silently."""
-import sys
 
 import pytest
 import torch
@@ -8,8 +7,6 @@ import torchvision
 
 from conftest import REPO, require_shared
 from resbackbones.weights import WeightsError, convert
-
-sys.path.insert(0, str(REPO / "tools"))
 import convert_weights  # noqa: E402
 
 

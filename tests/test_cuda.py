@@ -5,7 +5,6 @@ Tests marked `cuda` need a GPU and skip without one (benchmarks/gpu_check.sh run
 unmarked ones check the CUDA branches of the device / precision choice with a faked GPU and run everywhere.
 """
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -167,7 +166,6 @@ def test_classifier_channels_last_amp_step_and_fast_inference_on_cuda():
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 def test_cls_and_det_tools_run_on_cuda(tmp_path, capsys):
     """tools/train_cls.py (synthetic data) and tools/train_det.py (tiny quickstart) train and evaluate on cuda."""
-    sys.path.insert(0, str(REPO / "tools"))
     import train_cls
     import train_det
     from test_train_det_tool import _tiny

@@ -138,7 +138,6 @@ def test_random_frozen_bn_backbone_is_refused_before_training(tmp_path, capsys):
         refuse_untrainable_backbone(_cfg())
     refuse_untrainable_backbone(_cfg(norm="BN"))
     refuse_untrainable_backbone(_cfg(weights="torchvision:IMAGENET1K_V1"))
-    sys.path.insert(0, str(REPO / "tools"))
     import train_det
 
     code = train_det.main(["--config", str(REPO / "configs" / "quickstart.yaml"), "--output", str(tmp_path / "o"),

@@ -2,11 +2,8 @@
 and eval_coco --checkpoint report identical COCO stats (same model rebuilt from the checkpoint's recorded config,
 same batches of test.ims_per_batch, same mask threshold, same autocast)."""
 import json
-import sys
 
 from conftest import REPO, tiny_train_det_args
-
-sys.path.insert(0, str(REPO / "tools"))
 import eval_coco  # noqa: E402
 import train_det  # noqa: E402
 

@@ -14,8 +14,6 @@ from resbackbones.config.det import DetTrainConfig
 from resbackbones.data.folders import read_image
 from resbackbones.deploy import load_detector
 from resbackbones.detection.builder import build_detector
-
-sys.path.insert(0, str(REPO / "tools"))
 import export_detector  # noqa: E402
 
 IMAGE = FIXTURES / "coco_sample" / "images" / "000000000089.jpg"

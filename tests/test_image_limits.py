@@ -1,7 +1,6 @@
 """Images above the pixel limit are refused from their header, naming the file, before anything is decoded
 (issue 16: a 1.2 MB 20000x20000 PNG grew predict.py to 21 GB and was killed)."""
 import struct
-import sys
 import zlib
 
 import cv2
@@ -11,8 +10,6 @@ import pytest
 from conftest import REPO
 from resbackbones.data.errors import DataError
 from resbackbones.data.folders import read_image
-
-sys.path.insert(0, str(REPO / "tools"))
 import predict  # noqa: E402
 
 

@@ -14,8 +14,6 @@ import torchvision
 
 from conftest import REPO
 from resbackbones.engine.outputs import OutputError, RunLock, claim_run_dir, refuse_inputs, unique_targets
-
-sys.path.insert(0, str(REPO / "tools"))
 import convert_weights  # noqa: E402
 import eval_coco  # noqa: E402
 import predict  # noqa: E402

@@ -1,7 +1,6 @@
 """tools/predict.py (issue 16): batches give the detections of one-by-one inference, --gt draws a COCO json's ground
 truth beside the predictions, and an image the model cannot resize (a 10000x50 strip) is refused in one line naming
 it and its size instead of failing inside interpolate."""
-import sys
 
 import cv2
 import numpy as np
@@ -12,8 +11,6 @@ from conftest import FIXTURES, REPO, random_detector_run
 from resbackbones.deploy import load_detector
 from resbackbones.deploy.predict import padded_shape, predict_images
 from resbackbones.visualize import GT_COLOUR
-
-sys.path.insert(0, str(REPO / "tools"))
 import predict  # noqa: E402
 
 IMAGES = FIXTURES / "coco_sample" / "images"

@@ -1,15 +1,13 @@
 """projects/coco_detection/check_coco_layout.py on fake COCO folders: a good one passes, each mistake is named."""
 import json
-import sys
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_project_module
 
-sys.path.insert(0, str(REPO / "projects" / "coco_detection"))
-import check_coco_layout  # noqa: E402
+check_coco_layout = load_project_module("coco_detection", "check_coco_layout")
 
 
 def _fake_coco(root, *, n=3, size=(40, 30)):

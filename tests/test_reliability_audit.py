@@ -5,7 +5,6 @@ backend's IndexError). Each is one line naming the thing, exit 2, nothing writte
 pycocotools' answer (every stat -1)."""
 import copy
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,6 @@ import torchvision
 
 from conftest import REPO
 from resbackbones.engine.checkpoint import CheckpointError, load_optimizer_state
-
-sys.path.insert(0, str(REPO / "tools"))
 import convert_weights  # noqa: E402
 import eval_coco  # noqa: E402
 import export_detector  # noqa: E402

@@ -2,7 +2,6 @@
 are refused before any work, naming the file and its size: in evaluation of a checkpoint (tools/eval_coco.py) and
 from a COCO json's width/height records (train_det checks its train and val sets the same way)."""
 import json
-import sys
 
 import pytest
 import torch
@@ -13,8 +12,6 @@ from resbackbones.config.det import DetTrainConfig
 from resbackbones.data.errors import DataError
 from resbackbones.data.resizable import check_coco_images_resizable, check_resizable
 from resbackbones.detection.builder import build_detector
-
-sys.path.insert(0, str(REPO / "tools"))
 import eval_coco  # noqa: E402
 
 GT = FIXTURES / "coco_sample" / "annotations.json"

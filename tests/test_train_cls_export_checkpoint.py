@@ -1,15 +1,12 @@
 """train_cls --weights CKPT --export F (issue 16): exporting an existing checkpoint without retraining writes what the
 run's own --export wrote at its end (every tensor, every metadata key), trains nothing and writes nothing in the run
 folder; flags that would change the run are refused in one line."""
-import sys
 
 import pytest
 
 from conftest import REPO
 from resbackbones.data.synthetic_cls import write_image_folder
 from resbackbones.weights import load_with_metadata
-
-sys.path.insert(0, str(REPO / "tools"))
 import train_cls  # noqa: E402
 
 TINY = ["solver.epochs=2", "solver.batch_size=8", "data.num_workers=0", "train.progress=false", "train.tensorboard=false",

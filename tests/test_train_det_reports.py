@@ -6,15 +6,12 @@ Tiny quickstart runs (Mask R-CNN on 6 shapes images, 3 val images)."""
 import contextlib
 import io
 import json
-import sys
 
 import pytest
 import torch
 
 from conftest import REPO, tiny_train_det_args
 from resbackbones.engine.checkpoint import CheckpointManager
-
-sys.path.insert(0, str(REPO / "tools"))
 import train_det  # noqa: E402
 
 

@@ -1,7 +1,6 @@
 """tools/train_det.py end to end on a tiny slice of the quickstart config: checkpoint + metrics + eval.json,
 bit-identical resume, one-line config / data errors with exit code 2, predict.py on the result."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +8,6 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 
 import predict  # noqa: E402
 import train_det  # noqa: E402
@@ -92,11 +90,12 @@ def test_resume_continues_bit_identically(data_root, tmp_path):
     assert [r["iter"] for r in rows if "loss" in r] == [1, 2, 3]
 
 
-def test_config_error_names_key(capsys):
-    assert train_det.main(["--config", QUICKSTART, "solver.max_iters=3"]) == 2
+def test_config_error_names_key(tmp_path, capsys):
+    out = ["--output", str(tmp_path / "run")]  # never the config's default output/quickstart (hermetic tests)
+    assert train_det.main(["--config", QUICKSTART, *out, "solver.max_iters=3"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "solver.max_iters" in err and "solver.max_iter'" in err
-    assert train_det.main(["--config", QUICKSTART, "model.backbone.name=resnet51"]) == 2
+    assert train_det.main(["--config", QUICKSTART, *out, "model.backbone.name=resnet51"]) == 2
     assert "resnet51" in capsys.readouterr().err
 
 

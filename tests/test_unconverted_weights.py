@@ -3,7 +3,6 @@ names `python tools/convert_weights.py --from <format> ...` with the right forma
 load_checkpoint, rb.weights.load of a pickle) and through the tools (train_cls --resume, train_det --eval-only
 --weights, predict --checkpoint); rb.build_backbone(weights=...) still reads the same files as they are."""
 import pickle
-import sys
 
 import numpy as np
 import pytest
@@ -15,8 +14,6 @@ from conftest import REPO
 from resbackbones.engine.checkpoint import CheckpointError, load_checkpoint
 from resbackbones.weights import WeightsError
 from resbackbones.weights.convert_detectron2 import to_caffe2_names
-
-sys.path.insert(0, str(REPO / "tools"))
 import predict  # noqa: E402
 import train_cls  # noqa: E402
 import train_det  # noqa: E402

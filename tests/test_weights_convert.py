@@ -165,7 +165,6 @@ def test_convert_weights_cli_end_to_end(tmp_path):
 
 
 def test_convert_weights_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
-    sys.path.insert(0, str(REPO / "tools"))
     from convert_weights import main  # in-process: the subprocess start-up is paid once, above
 
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
