@@ -16,7 +16,8 @@ from _cli import default_argument_parser, run
 from safetensors import SafetensorError
 
 import resbackbones as rb
-from resbackbones.io.outputs import check_new_output, refuse_inputs
+from resbackbones.io.output_paths import refuse_inputs
+from resbackbones.io.outputs import check_new_output
 from resbackbones.weights import CONVERTERS, WeightsError, convert
 
 

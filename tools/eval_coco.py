@@ -29,7 +29,7 @@ import time
 from _cli import add_amp_argument, default_argument_parser, run
 
 from resbackbones.engine.outputs import check_eval_outputs, eval_detections_path, write_json_atomic
-from resbackbones.io.outputs import files_in
+from resbackbones.io.output_paths import files_in
 from resbackbones.evaluation.coco import (BACKENDS, DEFAULT_MAX_DETS, IOU_TYPES, CocoEvalError, evaluate_coco,
                                           format_stats)
 

@@ -42,7 +42,8 @@ def _run(args) -> int:
     from resbackbones.deploy import load_detector
     from resbackbones.deploy.export import check_export, export_detector
     from resbackbones.evaluation.inference import detector_inputs
-    from resbackbones.io.outputs import check_new_output, refuse_inputs
+    from resbackbones.io.output_paths import refuse_inputs
+    from resbackbones.io.outputs import check_new_output
 
     output = Path(args.output)  # never over what it reads (--overwrite or not), nor an existing file without it
     refuse_inputs({"--output": output}, {"--checkpoint": args.checkpoint, "--config": args.config,

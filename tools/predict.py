@@ -22,7 +22,8 @@ from pathlib import Path
 from _cli import add_amp_argument, default_argument_parser, run
 
 from resbackbones.deploy.predict import list_images
-from resbackbones.io.outputs import OutputError, check_new_output, refuse_inputs, unique_targets, write_image
+from resbackbones.io.output_paths import refuse_inputs, unique_targets
+from resbackbones.io.outputs import OutputError, check_new_output, write_image
 
 
 def parse_args(argv=None):

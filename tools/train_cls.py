@@ -26,7 +26,8 @@ from resbackbones.config import ConfigError
 from resbackbones.config.cls import ClsConfig, with_epochs
 from resbackbones.engine.cls_export import export_checkpoint, is_train_cls_checkpoint
 from resbackbones.engine.cls_run import run_classification
-from resbackbones.io.outputs import check_new_output, refuse_inputs
+from resbackbones.io.output_paths import refuse_inputs
+from resbackbones.io.outputs import check_new_output
 
 FLAGS = {"arch": "model.backbone.name", "data": "data.root", "output": "train.output_dir",
          "batch_size": "solver.batch_size", "workers": "data.num_workers", "device": "train.device",

@@ -27,7 +27,7 @@ from pathlib import Path
 from _cli import default_argument_parser, default_setup, run
 
 from resbackbones.config.det import DetTrainConfig
-from resbackbones.io.outputs import refuse_inputs
+from resbackbones.io.output_paths import refuse_inputs
 
 
 def parse_args(argv=None):

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Iterator, List, Mapping, Optional, Sequence, Union
 
 # The one output rule lives in io/outputs.py; these names stay importable from here (the tools and trainers did).
-from ..io.outputs import (LOCK_NAME, OutputError, check_new_output, check_output_path,  # noqa: F401 (re-exports)
-                          refuse_inputs, register_owned_run, registered_inputs, release_owned_run, same_path,
-                          unique_targets, write_json_atomic, write_text_atomic)
+from ..io.output_paths import check_output_path, refuse_inputs, same_path, unique_targets  # noqa: F401 (re-exports)
+from ..io.outputs import (LOCK_NAME, OutputError, check_new_output, register_owned_run,  # noqa: F401 (re-exports)
+                          registered_inputs, release_owned_run, write_json_atomic, write_text_atomic)
 
 try:
     import fcntl

@@ -21,13 +21,14 @@ The rule, for every write:
    --overwrite (the same flag and message in every tool).
 
 Every refusal and failure is an OutputError (a ValueError, so every tool reports it as one line with exit 2).
+The checks of a command line's paths before any work (refuse_inputs, which registers the inputs; unique_targets;
+check_output_path) are in io/output_paths.py; the run folders' locks in engine/outputs.py (claim_run_dir).
 """
 import errno
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, Iterable, Mapping, Optional, Set, Union
+from typing import Any, BinaryIO, Callable, Optional, Set, Union
 
 PathLike = Union[str, os.PathLike]
 LOCK_NAME = ".lock"  # written by engine.outputs.claim_run_dir into every training run folder
@@ -51,6 +52,7 @@ _REASONS = {
     errno.EPERM: "operation not permitted",
     errno.EROFS: "read-only file system",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "a part of the path is a file, not a folder",  # mkdir of the target's folder: the only EEXIST
     errno.EISDIR: "it is a folder",
     errno.ENAMETOOLONG: "file name too long",
 }
@@ -142,97 +144,6 @@ def check_new_output(path: PathLike, flag: str, *, overwrite: bool) -> None:
         raise OutputError(f"{flag} {path} exists; give another path, or --overwrite to replace it")
 
 
-# -- checks before any work: output paths against the inputs and each other -------------------------------------
-def same_path(a: PathLike, b: PathLike) -> bool:
-    """Whether a and b name one file (hard and symbolic links included), existing or not."""
-    a, b = Path(a), Path(b)
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
-
-
-def check_output_path(path: PathLike, flag: str, *, folder: bool = False) -> None:
-    """OutputError when `path` cannot be written: a file output that is an existing folder, a folder output that is
-    a file, or a path under a file (`afile/out.json`; open / mkdir raised NotADirectoryError or FileExistsError)."""
-    path = Path(path)
-    check_output_name(path, flag)
-    if folder and path.exists() and not path.is_dir():
-        raise OutputError(f"{flag} {path} is a file; give a folder (new or empty)")
-    if not folder and path.is_dir():
-        raise OutputError(f"{flag} {path} is a folder; give a file name")
-    for parent in ([path] if folder else []) + list(path.parents):
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                raise OutputError(f"{flag} {path} cannot be written: {parent} is a file, not a folder; give a path "
-                                  f"in a folder")
-            try:  # the first existing folder must take new files (a read-only mount, /proc, no permission)
-                with tempfile.TemporaryFile(dir=parent):
-                    pass
-            except OSError as error:
-                raise OutputError(f"{flag} {path} cannot be written: no file can be made in {parent} "
-                                  f"({error.strerror or error}); give a path in a writable folder") from None
-            break
-
-
-def refuse_inputs(outputs: Mapping[str, Optional[PathLike]], inputs: Mapping[str, Optional[PathLike]], *,
-                  folders: bool = False, register: bool = True) -> None:
-    """OutputError when an output path is one of the inputs, or two outputs are one path (names: the flags), or an
-    output cannot be written (check_output_path; folders: the outputs are folders, else files). register: the
-    inputs are registered (register_input: rule 3 for every later write of the command, whatever --overwrite says);
-    False for files that are not read, only protected from these outputs."""
-    given_in = [(flag, p) for flag, p in inputs.items() if p]
-    given_out = [(flag, p) for flag, p in outputs.items() if p]
-    for _, source in given_in if register else ():
-        register_input(source)
-    for flag, out in given_out:
-        check_output_path(out, flag, folder=folders)
-    for flag, out in given_out:
-        for in_flag, source in given_in:
-            if same_path(out, source):
-                raise OutputError(f"{flag} {out} is the {in_flag} input: writing it would destroy the input; "
-                                  f"choose another {flag}")
-    for i, (flag, out) in enumerate(given_out):
-        for other_flag, other in given_out[i + 1:]:
-            if same_path(out, other):
-                raise OutputError(f"{flag} and {other_flag} are both {out}; give them different paths")
-    for _, out in given_out if not folders else ():
-        check_writable_target(out)  # inputs registered earlier in the command, another run's files
-
-
-def files_in(folder: Optional[PathLike], flag: str) -> Dict[str, Path]:
-    """{"FLAG NAME": path} for each file directly in `folder` (none when it is None or no folder): the images a
-    command reads, for refuse_inputs, which registers them."""
-    if not folder or not os.path.isdir(folder):
-        return {}
-    with os.scandir(folder) as entries:
-        return {f"{flag} {entry.name}": Path(entry.path) for entry in entries if entry.is_file()}
-
-
-def unique_targets(sources: Iterable[PathLike], folder: PathLike, *, suffix: str) -> Dict[Path, Path]:
-    """{source: folder/<source stem><suffix>}, refusing a target that is one of the sources or that two sources share."""
-    sources = [Path(s) for s in sources]
-    for source in sources:
-        register_input(source)
-    targets: Dict[Path, Path] = {}
-    owner: Dict[Path, Path] = {}
-    for source in sources:
-        target = Path(folder) / f"{source.stem}{suffix}"
-        key = target.resolve()
-        if key in owner:
-            raise OutputError(f"{owner[key]} and {source} would both be written to {target}; give them separately "
-                              f"with different --output folders (or rename one)")
-        owner[key] = source
-        targets[source] = target
-    for target in targets.values():
-        clash = next((s for s in sources if same_path(target, s)), None)
-        if clash is not None:
-            raise OutputError(f"writing {target} would replace the input image {clash}; give another --output")
-    return targets
-
-
 def describe_os_error(error: BaseException) -> str:
     """The reason of a failed write in a few words (the errno's meaning, else the error's text)."""
     if isinstance(error, UnicodeError):
@@ -246,7 +157,7 @@ def describe_os_error(error: BaseException) -> str:
 
 def _shown(path: Path) -> str:
     # A name that is not valid UTF-8 arrives with surrogate escapes, which cannot be printed: show them escaped.
-    return os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return os.fsencode(path).decode("utf-8", "backslashreplace")  # the bytes the user gave: b"out\xff" -> out\xff
 
 
 def write_failed(path: PathLike, error: BaseException) -> OutputError:
@@ -304,12 +215,37 @@ def write_atomic(path: PathLike, write: Callable[[str], None], *, fsync: bool = 
     return path
 
 
+class _RecordingFile:
+    """An open file whose first write error is kept: torch.save's C++ writer swallows it and raises its own
+    "unexpected pos" RuntimeError, which names no cause; the kept OSError is re-raised instead."""
+
+    def __init__(self, handle: BinaryIO):
+        self._handle = handle
+        self.error: Optional[OSError] = None
+
+    def write(self, data) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
 def write_stream_atomic(path: PathLike, write: Callable[[BinaryIO], None], *, fsync: bool = True) -> Path:
     """write_atomic for a writer of an open binary file: write(handle) writes the whole content."""
     def to_file(name: str) -> None:
         with open(name, "wb") as handle:
-            write(handle)
-            handle.flush()
+            recording = _RecordingFile(handle)
+            try:
+                write(recording)  # type: ignore[arg-type]
+                handle.flush()
+            except Exception:
+                if recording.error is not None:
+                    raise recording.error from None
+                raise
 
     return write_atomic(path, to_file, fsync=fsync)
 
