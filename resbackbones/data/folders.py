@@ -2,8 +2,8 @@
 
     root/<class>/<image>            or            archive.tar with members <class>/<image>
 
-Images are decoded with OpenCV and returned as RGB uint8 [H, W, 3] arrays, whatever their colour type or bit
-depth (grayscale, RGBA, palette, 16-bit). A tar is indexed once (member offsets) and read with positional reads
+Images are decoded by data/images.py (decode_image / read_image, re-exported here) and returned as RGB uint8
+[H, W, 3] arrays, whatever their colour type or bit depth (grayscale, RGBA, palette, 16-bit). A tar is indexed once (member offsets) and read with positional reads
 from a file handle opened lazily in each process, so DataLoader workers (fork or spawn) share nothing.
 """
 import os
@@ -12,72 +12,15 @@ import warnings
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from .errors import DataError
-from .image_limits import check_pixel_limit
+from .errors import DataError, show_path
+from .images import decode_image, read_image  # noqa: F401  (the one decode path; re-exported, as before)
 
 PathLike = Union[str, os.PathLike]
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 ON_ERROR_CHOICES = ("raise", "skip")
-# IMREAD_COLOR converts gray/palette to 3 channels, drops alpha and applies EXIF orientation; ANYDEPTH keeps
-# 16-bit/float samples so we can scale them to 8 bits ourselves instead of letting OpenCV truncate them.
-_IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
-
-
-def decode_image(data: bytes, *, name: str) -> np.ndarray:
-    """Encoded image bytes -> RGB uint8 [H, W, 3]. Raises DataError naming `name` if they do not decode."""
-    if _truncated_jpeg(data):
-        raise DataError(f"cannot decode image {name}: truncated JPEG (no end-of-image marker after its last scan, "
-                        f"{len(data)} bytes)")
-    check_pixel_limit(data, name=name)  # header only: a 1 MB file can declare gigabytes of pixels
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    image = None
-    if buffer.size:
-        try:
-            image = cv2.imdecode(buffer, _IMREAD_FLAGS)
-        except cv2.error:
-            image = None
-    if image is None:
-        raise DataError(f"cannot decode image {name}: corrupt, truncated or not an image ({len(data)} bytes)")
-    if image.ndim == 2:  # some decoders ignore IMREAD_COLOR for exotic depths
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    image = _to_uint8(image, name=name)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def _truncated_jpeg(data: bytes) -> bool:
-    # OpenCV 4.x decodes a cut-off JPEG into a half-grey image with only a console warning; OpenCV 5 refuses it.
-    # Entropy-coded data never contains FF D9 / FF DA (0xFF is byte-stuffed), so a complete JPEG has its
-    # end-of-image marker after the start of its last scan; bytes appended after EOI do not matter.
-    if not data.startswith(b"\xff\xd8\xff"):
-        return False
-    return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
-
-
-def _to_uint8(image: np.ndarray, *, name: str) -> np.ndarray:
-    if image.dtype == np.uint8:
-        return image
-    if image.dtype == np.uint16:
-        # Round(x * 255 / 65535): maps 0 -> 0 and 65535 -> 255 exactly (a >> 8 would bias every value down).
-        return ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    if image.dtype in (np.float32, np.float64):
-        # Float images (TIFF/EXR) are taken to be in [0, 1].
-        return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-    raise DataError(f"image {name} has unsupported sample type {image.dtype}; expected 8/16-bit or float")
-
-
-def read_image(path: PathLike) -> np.ndarray:
-    """Read an image file -> RGB uint8 [H, W, 3]. Raises DataError naming the file."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise DataError(f"cannot read image file {path}: {error.strerror or error}") from None
-    return decode_image(data, name=str(path))
-
-
 def _is_image(name: str, extensions: Sequence[str]) -> bool:
     return name.lower().endswith(tuple(extensions))
 
@@ -203,11 +146,21 @@ class ImageFolderDataset(Dataset):
     def _walk_class(self, class_dir: Path) -> Iterable[str]:
         def fail(error: OSError) -> None:
             raise DataError(
-                f"cannot read class folder {error.filename or class_dir}: {error.strerror or error}"
+                f"cannot read class folder {show_path(error.filename or class_dir)}: {error.strerror or error}"
             ) from None
 
+        # Symlinked folders are followed (like torchvision), but each real folder once: os.walk(followlinks=True)
+        # alone goes round a symlink loop until the path is too long (8 images counted as 168), and a folder
+        # linked twice would count its images twice (issue 21).
+        seen = {os.path.realpath(class_dir)}
         for folder, subfolders, files in os.walk(class_dir, onerror=fail, followlinks=True):
-            subfolders[:] = [d for d in subfolders if _visible(d)]
+            kept = []
+            for name in sorted(subfolders):  # sorted: which of two links to one folder is kept does not vary
+                real = os.path.realpath(os.path.join(folder, name))
+                if _visible(name) and real not in seen:
+                    seen.add(real)
+                    kept.append(name)
+            subfolders[:] = kept
             for name in files:
                 if _visible(name) and _is_image(name, self.extensions):
                     yield os.path.join(folder, name)
