@@ -68,8 +68,13 @@ def load_yaml_with_bases(path: Union[str, os.PathLike], _chain: Tuple[Path, ...]
         cycle = " -> ".join(str(p) for p in _chain + (resolved,))
         raise ConfigError(f"config _base_ cycle: {cycle}")
     try:
-        with open(path, "r", encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+        raw = path.read_bytes()
+        # Decoded here, not by open(): a UnicodeDecodeError is a ValueError whose text names no file (issue 21).
+        text = raw.decode("utf-8-sig")
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
+                          f"{error.start}); YAML configs must be UTF-8: re-save it as UTF-8") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from None
     except OSError as error:
