@@ -26,7 +26,7 @@ class BackboneConfig:
 
 @dataclass
 class ModelConfig:
-    RANGES: ClassVar[Dict[str, str]] = {"num_classes": "[1, inf)"}
+    RANGES: ClassVar[Dict[str, str]] = {"num_classes": "[1, 1000000]"}
     RENAMED: ClassVar[Dict[str, str]] = {
         "arch": "model.backbone.name", "weights": "model.backbone.weights", "options": "model.backbone.options"}
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -39,7 +39,7 @@ class ModelConfig:
 @dataclass
 class SyntheticConfig:
     RANGES: ClassVar[Dict[str, str]] = {
-        "train_per_class": "[1, inf)", "val_per_class": "[1, inf)", "image_size": "[8, inf)", "seed": "[0, inf)"}
+        "train_per_class": "[1, inf)", "val_per_class": "[1, inf)", "image_size": "[8, 16384]", "seed": "[0, 4294967295]"}
     train_per_class: int = 300
     val_per_class: int = 100
     image_size: int = 32
@@ -49,9 +49,9 @@ class SyntheticConfig:
 @dataclass
 class DataConfig:
     RANGES: ClassVar[Dict[str, str]] = {
-        "train_subset": "[1, inf)", "val_subset": "[1, inf)", "crop_size": "[1, inf)", "resize_size": "[1, inf)",
+        "train_subset": "[1, inf)", "val_subset": "[1, inf)", "crop_size": "[1, 16384]", "resize_size": "[1, 16384]",
         "scale": "(0, 1]", "pad": "[0, inf)", "flip_prob": "[0, 1]", "mean": "[0, 255]", "std": "(0, 255]",
-        "num_workers": "[0, inf)"}
+        "num_workers": "[0, 256]"}
     RENAMED: ClassVar[Dict[str, str]] = {
         "workers": "data.num_workers", "hflip": "data.flip_prob (true = 0.5, false = 0.0)"}
     root: Optional[str] = None                 # DIR with train/ and val/ or test/ (folders or .tar); None: synthetic

@@ -31,7 +31,7 @@ class SolverConfig:
     """
 
     RANGES: ClassVar[Dict[str, str]] = {
-        "batch_size": "[1, inf)", "base_lr": "(0, inf)", "reference_batch_size": "[0, inf)", "momentum": "[0, 1)",
+        "batch_size": "[1, 65536]", "base_lr": "(0, inf)", "reference_batch_size": "[0, inf)", "momentum": "[0, 1)",
         "weight_decay": "[0, inf)", "clip_grad_norm": "[0, inf)", "epochs": "[0, inf)", "max_iter": "[1, inf)",
         "steps": "[0, inf)", "gamma": "(0, 1]", "warmup": "[0, inf)", "warmup_factor": "[0, 1]",
         "min_lr_factor": "[0, 1]"}
@@ -114,8 +114,8 @@ class TrainConfig:
     """
 
     RANGES: ClassVar[Dict[str, str]] = {
-        "seed": "[0, inf)", "eval_period": "[0, inf)", "checkpoint_period": "[0, inf)", "keep_every": "[0, inf)",
-        "num_threads": "[0, inf)", "log_period": "[0, inf)", "time_limit_s": "[0, inf)"}
+        "seed": "[0, 4294967295]", "eval_period": "[0, inf)", "checkpoint_period": "[0, inf)", "keep_every": "[0, inf)",
+        "num_threads": "[0, 1024]", "log_period": "[0, inf)", "time_limit_s": "[0, inf)"}
     RENAMED: ClassVar[Dict[str, str]] = {"print_freq": "train.log_period", "threads": "train.num_threads"}
     output_dir: str = "output/cls_default"
     device: str = "auto"

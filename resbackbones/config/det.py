@@ -28,7 +28,7 @@ class DatasetConfig:
     """
 
     RANGES: ClassVar[Dict[str, str]] = {  # numeric ranges (config/ranges.py)
-        "num_images": "[0, inf)", "seed": "[0, inf)", "image_size": "[192, inf)", "limit": "[0, inf)"}
+        "num_images": "[0, inf)", "seed": "[0, 4294967295]", "image_size": "[192, 16384]", "limit": "[0, inf)"}
     kind: Literal["coco", "shapes"] = "coco"
     ann_file: str = ""
     image_root: str = ""
@@ -49,7 +49,7 @@ class DataConfig:
     cache_images: keep decoded images and masks in memory after first use (small sets: no per-step decoding).
     """
 
-    RANGES: ClassVar[Dict[str, str]] = {"flip_prob": "[0, 1]", "num_workers": "[0, inf)"}
+    RANGES: ClassVar[Dict[str, str]] = {"flip_prob": "[0, 1]", "num_workers": "[0, 256]"}
     train: DatasetConfig = field(default_factory=DatasetConfig)
     val: DatasetConfig = field(default_factory=DatasetConfig)
     flip_prob: float = 0.5
@@ -69,7 +69,7 @@ class TestConfig:
     """
 
     RANGES: ClassVar[Dict[str, str]] = {
-        "max_dets": "[1, inf)", "mask_threshold": "[0, 1]", "ims_per_batch": "[1, inf)", "max_images": "[0, inf)"}
+        "max_dets": "[1, 1000000]", "mask_threshold": "[0, 1]", "ims_per_batch": "[1, 65536]", "max_images": "[0, inf)"}
     iou_types: Tuple[str, ...] = ()
     max_dets: Tuple[int, ...] = (1, 10, 100)
     amp: Optional[AmpMode] = None

@@ -9,14 +9,16 @@
 
 A range is an interval "[lo, hi]" with round brackets for open ends and inf for no bound. It applies to the number,
 to every number of a tuple or list (nested too), and to an Optional field unless it is None. Every float must also be
-finite (nan and inf are refused whatever the range). config.load_config / from_dict check every dataclass that
-declares RANGES before its validate(); tests/test_config_ranges.py checks that every numeric field of the tools'
-schemas declares one.
+finite (nan and inf are refused whatever the range), and every integer fit in int64. config.load_config / from_dict
+check every dataclass that declares RANGES before its validate(); tests/test_config_ranges.py checks that every
+numeric field of the tools' schemas declares one.
 """
 import math
 import re
 from typing import Any, Iterator, Optional, Tuple
 
+# No integer setting goes beyond int64 (torch, numpy and the checkpoint formats hold int64), whatever its range.
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 _INTERVAL = re.compile(r"^([\[(])\s*(-?inf|[-+0-9.e]+)\s*,\s*(-?inf|[-+0-9.e]+)\s*([\])])$")
 
 
@@ -51,7 +53,7 @@ def out_of_range(value: Any, spec: str) -> Optional[float]:
     """The first number of `value` outside `spec` (or not finite), else None."""
     lo, hi, lo_closed, hi_closed = parse_interval(spec)
     for number in _numbers(value):
-        if not math.isfinite(number):
+        if not math.isfinite(number) or (isinstance(number, int) and not INT64_MIN <= number <= INT64_MAX):
             return number
         below = number < lo or (number == lo and not lo_closed)
         above = number > hi or (number == hi and not hi_closed)

@@ -14,6 +14,15 @@ from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple
 LAYOUTS = ("fpn", "c4", "single")
 
 
+# Upper bounds of the architecture's sizes: far above any real detector, low enough that a typo (an extra digit, a
+# 2**63) is refused by name at load instead of asking for terabytes when the model is built (found by the fuzzer).
+MAX_CHANNELS = 65536  # fc / conv / FPN widths
+MAX_LAYERS = 64  # convs in a head
+MAX_POOLER = 256  # RoI pooler output side and sampling points
+MAX_PIXELS = 16384  # image sides, anchor sizes
+MAX_COUNT = 1000000  # proposals, samples per image, detections, classes
+
+
 @dataclass
 class BackboneConfig:
     """Which registered backbone, how it is built, and which weights it starts from.
@@ -38,7 +47,7 @@ class BackboneConfig:
 class FPNConfig:
     """FPN over backbone.out_features (layout "fpn" only). top_block: maxpool (P6 for the RPN) | p6p7 | p6p7_c5 | none."""
 
-    RANGES: ClassVar[Dict[str, str]] = {"out_channels": "[1, inf)"}
+    RANGES: ClassVar[Dict[str, str]] = {"out_channels": f"[1, {MAX_CHANNELS}]"}
     out_channels: int = 256
     top_block: Literal["maxpool", "p6p7", "p6p7_c5", "none"] = "maxpool"
     norm: str = ""
@@ -51,7 +60,7 @@ class AnchorConfig:
     aspect_ratios (h / w) are shared by every level. The VGG-16 paper setting is sizes [[128, 256, 512]].
     """
 
-    RANGES: ClassVar[Dict[str, str]] = {"sizes": "[1, inf)", "aspect_ratios": "(0, inf)"}
+    RANGES: ClassVar[Dict[str, str]] = {"sizes": f"[1, {MAX_PIXELS}]", "aspect_ratios": "(0, 1000]"}
     sizes: Tuple[Tuple[int, ...], ...] = ((32,), (64,), (128,), (256,), (512,))
     aspect_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
 
@@ -61,9 +70,10 @@ class RPNConfig:
     """Region proposal network: top-n are per feature level before NMS, per image after it."""
 
     RANGES: ClassVar[Dict[str, str]] = {
-        "pre_nms_top_n_train": "[1, inf)", "pre_nms_top_n_test": "[1, inf)", "post_nms_top_n_train": "[1, inf)",
-        "post_nms_top_n_test": "[1, inf)", "nms_thresh": "(0, 1]", "fg_iou_thresh": "(0, 1]",
-        "bg_iou_thresh": "[0, 1]", "batch_size_per_image": "[1, inf)", "positive_fraction": "(0, 1]",
+        "pre_nms_top_n_train": f"[1, {MAX_COUNT}]", "pre_nms_top_n_test": f"[1, {MAX_COUNT}]",
+        "post_nms_top_n_train": f"[1, {MAX_COUNT}]", "post_nms_top_n_test": f"[1, {MAX_COUNT}]", "nms_thresh": "(0, 1]",
+        "fg_iou_thresh": "(0, 1]", "bg_iou_thresh": "[0, 1]", "batch_size_per_image": f"[1, {MAX_COUNT}]",
+        "positive_fraction": "(0, 1]",
         "score_thresh": "[0, 1]"}
     pre_nms_top_n_train: int = 2000
     pre_nms_top_n_test: int = 1000
@@ -82,10 +92,10 @@ class RoIHeadsConfig:
     """Proposal sampling for the box head, RoI pooling and test-time post-processing."""
 
     RANGES: ClassVar[Dict[str, str]] = {
-        "batch_size_per_image": "[1, inf)", "positive_fraction": "(0, 1]", "fg_iou_thresh": "(0, 1]",
-        "bg_iou_thresh": "[0, 1]", "pooler_resolution": "[1, inf)", "sampling_ratio": "[0, inf)",
-        "bbox_reg_weights": "(0, inf)", "score_thresh": "[0, 1]", "nms_thresh": "(0, 1]",
-        "detections_per_img": "[1, inf)"}
+        "batch_size_per_image": f"[1, {MAX_COUNT}]", "positive_fraction": "(0, 1]", "fg_iou_thresh": "(0, 1]",
+        "bg_iou_thresh": "[0, 1]", "pooler_resolution": f"[1, {MAX_POOLER}]", "sampling_ratio": f"[0, {MAX_POOLER}]",
+        "bbox_reg_weights": "(0, 1000]", "score_thresh": "[0, 1]", "nms_thresh": "(0, 1]",
+        "detections_per_img": f"[1, {MAX_COUNT}]"}
     batch_size_per_image: int = 512
     positive_fraction: float = 0.25
     fg_iou_thresh: float = 0.5
@@ -104,7 +114,8 @@ class BoxHeadConfig:
     """type: mlp (two fc layers of fc_dim: FPN's 2fc, VGG's fc6/fc7) | conv_fc (num_conv convs of conv_dim, then
     one fc of fc_dim; torchvision's v2 head) | res5 (c4 layout: the backbone's res5 stage + average pool)."""
 
-    RANGES: ClassVar[Dict[str, str]] = {"fc_dim": "[1, inf)", "num_conv": "[0, inf)", "conv_dim": "[1, inf)"}
+    RANGES: ClassVar[Dict[str, str]] = {"fc_dim": f"[1, {MAX_CHANNELS}]", "num_conv": f"[0, {MAX_LAYERS}]",
+                                        "conv_dim": f"[1, {MAX_CHANNELS}]"}
     type: Literal["mlp", "conv_fc", "res5"] = "mlp"
     fc_dim: int = 1024
     num_conv: int = 4
@@ -117,7 +128,8 @@ class MaskHeadConfig:
     """Mask branch (Mask R-CNN) when enabled: num_conv 3x3 convs of conv_dim on a pooled RoI, deconv, 1x1 per class."""
 
     RANGES: ClassVar[Dict[str, str]] = {
-        "num_conv": "[0, inf)", "conv_dim": "[1, inf)", "pooler_resolution": "[1, inf)", "sampling_ratio": "[0, inf)"}
+        "num_conv": f"[0, {MAX_LAYERS}]", "conv_dim": f"[1, {MAX_CHANNELS}]", "pooler_resolution": f"[1, {MAX_POOLER}]",
+        "sampling_ratio": f"[0, {MAX_POOLER}]"}
     enabled: bool = False
     num_conv: int = 4
     conv_dim: int = 256
@@ -139,8 +151,8 @@ class InputConfig:
     """
 
     RANGES: ClassVar[Dict[str, str]] = {
-        "min_size": "[1, inf)", "max_size": "[1, inf)", "image_mean": "[0, 1]", "image_std": "(0, inf)",
-        "size_divisibility": "[1, inf)"}
+        "min_size": f"[1, {MAX_PIXELS}]", "max_size": f"[1, {MAX_PIXELS}]", "image_mean": "[0, 1]",
+        "image_std": "(0, inf)", "size_divisibility": "[1, 1024]"}
     RENAMED: ClassVar[Dict[str, str]] = {"channels_last": "model.channels_last"}  # one place for both tasks
     min_size: Tuple[int, ...] = (800,)
     max_size: int = 1333
@@ -156,7 +168,7 @@ class DetectorConfig:
     (torchvision's convention; COCO = 80). layout: fpn (backbone + FPN, multi-level RoIAlign) | c4 (RPN + RoI
     pooling on res4, res5 as box head; He et al. 2016) | single (one feature map, e.g. VGG-16 conv5_3)."""
 
-    RANGES: ClassVar[Dict[str, str]] = {"num_classes": "[1, inf)"}
+    RANGES: ClassVar[Dict[str, str]] = {"num_classes": f"[1, {MAX_COUNT}]"}
     layout: Literal["fpn", "c4", "single"] = "fpn"
     num_classes: int = 80
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
