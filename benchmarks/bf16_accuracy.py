@@ -50,7 +50,9 @@ RECIPES = ("scratch_gn", "pretrained_frozenbn")
 # precision -> train.amp. bf16emu: bf16 autocast with the matrix products emulated in float32
 # (benchmarks/bf16_accuracy/emulated_bf16.py), for CPUs without native bf16, where real bf16 convolutions are
 # 15-40x slower than fp32; the default picks bf16 where the CPU (or a CUDA GPU) has native bf16, bf16emu elsewhere.
-PRECISIONS = {"fp32": "none", "bf16": "bf16", "bf16emu": "bf16"}
+# fp32ctl: the control, fp32 with only the input image rounded to bf16 once (emulated_bf16.RoundImageOnly): how
+# far a same-seed twin drifts from a rounding that cannot matter.
+PRECISIONS = {"fp32": "none", "bf16": "bf16", "bf16emu": "bf16", "fp32ctl": "none"}
 EMULATOR = CONFIGS / "emulated_bf16.py"
 # Iterations of 2 images per dataset (measured to give fp32 a non-trivial AP: docs/results/bf16_accuracy/README.md).
 ITERS = {"bccd": 300, "dsb2018": 300, "quickstart": 300}
@@ -182,7 +184,7 @@ def main(argv=None) -> int:
     p.add_argument("--datasets", type=csv_list, default=list(DATASETS))
     p.add_argument("--recipes", type=csv_list, default=list(RECIPES))
     p.add_argument("--precisions", type=csv_list, default=None,
-                   help="fp32, bf16, bf16emu (default: fp32 + bf16 where native, else fp32 + bf16emu)")
+                   help="fp32, bf16, bf16emu, fp32ctl (default: fp32 + bf16 where native, else fp32 + bf16emu)")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in csv_list(s)], default=[0, 1, 2])
     p.add_argument("--iters", action="append", default=[], metavar="DATASET=N",
                    help=f"iterations per dataset (default {ITERS}); part of the run folder's name")
@@ -234,7 +236,7 @@ def main(argv=None) -> int:
             print(f"== {name}: finished (eval.json)", flush=True)
             continue
         resume = out.is_dir() and any(out.iterdir())
-        wrapper = [str(EMULATOR)] if precision == "bf16emu" else []
+        wrapper = [str(EMULATOR)] if precision in ("bf16emu", "fp32ctl") else []
         cmd = [args.python, *wrapper, str(ROOT / "tools" / "train_det.py"), "--config", str(CONFIGS / f"{dataset}.yaml"),
                *ov, "--output", str(out)] + (["--resume"] if resume else [])
         print(f"== {name}: {'resuming' if resume else 'training'}: {' '.join(cmd)}", flush=True)
@@ -243,7 +245,8 @@ def main(argv=None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_meta(out, cmd)
         start = time.time()
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+                   BF16EMU_CONTROL="1" if precision == "fp32ctl" else "0")
         with open(out.with_name(out.name + ".log"), "a") as log:  # beside the folder: train_det wants it empty
             rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         print(f"== {name}: exit {rc} after {time.time() - start:.0f} s", flush=True)

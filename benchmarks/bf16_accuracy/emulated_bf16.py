@@ -14,7 +14,8 @@ own fp32 islands). Gradients flow through the casts, so the backward sees the sa
 operands; the backward products themselves accumulate in float32 and their input-gradient is rounded to bf16 by the
 cast's backward, as autograd does for the native op.
 
-This is a benchmark tool, not a library feature: the study labels such cells precision "bf16emu".
+This is a benchmark tool, not a library feature: the study labels such cells precision "bf16emu". With
+BF16EMU_CONTROL=1 it runs the control instead (precision "fp32ctl", class RoundImageOnly).
 """
 import os
 import runpy
@@ -81,14 +82,30 @@ class EmulatedBF16(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class RoundImageOnly(TorchFunctionMode):
+    """The control run (precision "fp32ctl"): fp32 throughout, but the image entering the stem (the convolution
+    with 3 input channels) is rounded to bf16, one perturbation of ~0.2 % of the input. It measures how far a run
+    moves from its fp32 twin (same seed) from a rounding that cannot matter: the floor under which a same-seed
+    fp32-vs-bf16 difference is not evidence of harm (see docs/results/bf16_accuracy/README.md)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (F.conv2d, torch.conv2d) and len(args) > 1 and isinstance(args[1], torch.Tensor) \
+                and args[1].dim() == 4 and args[1].shape[1] == 3 and args[0].dtype == torch.float32:
+            args = (args[0].to(BF16).float(),) + tuple(args[1:])
+        return func(*args, **kwargs)
+
+
 def main() -> None:
     if len(sys.argv) < 2:
         sys.exit("usage: emulated_bf16.py SCRIPT [ARGS...]")
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as `python SCRIPT` does
-    print("emulated_bf16: bf16 autocast products emulated in float32 (bf16 operands and outputs)", flush=True)
-    with EmulatedBF16():
+    control = os.environ.get("BF16EMU_CONTROL") == "1"
+    print("emulated_bf16: " + ("control: fp32, the stem's input image rounded to bf16" if control else
+                               "bf16 autocast products emulated in float32 (bf16 operands and outputs)"), flush=True)
+    with RoundImageOnly() if control else EmulatedBF16():
         try:
             runpy.run_path(script, run_name="__main__")
         finally:
