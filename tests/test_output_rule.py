@@ -336,3 +336,15 @@ def test_train_det_checkpoint_write_on_a_full_disk(tmp_path):
     line = _one_line(done.stderr)
     assert done.returncode in (2, 3) and "file too large" in line and str(out) in line, done.stderr
     assert _temps(out) == []
+
+
+def test_train_det_eval_json_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "eval.json").mkdir(parents=True)  # a folder where the final eval.json goes: its rename fails
+    (out / "eval.json" / "keep").write_text("a user's file")
+    args = tiny_train_det_args(tmp_path / "shapes", out, "--resume", "solver.max_iter=1", "data.train.num_images=2",
+                               "data.val.num_images=1", "train.tensorboard=false")
+    assert train_det.main(args) == 2
+    line = _error(capsys)
+    assert f"cannot write {out / 'eval.json'}" in line and "folder" in line, line
+    assert (out / "eval.json" / "keep").read_text() == "a user's file" and _temps(out) == []
