@@ -5,8 +5,10 @@ of python/numpy/torch/cuda, loop position). It is written to a temp file in the 
 renamed over the target, so a kill at any moment leaves either the old or the new file, never a torn one.
 The temp file (".<name>.tmp-<pid>") of a writer killed mid-write is removed by the next save into that folder
 once no process has that pid (remove_stale_temp_files).
+Writing goes through the output rule of resbackbones.io.outputs (refusals and write failures are one OutputError).
 Loading goes through weights.checkpoint.read_model_checkpoint (torch.load(weights_only=True), the same refusal as for
-weights files): a file that carries pickled code is refused.
+weights files): a file that carries pickled code is refused, and one whose records differ from their CRC-32 (a
+block of zeros written into it, a torn copy) is refused naming it.
 """
 import os
 import random
@@ -120,17 +122,36 @@ def remove_stale_temp_files(folder: PathLike) -> List[Path]:
 
 
 def save_atomic(obj: Dict[str, Any], path: PathLike) -> Path:
-    """torch.save to `path` via temp file + fsync + rename (+ fsync of the folder so the rename is durable).
+    """torch.save to `path` under the one output rule (resbackbones.io.outputs): temp file ".<name>.tmp-<pid>" +
+    fsync + rename (+ fsync of the folder so the rename is durable); a registered input or another run's file is
+    refused, a failed write (disk full, permissions) is one OutputError naming the file and leaves nothing behind.
 
-    First removes the temp files of dead writers from the folder (remove_stale_temp_files).
+    First removes the temp files of dead writers from the folder (remove_stale_temp_files). torch's zip records
+    carry a CRC-32 each (turned on for this save if a caller turned them off), which every load verifies
+    (weights/integrity.py): a checkpoint damaged after it was written is refused, naming it.
     """
+    from ..io.outputs import _RecordingFile, check_writable_target, temp_path, write_failed
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    check_writable_target(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise write_failed(path, error) from None
+    remove_stale_temp_files(path.parent)
+    tmp = temp_path(path)  # the name remove_stale_temp_files and the kill -9 tests know
+    crc_was_on = torch.serialization.get_crc32_options()
+    try:
+        torch.serialization.set_crc32_options(True)
         with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
+            # torch's C++ writer swallows the OSError of a full disk ("unexpected pos"): the wrapper keeps it
+            recording = _RecordingFile(handle)
+            try:
+                torch.save(obj, recording)
+            except RuntimeError:
+                if recording.error is not None:
+                    raise recording.error from None
+                raise
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -142,9 +163,19 @@ def save_atomic(obj: Dict[str, Any], path: PathLike) -> Path:
                 os.close(fd)
         except OSError:  # folders cannot be opened for fsync on some platforms (Windows)
             pass
+    except (OSError, UnicodeError) as error:
+        raise write_failed(path, error) from None
+    except RuntimeError as error:  # torch's zip writer wraps the OSError of a full disk in its own error
+        if any(word in str(error).lower() for word in ("space", "write", "file", "errno")):
+            raise write_failed(path, error) from None
+        raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        torch.serialization.set_crc32_options(crc_was_on)
+        try:
+            if tmp.exists():
+                tmp.unlink()
+        except OSError:
+            pass
     return path
 
 

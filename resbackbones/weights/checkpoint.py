@@ -9,7 +9,9 @@
     load_matching_state(model, ckpt.state, checkpoint=ckpt.path, model_source="configs/x.yaml")
 
 Reading is torch.load(weights_only=True) through io.torch_load_refusing_code: a file that carries pickled code is
-refused and nothing in it runs; torchvision / detectron2 / CIFAR weights get the one-line "convert it first" message.
+refused and nothing in it runs, and every record is checked against its CRC-32 (a damaged file is refused naming it;
+integrity.py); load_matching_state refuses a tensor of another dtype kind than the model's. torchvision /
+detectron2 / CIFAR weights get the one-line "convert it first" message.
 engine/checkpoint.py reads whole training checkpoints (optimizer, RNG states) for a resume through this module.
 """
 import os
@@ -21,6 +23,7 @@ import torch
 
 from .errors import CheckpointError
 from .formats import sniff_format, unconverted_message
+from .integrity import check_dtypes
 from .io import torch_load_refusing_code
 from .matching import diff_state_dict
 from .metadata import WeightsMetadata
@@ -94,6 +97,7 @@ def load_matching_state(model: torch.nn.Module, saved: Mapping[str, torch.Tensor
     """Load `saved` into `model` only if every key and shape matches; else one CheckpointError naming both the
     checkpoint and `model_source` (where the model's config came from) and listing what differs (a config with
     another class count, backbone or head than the run that wrote the checkpoint)."""
+    check_dtypes(saved, f"checkpoint {checkpoint}", expected=model.state_dict(), error=CheckpointError)
     diff = diff_state_dict(model, saved)  # no optional keys: the checkpoint was written from such a model
     problems = {"missing": diff.missing, "unexpected": diff.unexpected,
                 "of another shape": [f"{k} {theirs} vs {mine}" for k, mine, theirs in diff.reshaped]}

@@ -55,17 +55,32 @@ def read_pickle(path: Union[str, Path]) -> Any:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
+    from ..io.outputs import register_input
+
+    register_input(path)
     try:
         with open(path, "rb") as handle:
             # latin1: the model zoo's caffe2 files were pickled by Python 2.
             return _NumpyOnlyUnpickler(io.BytesIO(handle.read()), encoding="latin1").load()
-    except pickle.UnpicklingError as error:
-        raise WeightsError(
-            f"refused to load {path}: it is not a pickle of numpy arrays only ({error}); loading it could run code, "
-            f"so nothing was executed"
-        ) from None
-    except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as error:
-        raise WeightsError(f"cannot read {path} as a detectron2 .pkl (truncated or another format?): {error}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError,
+            MemoryError) as error:
+        from .integrity import describe_bytes
+
+        looks = describe_bytes(path)
+        with open(path, "rb") as handle:
+            if handle.read(4) == b"PK\x03\x04":
+                looks = "it is a torch zip file (give it a .pth name)"
+        if not looks.startswith("it starts with the bytes"):  # empty, zeros, text, torch zip: no numpy pickle
+            raise WeightsError(f"cannot read {path}: {looks}, not a detectron2 .pkl (a pickle of numpy "
+                               f"arrays)") from None
+        detail = " ".join(str(error).split())
+        if isinstance(error, pickle.UnpicklingError):
+            raise WeightsError(
+                f"refused to load {path}: it is not a pickle of numpy arrays only ({detail}); loading it could run "
+                f"code, so nothing was executed"
+            ) from None
+        raise WeightsError(f"cannot read {path} as a detectron2 .pkl (truncated or another format?): "
+                           f"{type(error).__name__}: {detail}") from None
 
 
 def _c2_to_detectron2(name: str) -> str:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .errors import WeightsError
+from .integrity import check_dtypes
 
 # BatchNorm fills a missing num_batches_tracked and FrozenBN drops it, so weights files may have it or not.
 OPTIONAL_BUFFERS = ("num_batches_tracked",)
@@ -63,7 +64,9 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, sou
 
 def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool = True,
                     source: str = "state dict"):
-    """model.load_state_dict with a readable error. strict=False still refuses shape mismatches."""
+    """model.load_state_dict with a readable error. strict=False still refuses shape mismatches; a tensor of another
+    kind than the model's (int8 / bool where it holds float) is refused, never cast (integrity.check_dtypes)."""
+    check_dtypes(state, source, expected=model.state_dict())
     if strict:
         check_state_dict(model, state, source=source)
         return model.load_state_dict(state, strict=True)

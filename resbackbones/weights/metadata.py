@@ -6,6 +6,7 @@ stride_in_1x1 or input format conflicts with the model or pipeline: a torchvisio
 checkpoint in a caffe-style model (stride in 1x1, BGR 0-255) runs without error but silently loses accuracy.
 """
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -37,12 +38,12 @@ class WeightsMetadata:
     extra: Dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.input_format not in INPUT_FORMATS:
-            raise WeightsError(f"input_format must be one of {', '.join(INPUT_FORMATS)}, got {self.input_format!r}")
-        if self.pixel_scale not in (1.0, 255.0):
-            raise WeightsError(f"pixel_scale must be 1.0 (0-1 images) or 255.0 (0-255 images), got {self.pixel_scale}")
+        problem = _field_problems(asdict(self))
+        if problem:
+            raise WeightsError(f"weights metadata: {problem[0]} {problem[1]}")
         self.pixel_mean = tuple(float(v) for v in self.pixel_mean)
         self.pixel_std = tuple(float(v) for v in self.pixel_std)
+        self.pixel_scale = float(self.pixel_scale)
 
     def to_dict(self) -> Dict[str, str]:
         """str -> str (JSON-encoded values) for safetensors metadata."""
@@ -51,18 +52,28 @@ class WeightsMetadata:
         return out
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, str]) -> Optional["WeightsMetadata"]:
-        """Parse what to_dict wrote; None if the file carries no resbackbones metadata."""
+    def from_dict(cls, raw: Mapping[str, str], *, source: str = "weights") -> Optional["WeightsMetadata"]:
+        """Parse what to_dict wrote; None if the file carries no resbackbones metadata.
+
+        Every rb.* value is JSON of its field's type, checked here: a WeightsError names `source` (the file) and the
+        key when it is not valid JSON, of another type (a boolean written as the string "false", which Python would
+        take as true), a NaN / infinite mean or std, or a std <= 0 (it divides every pixel). The library has always
+        written these values with json.dumps (true / false / null), so no other spelling is accepted."""
         names = {f.name for f in fields(cls)} - {"extra"}
         values = {}
         for key, text in raw.items():
             if key.startswith("rb.") and key[3:] in names:
                 try:
                     values[key[3:]] = json.loads(text)
-                except json.JSONDecodeError as error:
-                    raise WeightsError(f"weights metadata {key}={text!r} is not valid JSON: {error}") from None
+                except (json.JSONDecodeError, TypeError) as error:
+                    raise WeightsError(f"weights metadata {key}={text!r} of {source} is not valid JSON: "
+                                       f"{error}") from None
         if not values:
             return None
+        problem = _field_problems(values)
+        if problem:
+            raise WeightsError(f"weights metadata rb.{problem[0]} of {source} {problem[1]}; save the weights again "
+                               f"with valid metadata (rb.weights.save(..., metadata=WeightsMetadata(...).to_dict()))")
         extra = {k: v for k, v in raw.items() if not k.startswith("rb.")}
         return cls(**values, extra=extra)
 
@@ -104,6 +115,38 @@ class WeightsMetadata:
         return cls(arch=arch, source="resbackbones train_cls", input_format="RGB", pixel_mean=tuple(data["mean"]),
                    pixel_std=tuple(data["std"]), pixel_scale=1.0, stride_in_1x1=stride, num_classes=num_classes,
                    notes=notes, extra={str(k): str(v) for k, v in (extra or {}).items()})
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _field_problems(values: Mapping) -> Optional[Tuple[str, str]]:
+    """(field, what is wrong with its value) for the first invalid field of `values`, None when all are valid."""
+    shown = {k: json.dumps(v) if not isinstance(v, tuple) else json.dumps(list(v)) for k, v in values.items()
+             if k != "extra"}
+    for name in ("arch", "source", "notes"):
+        if name in values and not isinstance(values[name], str):
+            return name, f"is {shown[name]}, not a string"
+    if "input_format" in values and values["input_format"] not in INPUT_FORMATS:
+        return "input_format", f"is {shown['input_format']}, not one of {', '.join(map(json.dumps, INPUT_FORMATS))}"
+    for name in ("pixel_mean", "pixel_std"):
+        value = values.get(name, ())
+        if name in values and (not isinstance(value, (list, tuple)) or not value
+                               or not all(_is_number(v) and math.isfinite(v) for v in value)):
+            return name, f"is {shown[name]}, not a list of finite numbers"
+    if "pixel_std" in values and any(v <= 0 for v in values["pixel_std"]):
+        return "pixel_std", f"is {shown['pixel_std']}: every std must be > 0 (pixels are divided by it)"
+    if "pixel_mean" in values and "pixel_std" in values and len(values["pixel_mean"]) != len(values["pixel_std"]):
+        return "pixel_std", f"has {len(values['pixel_std'])} values but pixel_mean {len(values['pixel_mean'])}"
+    if "pixel_scale" in values and (not _is_number(values["pixel_scale"]) or values["pixel_scale"] not in (1, 255)):
+        return "pixel_scale", f"is {shown['pixel_scale']}, not 1.0 (0-1 images) or 255.0 (0-255 images)"
+    if values.get("stride_in_1x1") is not None and not isinstance(values["stride_in_1x1"], bool):
+        return "stride_in_1x1", f"is {shown['stride_in_1x1']}, not a JSON boolean (true, false) or null"
+    classes = values.get("num_classes")
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
+        return "num_classes", f"is {shown['num_classes']}, not a positive integer or null"
+    return None
 
 
 def _has_bottleneck(arch: str) -> bool:
@@ -155,7 +198,7 @@ def load_into(model: nn.Module, path, *, input_format: Optional[str] = None, str
     message = unconverted_message(path, sniff_format(state))
     if message is not None:
         raise WeightsError(message)
-    meta = WeightsMetadata.from_dict(raw)
+    meta = WeightsMetadata.from_dict(raw, source=str(path))
     check_compatible(meta, model, input_format=input_format, source=str(path))
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -25,7 +25,8 @@ import torch
 from .convert import convert, infer_arch
 from .convert_vgg import infer_vgg_arch_converted
 from .errors import WeightsError
-from .io import load_with_metadata, torch_load_refusing_code
+from .integrity import check_dtypes
+from .io import load_with_metadata, metadata_of, torch_load_refusing_code
 from .metadata import WeightsMetadata
 from .torchvision_hub import PREFIX, is_torchvision_reference, resolve_torchvision
 
@@ -88,9 +89,10 @@ def resolve_weights(reference: Union[Reference, ResolvedWeights], *, arch: Optio
         obj: Any = state
     else:
         obj = torch_load_refusing_code(path)
-        raw_meta = obj.get("metadata") if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict) else {}
-    recorded = WeightsMetadata.from_dict(raw_meta or {})
+        raw_meta = metadata_of(obj)
+    recorded = WeightsMetadata.from_dict(raw_meta or {}, source=str(path))
     state, implied = _to_classifier_names(obj, source=str(path))
+    check_dtypes(state, path)  # our own layouts are not converted, so nothing else looks at their dtypes
     return ResolvedWeights(state, recorded or implied, str(path))
 
 

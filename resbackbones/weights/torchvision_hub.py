@@ -8,14 +8,17 @@ caches as torch.hub.get_dir()/checkpoints/<file name of the url> (i.e. $TORCH_HO
 torchvision already downloaded is reused and nothing is stored twice. Mean/std come from the enum's
 transforms() (e.g. VGG-16 IMAGENET1K_FEATURES: 0-255 caffe-style), accuracy and recipe from its meta.
 
+The cached file must match the sha256 prefix in its name (check_hash_in_name), as a download must.
+
 Downloads: only when the file is not cached, and only when allowed: `download=True`, or `download=None` and the
 environment variable RESBACKBONES_OFFLINE is not set to 1/true/yes. Otherwise WeightsError names the exact file
 and folder. The file is read with weights_only=True (torchvision's own loader would unpickle freely).
 """
+import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Set, Tuple
 from urllib.error import URLError
 from urllib.parse import urlparse
 
@@ -28,6 +31,8 @@ from .metadata import WeightsMetadata
 
 PREFIX = "torchvision:"
 OFFLINE_ENV = "RESBACKBONES_OFFLINE"
+UNCHECKED_ENV = "RESBACKBONES_UNCHECKED_TORCHVISION_CACHE"
+_HASH_CHECKED: Set[Tuple[str, int, int]] = set()
 # torch.hub's naming rule: <name>-<first hex digits of the sha256>.<ext>; the download is checked against it.
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")
 
@@ -104,6 +109,39 @@ def _fetch(weights, path: Path, *, arch: str, download: Optional[bool]) -> Path:
     return path
 
 
+def check_hash_in_name(path: Path) -> None:
+    """Refuse a cached file whose sha256 does not start with the hex digits its name carries (torch.hub's rule,
+    <name>-<sha256 prefix>.<ext>, which torch.hub checks only when it downloads): a file damaged in the cache, or
+    another file saved under that name, would otherwise load as the named weights. Checked once per file content
+    (path, size, mtime) and process. Escape hatch for test suites that place stand-in weights under torchvision's
+    names: RESBACKBONES_UNCHECKED_TORCHVISION_CACHE=1 (never set it for real use)."""
+    match = _HASH_IN_NAME.search(path.name)
+    if match is None:
+        return
+    if os.environ.get(UNCHECKED_ENV, "").strip().lower() in ("1", "true", "yes"):
+        return
+    stat = path.stat()
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if key in _HASH_CHECKED:
+        return
+    expected = match.group(1)
+    with open(path, "rb") as handle:
+        found = hashlib.file_digest(handle, "sha256").hexdigest() if hasattr(hashlib, "file_digest") else \
+            _sha256(handle)
+    if not found.startswith(expected):
+        raise WeightsError(f"torchvision cache file {path} is not the file its name promises: its sha256 starts with "
+                           f"{found[:len(expected)]}, the name says {expected} (damaged, or another file saved "
+                           f"under that name); delete it to download it again, or put the right file there")
+    _HASH_CHECKED.add(key)
+
+
+def _sha256(handle) -> str:
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
 def resolve_torchvision(arch: str, enum_name: str, *,
                         download: Optional[bool] = None) -> Tuple[StateDict, WeightsMetadata, Path]:
     """(our Classifier state dict, metadata, cached file) for torchvision's `arch` weights `enum_name`.
@@ -112,6 +150,7 @@ def resolve_torchvision(arch: str, enum_name: str, *,
     """
     weights = weights_enum(arch, enum_name)
     path = _fetch(weights, cached_file(weights), arch=arch, download=download)
+    check_hash_in_name(path)
     state, _ = convert("torchvision", path)
     meta = metadata_for(arch, weights)
     if meta.num_classes is None:

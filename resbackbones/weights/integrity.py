@@ -1,0 +1,222 @@
+"""Is a weights or checkpoint file what it claims to be? Checksums, dtypes, and one line for an unreadable file.
+
+    obj, verified = load_torch_verified(path, lambda: torch.load(path, weights_only=True))   # CRC-32 per record
+    meta[CHECKSUM_KEY] = state_checksum(state)           # safetensors: written by rb.weights.save
+    verify_state_checksum(state, meta, path)             # ... and checked by every load
+    check_dtypes(state, path, expected=model.state_dict())   # int8 / bool where the model holds float: refused
+
+Checksums. torch.save's zip format already stores a CRC-32 of every record (each tensor's bytes, the pickle), but
+torch.load never checks them (its zip reader is built without CRC checks), so a checkpoint with a block of zeros
+inside a tensor loads as if nothing happened. load_torch_verified checks every record against its CRC-32 in a
+thread overlapped with torch.load: saving costs nothing extra (torch computes the CRCs anyway), loading one CRC
+pass over the file, hidden when a second core is free (benchmarks/checkpoint_checksum.py measured this and the
+sha256, blake2b and crc32 digests of the tensors that could have been stored instead).
+Checkpoints written by earlier versions carry the same CRCs and are checked the same way. safetensors has no
+checksum of its own: rb.weights.save writes "rb.checksum": "crc32:<8 hex digits>" of the tensors (names, dtypes,
+shapes, bytes) into the header. A checksum stored in the file it checks guards against accidents (torn copies,
+zeroed blocks, bit rot), not against someone who rewrites the file (who rewrites the checksum too), so CRC-32,
+which detects every error burst up to 32 bits and misses a random change with probability 2**-32, is the fit.
+
+A file of ours that carries no checksum (a safetensors file from an earlier version, a torch file in the pre-zip
+format, one saved with torch's CRCs turned off) loads with one note on stderr, once per file; foreign files
+(torchvision, detectron2) load silently.
+"""
+import os
+import struct
+import sys
+import threading
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Set, Tuple, Type, TypeVar, Union
+
+import torch
+
+from .errors import WeightsError
+
+CHECKSUM_KEY = "rb.checksum"
+_ZIP_MAGIC = b"PK\x03\x04"
+_LOCAL_HEADER = 0x04034B50
+_NOTED: Set[str] = set()
+T = TypeVar("T")
+PathLike = Union[str, os.PathLike]
+
+
+class CorruptFile(Exception):
+    """A file whose bytes do not match the checksum recorded for them; str() is the reason, without the path."""
+
+
+# -- what an unreadable file is -------------------------------------------------------------------------------------
+def describe_bytes(path: PathLike) -> str:
+    """What the start of `path` looks like, for "X is not a Y (...)" messages: empty, zeros, text, or its bytes."""
+    try:
+        size = Path(path).stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(256)
+    except OSError as error:
+        return f"it cannot be read: {error.strerror or error}"
+    if not head:
+        return "it is empty (0 bytes)"
+    if not head.strip(b"\0"):
+        return f"it starts with zero bytes ({size} bytes in all): zeroed or damaged"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if text and all(c.isprintable() or c in "\r\n\t" for c in text.rstrip("\0")[:200]):
+        first = text.splitlines()[0][:40] if text.strip() else ""
+        return f"it is a text file ({size} bytes, starting {first!r})"
+    return f"it starts with the bytes {head[:8].hex(' ')} ({size} bytes in all)"
+
+
+def is_torch_zip(path: PathLike) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4) == _ZIP_MAGIC
+
+
+# -- torch zip files: the CRC-32 of every record ---------------------------------------------------------------------
+def verify_zip_records(path: PathLike) -> bool:
+    """Check every record of torch zip file `path` against the CRC-32 its writer stored. True: all checked; False:
+    the file records no CRCs (written with torch.serialization.set_crc32_options(False)). Raises CorruptFile naming
+    the first record that differs, or a damaged zip structure."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CorruptFile(f"it is not a complete zip file ({error}: truncated, or its directory damaged)") from None
+    if records and all(r.CRC == 0 for r in records if r.file_size):
+        return False
+    import mmap
+
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            raise CorruptFile("it is empty")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                for record in records:
+                    offset = record.header_offset
+                    if offset + 30 > size or struct.unpack_from("<I", mapped, offset)[0] != _LOCAL_HEADER:
+                        raise CorruptFile(f"the header of its record {record.filename} is damaged")
+                    name_len, extra_len = struct.unpack_from("<HH", mapped, offset + 26)
+                    start = offset + 30 + name_len + extra_len
+                    end = start + record.compress_size
+                    if end > size:
+                        raise CorruptFile(f"it is truncated inside record {record.filename}")
+                    if record.file_size and zlib.crc32(view[start:end]) != record.CRC:
+                        raise CorruptFile(f"record {record.filename} does not match the CRC-32 it was written with")
+            finally:
+                view.release()
+    return True
+
+
+def load_torch_verified(path: PathLike, load: Callable[[], T]) -> Tuple[T, bool]:
+    """(load(), whether the file's records were checked): for a torch zip file, verify_zip_records runs in a thread
+    overlapped with load() (zlib releases the GIL: on a second core the check costs no wall time). Raises CorruptFile
+    when a record differs, also when load() itself failed on the damage. Any other file: load(), not checked.
+
+    Not mmap=True: a mapped checkpoint would leave the resumed optimizer state backed by the file (a later in-place
+    copy over it ends in SIGBUS, and Windows cannot replace a mapped file), for no measurable gain."""
+    if not is_torch_zip(path):
+        return load(), False
+    outcome: Dict[str, Any] = {}
+
+    def check() -> None:
+        try:
+            outcome["verified"] = verify_zip_records(path)
+        except CorruptFile as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=check, name="resbackbones-crc32", daemon=True)
+    thread.start()
+    try:
+        obj = load()
+    except BaseException:
+        thread.join()
+        if "error" in outcome:  # the damage is the reason, not the loader's symptom of it
+            raise outcome["error"] from None
+        raise
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return obj, bool(outcome.get("verified"))
+
+
+# -- safetensors: rb.checksum in the header --------------------------------------------------------------------------
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+def state_checksum(state: Mapping[str, torch.Tensor]) -> str:
+    """"crc32:<8 hex>" over every tensor of `state` in key order: its name, dtype, shape and bytes (a swapped pair
+    of same-shaped tensors, or a changed dtype, changes it too)."""
+    crc = 0
+    for key in sorted(state):
+        tensor = state[key]
+        crc = zlib.crc32(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode("utf-8"), crc)
+        crc = zlib.crc32(_tensor_bytes(tensor), crc)
+    return f"crc32:{crc:08x}"
+
+
+def verify_state_checksum(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str], path: PathLike, *,
+                          error: Type[Exception] = WeightsError) -> bool:
+    """Compare `state` with metadata[CHECKSUM_KEY]; False when there is none. Raises `error` (one line naming the
+    file) when it differs or names an algorithm this version does not know."""
+    recorded = metadata.get(CHECKSUM_KEY)
+    if recorded is None:
+        return False
+    if not str(recorded).startswith("crc32:"):
+        raise error(f"{path}: its {CHECKSUM_KEY} {recorded!r} is not a checksum this version knows (crc32:<hex>); "
+                    f"written by a newer resbackbones? upgrade to read it")
+    found = state_checksum(state)
+    if found != recorded:
+        raise error(f"{path} is corrupted: its tensor data does not match the checksum it was saved with "
+                    f"({CHECKSUM_KEY} {recorded}, the data gives {found}); nothing was loaded: use another copy")
+    return True
+
+
+def note_unverified(path: PathLike, what: str) -> None:
+    """One note on stderr, once per file and process: our `what` at `path` carries no checksum to verify."""
+    key = os.path.realpath(os.fspath(path))
+    if key in _NOTED:
+        return
+    _NOTED.add(key)
+    print(f"note: {path} carries no checksum ({what} written by an earlier version of resbackbones); its tensor "
+          f"data cannot be verified. Save it again to add one.", file=sys.stderr, flush=True)
+
+
+# -- dtypes ---------------------------------------------------------------------------------------------------------
+def _kind(dtype: torch.dtype) -> str:
+    if dtype.is_floating_point:
+        return "float"
+    if dtype.is_complex:
+        return "complex"
+    return "bool" if dtype == torch.bool else "integer"
+
+
+def check_dtypes(state: Mapping[str, Any], source: Any, *, expected: Optional[Mapping[str, torch.Tensor]] = None,
+                 error: Type[Exception] = WeightsError) -> None:
+    """Refuse tensors whose kind (float / integer / bool / complex) differs from what the model holds, before
+    load_state_dict would cast them silently (an int8 or bool tensor into a float parameter).
+
+    expected: the model's state dict, compared key by key. Without it: every tensor must be floating point, except
+    integer counters whose key ends in num_batches_tracked (BatchNorm's). Raises `error` in one line naming
+    `source` (the file), the first key, its dtype and what was expected."""
+    bad = []
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        kind = _kind(value.dtype)
+        if expected is not None:
+            mine = expected.get(key)
+            if isinstance(mine, torch.Tensor) and _kind(mine.dtype) != kind:
+                bad.append((key, value.dtype, f"the model's is {mine.dtype}"))
+        elif kind != "float" and not (kind == "integer" and key.endswith("num_batches_tracked")):
+            bad.append((key, value.dtype, "weights are floating point"))
+    if bad:
+        key, dtype, wanted = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise error(f"{source}: tensor {key} is {dtype}, {wanted}{more}; quantized, boolean or damaged weights are "
+                    f"not cast to float: give the floating-point file")
