@@ -14,7 +14,7 @@ import dataclasses
 import typing
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
-__all__ = ["upgrade", "renamed_keys"]
+__all__ = ["upgrade", "renamed_keys", "schema_for"]
 
 # New dotted key -> conversion of a stored value of the old type (values of the new type pass unchanged).
 VALUE_RULES: Dict[str, Callable[[Any], Any]] = {
@@ -25,7 +25,8 @@ VALUE_RULES: Dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _schema(task: str) -> type:
+def schema_for(task: str) -> type:
+    """The config schema of a task: "cls" (ClsConfig) or "det" (DetTrainConfig)."""
     if task == "cls":
         from .cls import ClsConfig
 
@@ -83,7 +84,7 @@ def upgrade(data: Mapping[str, Any], task: str) -> Tuple[Dict[str, Any], List[st
     changed ("solver.lr -> solver.base_lr"). The input is not modified."""
     out = copy.deepcopy(dict(data))
     notes = []
-    for old, new in renamed_keys(_schema(task)):
+    for old, new in renamed_keys(schema_for(task)):
         found, value = _pop(out, old)
         if not found:
             continue

@@ -1,6 +1,6 @@
 """Classification's per-epoch bookkeeping on the loop core: running loss / top-1 sums, the tqdm bar or log line."""
 import time
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import torch
 
@@ -52,3 +52,22 @@ class EpochMeter(HookBase):
         totals = all_reduce_sums({k: float(v) for k, v in self.sums.items()}, self.device)
         totals["elapsed"] = time.time() - self.start_time
         return totals
+
+
+def progress_bar(enabled: bool, total: int, initial: int, epoch: int, epochs: int) -> Optional[object]:
+    """The epoch's tqdm bar ("epoch 2/3"), None when disabled (train.progress false, or not rank 0)."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="it", dynamic_ncols=True,
+                leave=False)
+
+
+def epoch_line(row: Mapping, epochs: int) -> str:
+    """The console line of a finished epoch: loss, train / val accuracy, lr, time, throughput."""
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['train_loss']:.4f}", f"train top-1 {row['train_top1']:.2f}%"]
+    if "val_top1" in row:
+        parts += [f"val top-1 {row['val_top1']:.2f}%", f"top-5 {row['val_top5']:.2f}%"]
+    parts += [f"lr {row['lr']:.4g}", f"{row['epoch_time_s']:.1f}s", f"{row['images_per_s']:.0f} img/s"]
+    return "  ".join(parts)

@@ -19,14 +19,14 @@ from torch import nn
 
 from .. import weights as rb_weights
 from ..backbones import build_classifier
-from ..config import ConfigError, dump_yaml, to_dict
+from ..config import ConfigError, to_dict
 from ..config.cls import ClsConfig
 from ..data.cls_transforms import TransformedDataset, build_cls_transform
 from ..data.errors import DataError
 from ..data.folders import ImageFolderDataset, find_split
 from ..data.synthetic_cls import default_cache_dir, write_image_folder
 from . import distributed as dist_utils
-from .cls_epoch import EpochMeter
+from .cls_epoch import EpochMeter, epoch_line, progress_bar
 from .checkpoint import (CheckpointManager, checkpoints_dir, find_resume_checkpoint, gathered_rng_state,
                          load_checkpoint, load_optimizer_state, restore_rng_state)
 from .data_loading import ResumableSampler, make_loader
@@ -34,10 +34,12 @@ from ..evaluation.classification import ClassificationEvaluator
 from ..evaluation.inference import inference_on_dataset
 from .device import grad_scaler
 from .ema import ModelEMA
-from .hooks import EMAHook, Periodic, TrainTimer
+from .hooks import EMAHook, Periodic, TrainTimer, early_stop_line, raise_for_signal
 from .loop import Trainer
 from .metrics_log import CURVES_NAME, MetricsLogger, plot_error_curves
 from .optim import build_optimizer_for, build_scheduler, weight_penalty
+from .resume_changes import (apply_solver_changes, compare_resume_config, fresh_solver_state, recorded_changes,
+                             write_run_config)
 from .setup import setup_run
 from .tool_errors import TrainingDiverged  # noqa: F401 (also imported from here)
 
@@ -67,9 +69,13 @@ class ClsTrainer(Trainer):
         self.iters_this_epoch = 0
         self._partial: Dict[str, float] = {}
         self.ema: Optional[ModelEMA] = None
+        self.config_changes: List = []  # every resume's applied changes (engine/resume_changes.py)
         if build_train:
             self._build_solver()
             self.meter = EpochMeter()
+            # Read and compared before anything is written (the logger creates tensorboard/): a refused resume
+            # leaves the run folder as it was.
+            resumed = self._read_resume(resume, compare=write_run_files) if resume else None
             # The timer first: it decides whether training stops after this step (train.time_limit_s).
             self.register_hooks([TrainTimer(cfg.train.time_limit_s),
                                  EMAHook(self.ema) if self.ema is not None else None, self.meter,
@@ -78,10 +84,10 @@ class ClsTrainer(Trainer):
                                         tensorboard=cfg.train.tensorboard, columns=METRIC_COLUMNS)
             self.checkpoints = CheckpointManager(checkpoints_dir(self.output_dir), metric="val_top1",
                                                  keep_every=cfg.train.keep_every)
-            if resume:
-                self._resume(resume)
+            if resumed is not None:
+                self._resume(*resumed)
             if self.is_main and write_run_files:
-                dump_yaml(cfg, self.output_dir / "config.yaml")
+                write_run_config(cfg, self.output_dir / "config.yaml", self.config_changes)
 
     @property
     def global_iter(self) -> int:
@@ -207,21 +213,38 @@ class ClsTrainer(Trainer):
             "rng": gathered_rng_state(),  # a collective: every rank calls state_dict() (see _save)
             "epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch, "global_iter": self.global_iter,
             "partial": dict(self._partial), "train_seconds": self.train_seconds,
+            "config_changes": [c.to_dict() for c in self.config_changes],
             "task": "cls", "arch": self.cfg.model.backbone.name, "num_classes": self.num_classes,
             "classes": list(self.classes),
             "config": to_dict(self.cfg),
         }
 
-    def _resume(self, resume: object) -> None:
+    def _read_resume(self, resume: object, *, compare: bool = True):
+        """(path, state, changes, fresh) of the checkpoint `resume` names, its model and optimizer states loaded
+        (each refuses another shape / optimizer in one line) and its recorded config compared with this run's
+        (engine/resume_changes.py: refused changes raise ConfigError; not for --eval-only, which trains nothing);
+        None when there is none to resume from."""
         path, note = find_resume_checkpoint(self.output_dir, resume)
         if note and self.is_main:
             print(note, flush=True)
         if path is None:
-            return
+            return None
         state = load_checkpoint(path, map_location=self.device)
         rb_weights.load_state_dict(self.model, state["model"], source=str(path))
+        fresh = fresh_solver_state(self.optimizer, self.scheduler)  # this config's lr, before the checkpoint's
         load_optimizer_state(self.optimizer, state, checkpoint=path)
+        at, epoch, inside = int(state["global_iter"]), int(state["epoch"]), int(state["iter_in_epoch"])
+        ipe = self.iters_per_epoch
+        changes = compare_resume_config(
+            state.get("config") if compare else None, self.cfg, task="cls", checkpoint=path, iteration=at,
+            total_iters=self.max_iter, position=f"epoch {epoch} + {inside} iterations, iteration {at}",
+            min_length={"solver.max_iter": at + 1, "solver.epochs": at // ipe + 1})
+        return path, state, changes, fresh
+
+    def _resume(self, path: Path, state: Dict, changes: List, fresh: Dict) -> None:
         self.scheduler.load_state_dict(state["scheduler"])
+        apply_solver_changes(self.optimizer, self.scheduler, fresh, changes)
+        self.config_changes = recorded_changes(state) + list(changes)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema"):
@@ -235,6 +258,8 @@ class ClsTrainer(Trainer):
         self.logger.resume(self.epoch)
         if self.is_main:
             print(f"resumed from {path}: epoch {self.epoch}, iteration {self.global_iter}")
+            for change in changes:
+                print(change.line(), flush=True)
 
     def _save(self, metrics: Optional[Dict] = None) -> None:
         state = self.checked_state()
@@ -286,7 +311,8 @@ class ClsTrainer(Trainer):
                              workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
                              drop_last=True, generator=generator)
         self.iters_this_epoch = min(self.iters_per_epoch, self.max_iter - (self.iter - start_iter))
-        self.meter.start(self, self._partial, progress=self._progress(self.iters_this_epoch, start_iter))
+        self.meter.start(self, self._partial, progress=progress_bar(
+            self.cfg.train.progress and self.is_main, self.iters_this_epoch, start_iter, self.epoch, self.epochs))
         self.train(self._batches(loader), max_iter=self.iter - start_iter + self.iters_this_epoch)
         if self.stop and self.iter_in_epoch < self.iters_this_epoch:  # train.time_limit_s inside the epoch
             self._partial = self.meter.totals()
@@ -307,14 +333,6 @@ class ClsTrainer(Trainer):
         if self.iter_in_epoch < self.iters_this_epoch:
             self._partial = self.meter.totals()
             self._save()
-
-    def _progress(self, total: int, initial: int):
-        if not (self.cfg.train.progress and self.is_main):
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch + 1}/{self.epochs}", unit="it",
-                    dynamic_ncols=True, leave=False)
 
     def evaluate(self, model: Optional[nn.Module] = None) -> Dict[str, float]:
         """Top-1/top-5 (percent), mean loss and image count over the val split, summed over all ranks.
@@ -338,28 +356,28 @@ class ClsTrainer(Trainer):
                   f"output {self.output_dir}", flush=True)
             print(f"amp: {self.amp} ({self.amp_reason})", flush=True)
         row: Dict[str, float] = {}
-        while self.global_iter < self.max_iter:
-            stats = self.train_one_epoch()
-            if stats is None:
-                break
-            self.epoch += 1
-            last = self.global_iter >= self.max_iter
-            val = self.evaluate() if (last or self.epoch % max(1, cfg.train.eval_period) == 0) else {}
-            row = {"epoch": self.epoch, "iter": self.global_iter, **stats, **val}
-            self.logger.log(row)
-            self._save(metrics=row)
-            if self.is_main:
-                plot_error_curves(self.logger.rows, self.output_dir / CURVES_NAME,
-                                  title=f"{cfg.model.backbone.name}: train (dashed) / val (bold) error")
-                self._print_row(row)
-            if self.stop:
-                break
-        if self.stop and self.is_main:
-            print(f"train.time_limit_s ({cfg.train.time_limit_s:g} s) reached after {self.train_seconds:.1f} s of "
-                  f"training at iteration {self.global_iter} ({self.epoch} epochs + {self.iter_in_epoch} iterations): "
-                  f"stopped, checkpoint "
-                  f"{self.checkpoint_path} (--resume continues)", flush=True)
+        with self.catch_signals():  # SIGINT / SIGTERM: stop after the step (or this epoch's end), save, say so
+            while self.global_iter < self.max_iter:
+                stats = self.train_one_epoch()
+                if stats is None:
+                    break
+                self.epoch += 1
+                last = self.global_iter >= self.max_iter
+                val = self.evaluate() if (last or self.epoch % max(1, cfg.train.eval_period) == 0) else {}
+                row = {"epoch": self.epoch, "iter": self.global_iter, **stats, **val}
+                self.logger.log(row)
+                self._save(metrics=row)
+                if self.is_main:
+                    plot_error_curves(self.logger.rows, self.output_dir / CURVES_NAME,
+                                      title=f"{cfg.model.backbone.name}: train (dashed) / val (bold) error")
+                    print(epoch_line(row, self.epochs), flush=True)
+                if self.check_signals():  # all ranks: a signal during evaluation stops here
+                    break
+        if self.stop_reason and self.global_iter < self.max_iter and self.is_main:
+            print(early_stop_line(self, self.max_iter, f" ({self.epoch} epochs + {self.iter_in_epoch} iterations)"),
+                  flush=True)
         self.logger.close()
+        raise_for_signal(self, self.max_iter)
         return row
 
     def export_backbone(self, path: str, *, metrics: Dict[str, float]) -> Path:
@@ -372,12 +390,5 @@ class ClsTrainer(Trainer):
         meta = rb_weights.WeightsMetadata.from_train_cls(to_dict(self.cfg), num_classes=self.num_classes, extra=extra)
         return rb_weights.save(dist_utils.unwrap(model).backbone, path, metadata=meta.to_dict())
 
-    def _print_row(self, row: Dict) -> None:
-        parts = [f"epoch {row['epoch']}/{self.epochs}", f"loss {row['train_loss']:.4f}",
-                 f"train top-1 {row['train_top1']:.2f}%"]
-        if "val_top1" in row:
-            parts += [f"val top-1 {row['val_top1']:.2f}%", f"top-5 {row['val_top5']:.2f}%"]
-        parts += [f"lr {row['lr']:.4g}", f"{row['epoch_time_s']:.1f}s", f"{row['images_per_s']:.0f} img/s"]
-        print("  ".join(parts), flush=True)
 
 

@@ -17,7 +17,7 @@ from typing import Dict, Iterator, List, Optional, Union
 import torch
 from torch import nn
 
-from ..config import ConfigError, dump_yaml, to_dict
+from ..config import ConfigError, to_dict
 from ..config.det import DetTrainConfig, default_iou_types
 from ..data.det_datasets import build_det_dataset, check_data_paths
 from ..data.det_transforms import build_det_transforms, collate_detection
@@ -35,8 +35,10 @@ from .metrics_log import MetricsLogger
 from .optim import build_optimizer_for, make_lr_lambda
 from .outputs import write_json_atomic
 from .setup import setup_run
-from .hooks import LossWindow, Periodic, TrainTimer
+from .hooks import LossWindow, Periodic, TrainTimer, early_stop_line, raise_for_signal, stopped_early
 from .loop import Trainer
+from .resume_changes import (apply_solver_changes, compare_resume_config, fresh_solver_state, recorded_changes,
+                             write_run_config)
 from .tool_errors import TrainingDiverged  # noqa: F401 (also imported from here)
 
 # What a run writes into its output folder (train_det --overwrite deletes these and nothing else); LAST and BEST:
@@ -102,6 +104,10 @@ class DetTrainer(Trainer):
         self.checkpoints = CheckpointManager(checkpoints_dir(self.output), metric=f"{self.iou_types[0]}_AP",
                                              keep_every=tcfg.keep_every, keep_unit="iter")  # iter_N.pt
         self.last_results: List[Dict] = []  # the detections of the latest evaluation (rank 0)
+        self.config_changes: List = []  # every resume's applied changes (engine/resume_changes.py)
+        # The checkpoint is read and its config compared before anything is written (the logger creates
+        # tensorboard/): a refused resume leaves the run folder as it was.
+        resumed = self._read_resume(resume) if resume and not eval_only else None
         # Evaluation of a checkpoint leaves the run folder alone (the tool writes its report beside the checkpoint).
         self.label_to_category = dict(self.val_set.label_to_category)  # evaluation: the checkpoint's (below)
         self.logger = MetricsLogger(self.output, enabled=self.dist.is_main and not eval_only, index_key="iter",
@@ -110,15 +116,11 @@ class DetTrainer(Trainer):
             self.label_to_category, note = loaded.label_mapping(self.val_set.categories)
             if note and self.dist.is_main:
                 print(f"note: {note}", flush=True)
-        elif checkpoint or resume:
-            path, note = find_resume_checkpoint(self.output, checkpoint or resume)
-            if note and self.dist.is_main:
-                print(note, flush=True)
-            if path is not None:
-                self._load(path)
+        elif resumed is not None:
+            self._load(*resumed)
         if self.dist.is_main and not eval_only:
             self.output.mkdir(parents=True, exist_ok=True)
-            dump_yaml(cfg, self.output / "config.yaml")
+            write_run_config(cfg, self.output / "config.yaml", self.config_changes)
         self.train_model: nn.Module = self.model
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -171,6 +173,7 @@ class DetTrainer(Trainer):
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
                 "iteration": self.iter, "train_seconds": self.train_seconds,
+                "config_changes": [c.to_dict() for c in self.config_changes],
                 "rng": gathered_rng_state(),  # a collective: every rank calls state_dict()
                 **self.checkpoints.state(),
                 "config": to_dict(self.cfg),  # the resolved config: the model is rebuilt from it alone
@@ -187,12 +190,30 @@ class DetTrainer(Trainer):
         self.checkpoints.save(state, iteration=self.iter)
         return self.checkpoint_path
 
-    def _load(self, path) -> None:
-        """Resume from a checkpoint of this tool (legacy OUTPUT/last.pt files too: a single RNG dict, no task)."""
+    def _read_resume(self, resume: Union[bool, str]):
+        """(path, state, changes, fresh) of the checkpoint --resume names, its model and optimizer states loaded
+        (each refuses another shape / optimizer in one line) and its recorded config compared with this run's
+        (engine/resume_changes.py: refused changes raise ConfigError); None when there is none to resume from."""
+        path, note = find_resume_checkpoint(self.output, resume)
+        if note and self.dist.is_main:
+            print(note, flush=True)
+        if path is None:
+            return None
         state = load_checkpoint(path, map_location=self.device)
         load_matching_state(self.model, state["model"], checkpoint=path, model_source="the config")
+        fresh = fresh_solver_state(self.optimizer, self.scheduler)  # this config's lr, before the checkpoint's
         load_optimizer_state(self.optimizer, state, checkpoint=path)
+        at = int(state["iteration"])
+        changes = compare_resume_config(state.get("config"), self.cfg, task="det", checkpoint=path, iteration=at,
+                                        total_iters=self.cfg.solver.max_iter, position=f"iteration {at}")
+        return path, state, changes, fresh
+
+    def _load(self, path, state: Dict, changes: List, fresh: Dict) -> None:
+        """Resume from a checkpoint of this tool (legacy OUTPUT/last.pt files too: a single RNG dict, no task), with
+        this run's applied config changes made true and recorded."""
         self.scheduler.load_state_dict(state["scheduler"])
+        apply_solver_changes(self.optimizer, self.scheduler, fresh, changes)
+        self.config_changes = recorded_changes(state) + list(changes)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.iter = int(state["iteration"])
@@ -203,6 +224,8 @@ class DetTrainer(Trainer):
         self.logger.resume(self.iter)
         if self.dist.is_main:  # train_cls's wording
             print(f"resumed from {path}: iteration {self.iter}", flush=True)
+            for change in changes:
+                print(change.line(), flush=True)
 
     # -- training ---------------------------------------------------------------------------------------------
     def data_iter(self) -> Iterator:
@@ -235,10 +258,20 @@ class DetTrainer(Trainer):
 
     def fit(self) -> Dict[str, Dict[str, float]]:
         """Train to solver.max_iter (or train.time_limit_s), save, evaluate; returns the final evaluation."""
-        if self.iter < self.cfg.solver.max_iter:
-            self.train(self.data_iter(), self.cfg.solver.max_iter)
+        max_iter = self.cfg.solver.max_iter
+        if self.iter < max_iter:
+            with self.catch_signals():  # SIGINT / SIGTERM: stop after the step, save, say so (below)
+                self.train(self.data_iter(), max_iter)
         self.save()
-        result = self._eval_and_log(final=True)
+        early = stopped_early(self, max_iter)
+        if early and self.dist.is_main:
+            print(early_stop_line(self, max_iter), flush=True)
+        if early and early["reason"] != "time_limit":  # a signal: no evaluation, the user wants the process to end
+            if self.dist.is_main:
+                write_json_atomic(self.output / "eval.json", self._summary({}, early))
+            self.logger.close()
+            raise_for_signal(self, max_iter)
+        result = self._eval_and_log(final=True, early=early)
         self.logger.close()
         return result
 
@@ -273,7 +306,16 @@ class DetTrainer(Trainer):
             self.last_results = evaluator.detections
         return out
 
-    def _eval_and_log(self, final: bool = False) -> Dict:
+    def _summary(self, result: Dict, early: Optional[Dict]) -> Dict:
+        """eval.json: the final evaluation, where the run stands, and what is not final about it."""
+        summary = dict(result, iteration=self.iteration, train_seconds=round(self.train_seconds, 1))
+        if early:  # a resumable run stopped before solver.max_iter: these numbers are not the run's final ones
+            summary["stopped_early"] = early
+        if self.config_changes:
+            summary["config_changes"] = [c.to_dict() for c in self.config_changes]
+        return summary
+
+    def _eval_and_log(self, final: bool = False, early: Optional[Dict] = None) -> Dict:
         result = self.evaluate()
         state = self.checked_state()  # on every rank (it gathers their RNG states), for best.pt below
         if self.dist.is_main:
@@ -291,8 +333,7 @@ class DetTrainer(Trainer):
                 print(best_line(best, self.iou_types[0]), flush=True)
             if final:
                 write_json_atomic(self.output / RESULTS_FILE, self.last_results, indent=None)
-                summary = dict(result, iteration=self.iteration, train_seconds=round(self.train_seconds, 1),
-                               coco_results=str(RESULTS_FILE))
+                summary = dict(self._summary(result, early), coco_results=str(RESULTS_FILE))
                 if best.best is not None:
                     summary["best"] = {"checkpoint": f"{CHECKPOINTS}/{BEST}", **best.state()}
                 write_json_atomic(self.output / "eval.json", summary)

@@ -1,6 +1,6 @@
 """Hooks the trainers register on the loop core (engine/loop.py): what happens around a step, apart from the step."""
 import time
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from .distributed import first_rank_with
 from .ema import ModelEMA
@@ -47,7 +47,7 @@ class TrainTimer(HookBase):
     def after_step(self, trainer: Trainer) -> None:
         trainer.train_seconds = time.perf_counter() - self.start
         if self.limit_s and first_rank_with(trainer.train_seconds > self.limit_s, trainer.device) is not None:
-            trainer.stop = True
+            trainer.stop, trainer.stop_reason = True, trainer.stop_reason or "time_limit"
 
 
 class LossWindow(HookBase):
@@ -93,3 +93,39 @@ class LossWindow(HookBase):
             row[key] = sum(r[key] for r in self.window) / len(self.window)
         trainer.logger.log(row)
         self.window = []
+
+
+def stopped_early(trainer: Trainer, max_iter: int) -> Optional[Dict[str, Any]]:
+    """eval.json's record of a stop before the run's length (None when it did not stop early): {"reason":
+    "time_limit" | "SIGINT" | "SIGTERM", "iteration", "max_iter", "train_seconds"[, "time_limit_s"]}."""
+    if not trainer.stop_reason or trainer.iter >= max_iter:
+        return None
+    record = {"reason": trainer.stop_reason, "iteration": trainer.iter, "max_iter": max_iter,
+              "train_seconds": round(trainer.train_seconds, 1)}
+    if trainer.stop_reason == "time_limit":
+        record["time_limit_s"] = trainer.cfg.train.time_limit_s
+    return record
+
+
+def early_stop_line(trainer: Trainer, max_iter: int, position: str = "") -> str:
+    """The one console line of an early stop: what stopped it, where, the checkpoint kept and how to continue."""
+    limit = trainer.cfg.train.time_limit_s
+    if trainer.stop_reason == "time_limit":
+        what = f"train.time_limit_s ({limit:g} s; {trainer.train_seconds:.1f} s trained)"
+        # The limit counts the training time of the whole run, resumed parts included: the same limit stops again.
+        how = "--resume train.time_limit_s=<more seconds, 0 = none>"
+    else:
+        what, how = trainer.stop_reason, "--resume"
+    return (f"stopped early by {what} at iteration {trainer.iter} of {max_iter}{position}: checkpoint "
+            f"{trainer.checkpoint_path} kept; the run is resumable: continue it with {how}")
+
+
+def raise_for_signal(trainer: Trainer, max_iter: int) -> None:
+    """After a signal stopped training before max_iter and its checkpoint is saved: end the process as that signal
+    would (SIGINT: KeyboardInterrupt, exit 130 through the tools; SIGTERM: exit 143)."""
+    if trainer.iter >= max_iter:
+        return
+    if trainer.stop_reason == "SIGTERM":
+        raise SystemExit(143)
+    if trainer.stop_reason not in (None, "time_limit"):
+        raise KeyboardInterrupt

@@ -14,6 +14,9 @@ divergence message says is kept). Every rank runs the same calls; the checks tha
 the weights) are all-reduced, so all ranks raise TrainingDiverged together instead of some waiting forever in the
 next collective.
 """
+import contextlib
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, NoReturn, Optional
@@ -72,6 +75,9 @@ class Trainer:
         self.train_seconds = 0.0  # training time so far, kept across resumes by trainers that save it
         self.hooks: List[HookBase] = []
         self.stop = False  # a hook sets it to end train() after the current step
+        # Why training stopped before its length ("time_limit", "SIGINT", "SIGTERM"); None: it did not.
+        self.stop_reason: Optional[str] = None
+        self.signals: List[str] = []  # SIGINT / SIGTERM received inside catch_signals(), by name
         self.last_step: Optional[StepResult] = None
 
     # -- what a task provides ---------------------------------------------------------------------------------------
@@ -132,8 +138,8 @@ class Trainer:
         return StepResult(loss.detach(), {k: v.detach() for k, v in terms.items()}, outputs, batch)
 
     def train(self, data: Iterator, max_iter: int) -> None:
-        """before_train hooks; run_step on next(data) until max_iter steps are done or a hook sets self.stop, with
-        after_step hooks after each; after_train hooks."""
+        """before_train hooks; run_step on next(data) until max_iter steps are done or a hook sets self.stop (or,
+        inside catch_signals, a signal arrived), with after_step hooks after each; after_train hooks."""
         self.stop = False
         self.train_model.train()
         self.call_hooks("before_train")
@@ -141,7 +147,28 @@ class Trainer:
             self.last_step = self.run_step(next(data))
             self.iter += 1
             self.call_hooks("after_step")
+            self.check_signals()
         self.call_hooks("after_train")
+
+    @contextlib.contextmanager
+    def catch_signals(self) -> Iterator[None]:
+        """Within the block SIGINT and SIGTERM do not end the process: they are noted (self.signals), and train()
+        stops after the current step like train.time_limit_s (self.stop_reason names the signal), so the trainer
+        saves a checkpoint and says so; a second signal interrupts at once (KeyboardInterrupt)."""
+        with _signals_noted() as received:
+            self.signals = received
+            try:
+                yield
+            finally:
+                self.signals = []
+
+    def check_signals(self) -> bool:
+        """Set self.stop (and stop_reason) when any rank received a signal inside catch_signals; every rank calls it
+        at the same point (torchrun signals every rank, not at the same instant: they must stop at one step)."""
+        if first_rank_with(bool(self.signals), self.device) is not None:
+            self.stop = True
+            self.stop_reason = self.stop_reason or (self.signals[0] if self.signals else "a signal on another rank")
+        return self.stop
 
     # -- saving ---------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -185,3 +212,30 @@ class Trainer:
         raise TrainingDiverged(
             f"{what} ({detail + '; ' if detail else ''}{lr}); training stopped, {kept}. "
             f"Try a lower solver.base_lr, warm-up, solver.clip_grad_norm or amp=none.")
+
+
+@contextlib.contextmanager
+def _signals_noted() -> Iterator[List[str]]:
+    """Within the block, SIGINT and SIGTERM append their name to the yielded list instead of ending the process (a
+    second one raises KeyboardInterrupt); the previous handlers come back when the block ends, on an error too.
+    Only the main thread may set handlers: elsewhere the signals keep theirs."""
+    received: List[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handle(signum, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+
+    # A signal the process ignores (SIGINT of a background job started by a script) stays ignored.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: handler for sig, handler in previous.items() if handler not in (signal.SIG_IGN, None)}
+    for sig in previous:
+        signal.signal(sig, handle)
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -58,6 +58,10 @@ class MetricsLogger:
                     if row.get(self.index_key, math.inf) <= last_index:
                         rows.append(row)
         self.rows = rows
+        # Every column the kept rows have, in their order: the next row alone (an evaluation row, say) would
+        # otherwise fix the CSV's columns and drop the loss columns of the rows before it.
+        for row in rows:
+            self.columns += [k for k in row if k not in self.columns]
         self._rewrite()
 
     def log(self, row: Dict, *, step: Optional[int] = None) -> None:
