@@ -20,30 +20,44 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..evaluation.coco_checks import check_ground_truth
-from .errors import DataError
+from ..evaluation.coco_checks import _rle_problem, check_ground_truth, decodable_rle_problem, read_coco_json
+from .errors import DataError, show_path
 from .folders import read_image
 
 MIN_BOX_SIDE = 1.0  # pixels: boxes thinner than this after clipping carry no trainable signal
 
 
 def _load_coco(ann_file: Path):
+    """The COCO load path of training and evaluation sets: read_coco_json (missing, unreadable, not UTF-8, not JSON:
+    one line naming the file), the ids and types checked (naming the file, the record and its id, the field), then
+    pycocotools' own index built from the checked dict (COCO(path) would re-read the file and fail on a wrong type
+    with a bare KeyError / TypeError)."""
     from pycocotools.coco import COCO  # the reference COCO index (and polygon / RLE codec)
 
-    if not ann_file.is_file():
-        raise DataError(f"COCO annotation file not found: {ann_file}")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            return COCO(str(ann_file))
-    except (ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{ann_file} is not a COCO instances json: {error}") from None
+    dataset = read_coco_json(ann_file, "COCO annotation", error=DataError)
+    _refuse_duplicate_ids(dataset, ann_file)
+    # Wrongly typed fields (string ids, iscrowd 2, a bbox of strings, a malformed RLE) are refused naming the
+    # record; bad values (empty or negative boxes, unknown categories, degenerate polygons) are dropped and counted
+    # by CocoDetection.
+    check_ground_truth(dataset, source=show_path(ann_file), types_only=True, error=DataError)
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco.createIndex()
+    return coco
 
 
-def _refuse_duplicate_ids(dataset: Dict[str, Any], ann_file: Path) -> None:
+def _refuse_duplicate_ids(dataset: Any, ann_file: Path) -> None:
     """pycocotools indexes annotations and images by id, so a repeated id silently replaces the first entry in
-    COCOeval's ground truth while training would still see both: refuse, naming the id."""
+    COCOeval's ground truth while training would still see both: refuse, naming the id. (Records that are not
+    mappings, or ids that are not ints, are check_ground_truth's to name.)"""
+    if not isinstance(dataset, dict):
+        return
     for kind in ("images", "annotations"):
-        counts = Counter(entry.get("id") for entry in dataset.get(kind, []))
+        records = dataset.get(kind)
+        if not isinstance(records, list):
+            continue
+        counts = Counter(entry["id"] for entry in records if isinstance(entry, dict) and isinstance(entry.get("id"), int))
         repeated = sorted((i for i, n in counts.items() if n > 1), key=str)
         if repeated:
             raise DataError(f"{ann_file}: duplicate {kind[:-1]} id(s) {repeated[:5]} ({len(repeated)} in all); "
@@ -71,10 +85,6 @@ class CocoDetection(torch.utils.data.Dataset):
         if not self.image_root.is_dir():
             raise DataError(f"COCO image folder not found: {self.image_root} (for {self.ann_file})")
         self.coco = _load_coco(self.ann_file)
-        _refuse_duplicate_ids(self.coco.dataset, self.ann_file)
-        # Wrongly typed fields (string ids, iscrowd 2, a bbox of strings) are refused naming the record; bad values
-        # (empty or negative boxes, unknown categories, degenerate polygons) are dropped and counted below.
-        check_ground_truth(self.coco.dataset, source=str(self.ann_file), types_only=True, error=DataError)
         self.with_masks, self.transforms, self.cache_images = with_masks, transforms, cache_images
         cat_ids = sorted(self.coco.getCatIds())
         self.categories = [self.coco.cats[c] for c in cat_ids]
@@ -86,6 +96,7 @@ class CocoDetection(torch.utils.data.Dataset):
         missing = [i for i in ids if i not in self.coco.imgs]
         if missing:
             raise DataError(f"image ids {missing[:5]} are not in {self.ann_file}")
+        self.num_sizes_read = self._fill_missing_sizes(ids)
         self._targets: Dict[int, Dict[str, Any]] = {}
         for image_id in ids:
             self._targets[image_id] = self._clean_annotations(image_id)
@@ -107,6 +118,33 @@ class CocoDetection(torch.utils.data.Dataset):
         dropped = ", ".join(f"{k}: {v}" for k, v in sorted(self.dropped.items())) or "none"
         return (f"{self.ann_file.name}: {len(self.ids)} images, {instances} instances, {self.num_classes} classes; "
                 f"dropped annotations: {dropped}; images without annotations filtered: {self.num_filtered_empty}")
+
+    def _fill_missing_sizes(self, ids: Sequence[int]) -> int:
+        """Give every image record without `width` / `height` the size of its decoded file; returns how many.
+
+        pycocotools, torchvision and detectron2 train on such a json (detectron2 reads the size from the image), so
+        refusing it would be stricter than the reference; the size is needed here to clip boxes and draw masks.
+        It is read by decoding the file with read_image, the same decode as training (EXIF orientation applied),
+        so it cannot disagree with the pixels; a missing or undecodable file is one line naming the file and the
+        image id. The record is updated in place, so the evaluation ground truth has the size too (issue 21).
+        """
+        count = 0
+        for image_id in ids:
+            info = self.coco.imgs[image_id]
+            if "width" in info and "height" in info:
+                continue
+            path = self.image_path(image_id)
+            try:
+                height, width = read_image(path).shape[:2]
+            except DataError as error:
+                raise DataError(f"image id {image_id} in {show_path(self.ann_file)} has no width / height, and its "
+                                f"size cannot be read from the file: {error}") from None
+            for key, value in (("width", int(width)), ("height", int(height))):
+                if info.setdefault(key, value) != value:
+                    raise DataError(f"image {show_path(path)} is {width}x{height} but {show_path(self.ann_file)} "
+                                    f"says {key} {info[key]} (image id {image_id})")
+            count += 1
+        return count
 
     # -- annotations ------------------------------------------------------------------------------------------
     def _clean_annotations(self, image_id: int) -> Dict[str, Any]:
@@ -133,6 +171,8 @@ class CocoDetection(torch.utils.data.Dataset):
                 continue
             if (x1, y1, x2, y2) != (x, y, x + w, y + h):
                 self.dropped["clipped (kept)"] += 1
+            if self.with_masks:
+                self._refuse_undecodable(ann, image_id, int(height), int(width))
             if self.with_masks and not self._valid_segmentation(ann.get("segmentation")):
                 self.dropped["no_segmentation"] += 1
                 continue
@@ -142,6 +182,25 @@ class CocoDetection(torch.utils.data.Dataset):
             kept.append(ann)
             boxes.append([x1, y1, x2, y2])
         return {"anns": kept, "boxes": np.asarray(boxes, np.float32).reshape(-1, 4)}
+
+    def _refuse_undecodable(self, ann: Dict[str, Any], image_id: int, height: int, width: int) -> None:
+        """DataError naming the file, the annotation id and the field for a segmentation pycocotools would decode
+        into garbage or past the end of the mask: an RLE whose size is not the image's or whose runs do not cover
+        it exactly, a polygon with NaN / inf (its rasteriser casts them to int). Degenerate polygons (< 3 points)
+        are not errors: they are dropped and counted, as before."""
+        segm = ann.get("segmentation")
+        problem = None
+        if isinstance(segm, dict):
+            problem = _rle_problem(segm, [height, width]) or decodable_rle_problem(segm)
+        elif isinstance(segm, list):
+            for k, poly in enumerate(segm):
+                if isinstance(poly, list) and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      and np.isfinite(v) for v in poly):
+                    problem = f"segmentation polygon {k} must be finite numbers, got {poly[:8]}"
+                    break
+        if problem:
+            raise DataError(f"{show_path(self.ann_file)}: annotation id {ann['id']} (image id {image_id}): "
+                            f"{problem}; correct or remove that record")
 
     @staticmethod
     def _valid_segmentation(segm: Any) -> bool:

@@ -18,15 +18,14 @@ at a hard-coded 100 (-1 when 100 is not among maxDets); here AP is read at max_d
 import contextlib
 import copy
 import io
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .coco_checks import CocoEvalError, check_detections, check_ground_truth  # noqa: F401 (re-exported)
+from .coco_checks import (CocoEvalError, check_detections, check_ground_truth,  # noqa: F401 (re-exported)
+                          read_coco_json)
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
@@ -81,16 +80,8 @@ def per_category_table(report: Mapping[str, Mapping[str, Any]]) -> str:
 
 # -- inputs -------------------------------------------------------------------------------------------------------
 def load_json(path: Union[str, os.PathLike], what: str) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise CocoEvalError(f"{what} file not found: {path}")
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as error:
-        raise CocoEvalError(f"{what} file {path} is not valid JSON: {error}") from None
-    except OSError as error:
-        raise CocoEvalError(f"cannot read {what} file {path}: {error.strerror or error}") from None
+    """coco_checks.read_coco_json: the one COCO json reader (errors name the file: missing, not UTF-8, not JSON)."""
+    return read_coco_json(path, what)
 
 
 def _gt_dict(gt: GroundTruth) -> Dict[str, Any]:
@@ -193,6 +184,34 @@ def _evaluate(gt: Dict[str, Any], dets: List[Dict[str, Any]], iou_type: str, bac
     return evaluator
 
 
+def _refuse_ids_the_backend_changes(gt: Mapping[str, Any], backend: str, source: str) -> None:
+    """COCO ids are any JSON ints; "fast" ranks them (coco_fast.py) and is exact for all of them. The other
+    backends are not, so the ids they would change are refused naming the id (issue 21):
+      pycocotools: COCOeval.evaluate runs np.unique over the image and category ids; all below 2**63 (int64), all
+        in [0, 2**64) (uint64) or any from 2**64 on (Python ints) stay exact, but a mix across 2**63 (7 and
+        2**63 + 2, or -1 and 2**63) becomes float64, where ids a few apart merge and their images drop out silently;
+      faster_coco_eval (C++) holds ids as doubles: beyond 2**53 two ids can become one, and from 2**63 on it fails
+        inside its evaluation with a RuntimeError."""
+    if backend == "pycocotools":
+        for kind in ("images", "categories"):
+            ids = [record["id"] for record in gt[kind]]
+            kept = np.unique(ids) if ids else np.zeros(0, dtype=np.int64)
+            if kept.dtype.kind == "f":
+                for value in ids:
+                    if int(float(value)) != value:
+                        raise CocoEvalError(f"{source}: {kind[:-1]} id {value} would become {float(value):.17g} "
+                                            f"inside pycocotools (numpy makes floats of ids on both sides of "
+                                            f"2**63); use --backend fast, exact for any int id")
+    elif backend == "faster_coco_eval":
+        for kind in ("images", "categories", "annotations"):
+            for index, record in enumerate(gt[kind]):
+                for key in ("id", "image_id", "category_id"):
+                    value = record.get(key)
+                    if isinstance(value, int) and abs(value) > 2**53:
+                        raise CocoEvalError(f"{source}: {kind[:-1]} #{index}: {key} {value} is beyond 2**53, which "
+                                            f"faster_coco_eval cannot hold exactly; use --backend fast or pycocotools")
+
+
 def per_category_ap(evaluator, iou: Optional[float] = None) -> Dict[int, float]:
     """AP per category from COCOeval.eval["precision"], -1 if undefined (no ground truth of that category).
 
@@ -235,8 +254,9 @@ def evaluate_coco(
     max_dets = check_max_dets(max_dets)
     gt_dict = _gt_dict(gt)
     path_like = (str, os.PathLike)
-    check_ground_truth(gt_dict, source=str(gt) if isinstance(gt, path_like) else gt_source or "ground truth",
-                       iou_types=iou_types)
+    gt_name = str(gt) if isinstance(gt, path_like) else gt_source or "ground truth"
+    check_ground_truth(gt_dict, source=gt_name, iou_types=iou_types)
+    _refuse_ids_the_backend_changes(gt_dict, backend, gt_name)
     dets = _dt_list(detections)
     check_detections(gt_dict, dets, iou_types,
                      source=str(detections) if isinstance(detections, path_like) else "detections")

@@ -23,7 +23,9 @@ score a finite number, bbox 4 finite numbers with w, h >= 0, segmentation (where
 """
 import json
 import math
-from typing import Any, Dict, Mapping, Optional, Sequence, Type
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Type, Union
 
 import numpy as np
 
@@ -34,6 +36,35 @@ class CocoEvalError(ValueError):
 
 GT_FIX = "correct or remove that record"
 DT_FIX = "correct or remove that detection"
+
+
+def read_coco_json(path: Union[str, os.PathLike], what: str, *, error: Type[ValueError] = CocoEvalError) -> Any:
+    """The one reader of COCO jsons (evaluation ground truth and detections, training and validation sets).
+
+    Every failure is `error` with one line naming the file: not found, unreadable, not UTF-8 (the byte and its
+    offset: JSON is UTF-8, RFC 8259; Python's own reader would say "'utf-8' codec can't decode byte 0xff" and
+    nothing else), not JSON. A UTF-8 byte-order mark is skipped. What the JSON holds is check_ground_truth's /
+    check_detections' to judge.
+    """
+    shown = os.fsencode(path).decode("utf-8", "backslashreplace")  # a non-UTF-8 file name, printable
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} file not found: {shown}")
+    try:
+        raw = path.read_bytes()
+    except OSError as failure:
+        raise error(f"cannot read {what} file {shown}: {failure.strerror or failure}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as failure:
+        raise error(f"{what} file {shown} is not UTF-8 text (byte 0x{raw[failure.start]:02x} at offset "
+                    f"{failure.start}); JSON files must be UTF-8: re-save it as UTF-8") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as failure:
+        raise error(f"{what} file {shown} is not valid JSON: {failure}") from None
+    except RecursionError:
+        raise error(f"{what} file {shown} is nested too deeply to be a COCO json") from None
 
 
 def _is_int(value: Any) -> bool:
@@ -73,6 +104,46 @@ def _rle_problem(segm: Mapping[str, Any], size: Optional[Sequence[int]]) -> Opti
         return f"segmentation counts must be an RLE string or a list of ints, got {_show(counts)}"
     if size is not None and list(rle_size) != list(size):
         return f"segmentation size {list(rle_size)} is not the image's [height, width] {list(size)}"
+    return None
+
+
+def rle_counts(counts: Any) -> Optional[list]:
+    """The run lengths of an RLE's `counts` (a list of ints, or pycocotools' compressed string decoded as
+    maskApi.c rleFrString does), or None when the string is not one (a character outside '0'..'o', cut off)."""
+    if isinstance(counts, list):
+        return counts
+    data = counts.encode("latin-1", "replace") if isinstance(counts, str) else bytes(counts)
+    runs: list = []
+    p = 0
+    while p < len(data):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(data) or not 48 <= data[p] <= 111:
+                return None
+            c = data[p] - 48
+            x |= (c & 0x1F) << 5 * k
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << 5 * k
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
+
+
+def decodable_rle_problem(segm: Mapping[str, Any]) -> Optional[str]:
+    """Why pycocotools cannot decode this RLE (checked by _rle_problem already) into its [height, width] mask, or
+    None. Its decoder trusts the runs: a negative run or runs summing past height * width write past the mask
+    (memory corruption), runs short of it leave pixels uninitialised; so training (which decodes masks) refuses
+    both. COCOeval never decodes an RLE (its IoU works on the runs), so evaluation does not need this check."""
+    runs = rle_counts(segm["counts"])
+    if runs is None:
+        return f"segmentation counts {_show(segm['counts'])} is not a pycocotools RLE string"
+    height, width = segm["size"]
+    if any(not _is_int(r) or r < 0 for r in runs) or sum(runs) != height * width:
+        return (f"segmentation counts must be runs >= 0 adding up to height * width = {height * width}, got "
+                f"{len(runs)} runs adding up to {sum(r for r in runs if _is_int(r))}")
     return None
 
 
@@ -148,6 +219,9 @@ def _check_ground_truth(data: Mapping[str, Any], source: str, iou_types: Sequenc
     if not categories and not types_only:
         raise CocoEvalError(f"{source}: 'categories' is empty; list every category id the annotations use")
     for index, image in enumerate(data["images"]):
+        if types_only and not (isinstance(image.get("file_name"), str) and image["file_name"]):
+            raise _fail(source, "image", index, image, f"file_name must be the image's path under the image "
+                        f"folder, got {_show(image.get('file_name'))}", GT_FIX)
         for key in ("width", "height"):
             if key in image and not (_is_int(image[key]) and image[key] > 0):
                 raise _fail(source, "image", index, image, f"{key} must be a positive int, got {_show(image[key])}",

@@ -62,12 +62,15 @@ class FastCOCOeval:
     # -- grouping (COCOeval._prepare + computeIoU), as flat arrays sorted (category, image, -score) --------------
     def _prepare(self):
         p, gt, results = self.params, self.gt, self.results
-        img_ids = np.asarray(p.imgIds)
-        cat_ids = np.asarray(p.catIds)
-        n_img, max_det = len(img_ids), p.maxDets[-1]
+        # COCO ids are any JSON ints (pycocotools keeps them as Python ints, 2**63 and above included), so they are
+        # never put in numpy arrays: each becomes its rank among the sorted ids, which orders groups exactly as
+        # the ids do and always fits int64 (issue 21).
+        img_index = {image_id: k for k, image_id in enumerate(p.imgIds)}
+        cat_index = {cat_id: k for k, cat_id in enumerate(p.catIds)}
+        n_img, max_det = len(p.imgIds), p.maxDets[-1]
         # detections: stable sort by (category, image, -score) == pycocotools' per-(image, category) mergesort
-        d_img = np.searchsorted(img_ids, np.asarray([d["image_id"] for d in results]))
-        d_cat = np.searchsorted(cat_ids, np.asarray([d["category_id"] for d in results]))
+        d_img = np.asarray([img_index[d["image_id"]] for d in results], dtype=np.int64)
+        d_cat = np.asarray([cat_index[d["category_id"]] for d in results], dtype=np.int64)
         d_score = np.asarray([d["score"] for d in results], dtype=np.float64)
         d_area, d_box, d_segm = _prepare_results(results)
         order = np.lexsort((np.arange(len(results)), -d_score, d_img, d_cat))
@@ -80,8 +83,8 @@ class FastCOCOeval:
         # ground truth: (category, image, json order) == COCO.getAnnIds order within each (image, category)
         known_imgs, known_cats = set(p.imgIds), set(p.catIds)  # COCO.getAnnIds(imgIds, catIds) filters the same
         anns = [a for a in gt["annotations"] if a["image_id"] in known_imgs and a["category_id"] in known_cats]
-        g_img = np.searchsorted(img_ids, np.asarray([a["image_id"] for a in anns], dtype=np.int64))
-        g_cat = np.searchsorted(cat_ids, np.asarray([a["category_id"] for a in anns], dtype=np.int64))
+        g_img = np.asarray([img_index[a["image_id"]] for a in anns], dtype=np.int64)
+        g_cat = np.asarray([cat_index[a["category_id"]] for a in anns], dtype=np.int64)
         g_order = np.lexsort((np.arange(len(anns)), g_img, g_cat))
         crowd = np.asarray([int(a.get("iscrowd", 0)) for a in anns], dtype=np.int64)
         gts = dict(
@@ -90,7 +93,9 @@ class FastCOCOeval:
             crowd=crowd[g_order].astype(bool),
             # COCOeval._prepare: gt["ignore"] = "iscrowd" in gt and gt["iscrowd"]
             ignore=np.asarray([bool("iscrowd" in a and a["iscrowd"]) for a in anns], dtype=bool)[g_order],
-            id=np.asarray([a["id"] for a in anns], dtype=np.int64)[g_order],
+            # evaluateImg stores the matched gt's id in dtm and accumulate only asks whether it is non-zero (a gt
+            # with id 0 counts as unmatched there): a non-zero code per annotation keeps exactly that, for any id
+            id=np.asarray([0 if a["id"] == 0 else k + 1 for k, a in enumerate(anns)], dtype=np.int64)[g_order],
             box=np.asarray([a.get("bbox", [0, 0, 0, 0]) for a in anns], dtype=np.float64).reshape(-1, 4)[g_order],
         )
         keys = np.union1d(det["key"], gts["key"])  # every (category, image) group with a gt or a detection
