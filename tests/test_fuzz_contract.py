@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, seed
+from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
 from conftest import REPO
-from fuzz_support import (CASES, FUZZ_SEED, FUZZ_SETTINGS, assert_contract, call_tool, no_temp_files,
+from fuzz_support import (CASES, FUZZ_EXAMPLES, FUZZ_SEED, FUZZ_SETTINGS, assert_contract, call_tool, no_temp_files,
                           sha256_of)
 
 eval_coco = pytest.importorskip("eval_coco")
@@ -226,6 +226,66 @@ def test_fuzz_config_overrides(case):
         assert key.split(".")[-1] in message or key in message, (case, message)
         return
     assert cfg is not None
+
+
+def _model_defaults():
+    from resbackbones.config import to_dict
+    from resbackbones.config.det import DetTrainConfig
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                yield from walk(f"{prefix}{key}.", sub)
+        else:
+            yield prefix[:-1], value
+
+    return dict(walk("", to_dict(DetTrainConfig())["model"]))
+
+
+@st.composite
+def model_override(draw):
+    """A model.* key with a value of its own type most of the time (so that it loads and reaches the builder)."""
+    defaults = _model_defaults()
+    key = draw(st.sampled_from(sorted(defaults)))
+    default = defaults[key]
+    if isinstance(default, bool):
+        choices = ["true", "false"]
+    elif isinstance(default, int):
+        choices = ["0", "1", "2", "3", "7", "64"]
+    elif isinstance(default, float):
+        choices = ["0.0", "0.01", "0.5", "1.0"]
+    elif isinstance(default, list):
+        choices = ["[]", "[1]", "[res4]", "[res5, res2]", "[[16], [32]]", "[0.5]", "[res2, res3, res4, res5]"]
+    else:
+        choices = ["''", "GN", "BN", "FrozenBN", "none", "c4", "single", "RoIPool", "conv_fc", "res5", "p6p7", "x"]
+    return f"model.{key}", draw(st.sampled_from(choices))
+
+
+@seed(FUZZ_SEED)
+@settings(FUZZ_SETTINGS, max_examples=max(10, FUZZ_EXAMPLES // 4))  # a build + forward costs ~1 s
+@given(case=model_override())
+def test_fuzz_model_overrides_build(case):
+    """A model config that loads also builds and detects on an image, or raises one ValueError line naming what is
+    wrong: a value the schema lets through never surfaces as an AssertionError / IndexError deep in torchvision."""
+    from resbackbones.config import load_config
+    from resbackbones.config.det import DetTrainConfig
+    from resbackbones.detection.builder import build_detector
+
+    key, value = case
+    try:
+        cfg = load_config(DetTrainConfig, REPO / "configs" / "quickstart.yaml",
+                          [f"{key}={value}", "model.backbone.weights="])
+    except ValueError:
+        return  # the load-time contract is test_fuzz_config_overrides'
+    CASES["model overrides built"] += 1
+    try:
+        model = build_detector(cfg.model).eval()
+        with torch.no_grad():  # a small image: the forward checks shapes the builder cannot (anchors vs levels)
+            detections = model([torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(0))])
+    except ValueError as error:
+        assert "\n" not in str(error).strip(), (case, str(error))
+        return
+    assert set(detections[0]) >= {"boxes", "labels", "scores"}, case
 
 
 # -- output paths ---------------------------------------------------------------------------------------------------

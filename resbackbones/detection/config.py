@@ -20,6 +20,7 @@ MAX_CHANNELS = 65536  # fc / conv / FPN widths
 MAX_LAYERS = 64  # convs in a head
 MAX_POOLER = 256  # RoI pooler output side and sampling points
 MAX_PIXELS = 16384  # image sides, anchor sizes
+MIN_PIXELS = 32  # a resized side below the backbone's stride leaves no feature map (max_size=1 crashed in resize)
 MAX_COUNT = 1000000  # proposals, samples per image, detections, classes
 
 
@@ -151,7 +152,7 @@ class InputConfig:
     """
 
     RANGES: ClassVar[Dict[str, str]] = {
-        "min_size": f"[1, {MAX_PIXELS}]", "max_size": f"[1, {MAX_PIXELS}]", "image_mean": "[0, 1]",
+        "min_size": f"[{MIN_PIXELS}, {MAX_PIXELS}]", "max_size": f"[{MIN_PIXELS}, {MAX_PIXELS}]", "image_mean": "[0, 1]",
         "image_std": "(0, inf)", "size_divisibility": "[1, 1024]"}
     RENAMED: ClassVar[Dict[str, str]] = {"channels_last": "model.channels_last"}  # one place for both tasks
     min_size: Tuple[int, ...] = (800,)
@@ -192,8 +193,15 @@ class DetectorConfig:
                 f"model.anchors.sizes must hold one level for layout {self.layout!r} (one feature map), got "
                 f"{len(self.anchors.sizes)}: {[list(s) for s in self.anchors.sizes]}"
             )
-        if not self.input.min_size:
-            raise ValueError("model.input.min_size must name at least one size")
+        for key, value in (("input.min_size", self.input.min_size), ("anchors.aspect_ratios", self.anchors.aspect_ratios),
+                           ("anchors.sizes", self.anchors.sizes), ("backbone.out_features", self.backbone.out_features)):
+            if not value or (key == "anchors.sizes" and not all(value)):  # an empty list builds 0-channel layers
+                raise ValueError(f"model.{key} must name at least one value (per level), got {_plain_list(value)}")
+        for section in ("rpn", "roi_heads"):  # torchvision's Matcher asserts this deep in the build otherwise
+            part = getattr(self, section)
+            if part.bg_iou_thresh > part.fg_iou_thresh:
+                raise ValueError(f"model.{section}.bg_iou_thresh ({part.bg_iou_thresh}) must not exceed "
+                                 f"model.{section}.fg_iou_thresh ({part.fg_iou_thresh})")
         for name in ("positive_fraction",):
             for section in ("rpn", "roi_heads"):
                 value = getattr(getattr(self, section), name)
@@ -224,3 +232,7 @@ def vgg16_defaults() -> DetectorConfig:
         box_head=BoxHeadConfig(type="mlp", fc_dim=4096),
         input=InputConfig(min_size=(600,), max_size=1000),
     )
+
+
+def _plain_list(value):
+    return [_plain_list(v) for v in value] if isinstance(value, (list, tuple)) else value
