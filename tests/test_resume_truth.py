@@ -253,3 +253,29 @@ def test_det_time_limit_lr_change_and_length_refusal(tmp_path_factory, tmp_path,
     assert len(err.strip().splitlines()) == 1
     assert "solver.max_iter=2 is at or below the checkpoint's position (iteration 3)" in err
     assert listing(out) == before  # metrics.csv keeps its loss columns: nothing was rewritten
+
+
+def test_det_signal_saves_says_so_and_marks_eval_json(tmp_path_factory, tmp_path, capsys, monkeypatch):
+    """SIGINT during train_det (sent by the process to itself after the first step): the step finishes, a
+    checkpoint is saved, one line says so, eval.json says the run stopped early (no evaluation), exit 130."""
+    import os
+
+    from resbackbones.engine.det_trainer import DetTrainer
+
+    real_step = DetTrainer.run_step
+
+    def step_then_signal(self, batch):
+        result = real_step(self, batch)
+        if self.iter == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(DetTrainer, "run_step", step_then_signal)
+    out = tmp_path / "run"
+    assert train_det.main(tiny_train_det_args(tmp_path_factory.mktemp("shapes"), out, "solver.max_iter=3")) == 130
+    captured = capsys.readouterr()
+    assert "stopped early by SIGINT at iteration 1 of 3" in captured.out and "--resume" in captured.err
+    report = json.loads((out / "eval.json").read_text())
+    assert report["stopped_early"]["reason"] == "SIGINT" and report["stopped_early"]["iteration"] == 1
+    assert "bbox" not in report  # not evaluated: nothing in it reads as a final result
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 1
