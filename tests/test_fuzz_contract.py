@@ -94,6 +94,37 @@ def test_fuzz_eval_coco_inputs(case, tmp_path_factory):
     assert not no_temp_files(folder), what
 
 
+@seed(FUZZ_SEED)
+@FUZZ_SETTINGS
+@given(case=coco_case())
+def test_fuzz_training_dataset(case, tmp_path_factory):
+    """The training side of the same jsons (data.CocoDetection, what train_det reads): every image loads with
+    finite boxes inside the image, or one user-error line names the file; never a KeyError / IndexError."""
+    import cv2
+    import numpy as np
+
+    from resbackbones.data.coco import CocoDetection
+
+    gt_text, _, what = case
+    folder = tmp_path_factory.mktemp("train")
+    gt = folder / "gt.json"
+    gt.write_bytes(gt_text if isinstance(gt_text, bytes) else gt_text.encode())
+    for name in ("1.jpg", "2.jpg"):
+        cv2.imwrite(str(folder / name), np.full((48, 64, 3), 127, np.uint8))  # test data, not a library write
+    CASES["training dataset"] += 1
+    try:
+        dataset = CocoDetection(gt, folder, with_masks=True)
+        samples = [dataset[i] for i in range(len(dataset))]
+    except ValueError as error:  # DataError and the COCO checks: the tools print one line, exit 2
+        message = str(error)
+        assert "\n" not in message.strip() and "gt.json" in message, (what, message)
+        return
+    for image, target in samples:
+        boxes = np.asarray(target["boxes"], dtype=np.float64).reshape(-1, 4)
+        assert np.isfinite(boxes).all(), (what, boxes)
+        assert (boxes[:, 2:] >= boxes[:, :2]).all(), (what, boxes)
+
+
 # -- weights files ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def reference_weights(tmp_path_factory):
