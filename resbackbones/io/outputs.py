@@ -117,7 +117,9 @@ def check_output_name(path: PathLike, flag: str = "") -> None:
 
 
 def check_writable_target(path: PathLike) -> None:
-    """Rules 3 and 4: OutputError when `path` is a registered input or another run's own file."""
+    """Rules 2-4 for one target: OutputError when its name is not UTF-8, it is a registered input, or it is a run
+    folder's own file and this process does not own that run. The owning trainer may rewrite its run's files even
+    when it read them (the last.pt it resumed from, its config.yaml given as --config)."""
     path = Path(path)
     check_output_name(path)
     key = _key(path)
