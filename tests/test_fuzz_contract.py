@@ -8,9 +8,11 @@ Four generators, each seeded and bounded (the session prints the case counts and
 - config overrides for tools/train_det.py's schema: known, misspelt and renamed keys with values of every type.
 - output paths for eval_coco --out: existing files, the inputs themselves, paths under a file, non-UTF-8 names.
 """
+import contextlib
 import json
 import math
 import os
+import resource
 from pathlib import Path
 
 import pytest
@@ -323,7 +325,23 @@ def test_fuzz_model_overrides_build(case):
 @st.composite
 def output_case(draw):
     return draw(st.sampled_from(["gt", "dt", "existing text", "existing stats", "under a file", "folder",
-                                 "non-utf8", "new", "symlink to gt"])), draw(st.booleans())
+                                 "non-utf8", "new", "symlink to gt", "full disk", "read-only file system",
+                                 "no such device"])), draw(st.booleans())
+
+
+@contextlib.contextmanager
+def file_size_limit(limit):
+    """RLIMIT_FSIZE for the block (None: unchanged): a write past `limit` bytes fails with EFBIG, as on a full disk
+    (Python ignores SIGXFSZ, so the process lives and sees the error)."""
+    if limit is None:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 @seed(FUZZ_SEED)
@@ -341,19 +359,24 @@ def test_fuzz_eval_coco_output_paths(case, tmp_path_factory):
     other.write_text("a user's file\n")
     out = {"gt": gt, "dt": dt, "existing text": other, "existing stats": folder / "s.json",
            "under a file": other / "stats.json", "folder": folder, "new": folder / "new" / "stats.json",
-           "non-utf8": Path(os.fsdecode(bytes(folder) + b"/caf\xe9.json")), "symlink to gt": folder / "link.json"}[kind]
+           "non-utf8": Path(os.fsdecode(bytes(folder) + b"/caf\xe9.json")), "symlink to gt": folder / "link.json",
+           "full disk": folder / "full.json", "read-only file system": Path("/proc/rb_stats.json"),
+           "no such device": Path("/dev/null/stats.json")}[kind]
     if kind == "existing stats":
         out.write_text(json.dumps({"bbox": {"AP": 0.5}}))
     if kind == "symlink to gt":
         out.symlink_to(gt)
     protected = [gt, dt] + ([] if overwrite and kind == "existing text" else [other])
     before = sha256_of(protected)
-    code, _, err = call_tool(eval_coco.main, ["--gt", str(gt), "--dt", str(dt), "--out", str(out)]
-                             + (["--overwrite"] if overwrite else []))
+    with file_size_limit(64 if kind == "full disk" else None):  # the stats json is larger
+        code, _, err = call_tool(eval_coco.main, ["--gt", str(gt), "--dt", str(dt), "--out", str(out)]
+                                 + (["--overwrite"] if overwrite else []))
     CASES["eval_coco output paths"] += 1
     shown = os.fsencode(out).decode("utf-8", "backslashreplace")
     assert_contract(code, err, names=[out.name, shown, "--out"], outputs=[out], inputs_before=before,
                     context=f"{kind} overwrite={overwrite}")
     if code == 0:
         assert "bbox" in json.loads(Path(out).read_text())
+    if kind == "full disk":
+        assert code == 2 and not out.exists(), (code, err)  # nothing half-written
     assert not no_temp_files(folder), kind
