@@ -7,10 +7,10 @@
 
 Checksums. torch.save's zip format already stores a CRC-32 of every record (each tensor's bytes, the pickle), but
 torch.load never checks them (its zip reader is built without CRC checks), so a checkpoint with a block of zeros
-inside a tensor loads as if nothing happened. load_torch_verified checks every record against its CRC-32 in a
-thread overlapped with torch.load: saving costs nothing extra (torch computes the CRCs anyway), loading one CRC
-pass over the file, hidden when a second core is free (benchmarks/checkpoint_checksum.py measured this and the
-sha256, blake2b and crc32 digests of the tensors that could have been stored instead).
+inside a tensor loads as if nothing happened. load_torch_verified checks every record against its CRC-32 before
+torch.load: saving costs nothing beyond what torch.save already does (it computes the CRCs by default), loading
+one zlib.crc32 pass over the file (benchmarks/checkpoint_checksum.py measured this, torch.save without its CRCs,
+and the sha256, blake2b and crc32 digests of the tensors that could have been stored in the file instead).
 Checkpoints written by earlier versions carry the same CRCs and are checked the same way. safetensors has no
 checksum of its own: rb.weights.save writes "rb.checksum": "crc32:<8 hex digits>" of the tensors (names, dtypes,
 shapes, bytes) into the header. A checksum stored in the file it checks guards against accidents (torn copies,
@@ -24,7 +24,6 @@ format, one saved with torch's CRCs turned off) loads with one note on stderr, o
 import os
 import struct
 import sys
-import threading
 import zipfile
 import zlib
 from pathlib import Path
@@ -112,35 +111,15 @@ def verify_zip_records(path: PathLike) -> bool:
 
 
 def load_torch_verified(path: PathLike, load: Callable[[], T]) -> Tuple[T, bool]:
-    """(load(), whether the file's records were checked): for a torch zip file, verify_zip_records runs in a thread
-    overlapped with load() (zlib releases the GIL: on a second core the check costs no wall time). Raises CorruptFile
-    when a record differs, also when load() itself failed on the damage. Any other file: load(), not checked.
+    """(load(), whether the file's records were checked): a torch zip file is checked first (verify_zip_records,
+    raising CorruptFile), so nothing of a damaged file is unpickled; any other file is loaded unchecked.
 
-    Not mmap=True: a mapped checkpoint would leave the resumed optimizer state backed by the file (a later in-place
-    copy over it ends in SIGBUS, and Windows cannot replace a mapped file), for no measurable gain."""
+    Before, not in a thread beside torch.load: torch.load holds the GIL between its reads, so a checking thread waits
+    for it at every record and finished later than the check done first (measured on 2 busy cores)."""
     if not is_torch_zip(path):
         return load(), False
-    outcome: Dict[str, Any] = {}
-
-    def check() -> None:
-        try:
-            outcome["verified"] = verify_zip_records(path)
-        except CorruptFile as error:
-            outcome["error"] = error
-
-    thread = threading.Thread(target=check, name="resbackbones-crc32", daemon=True)
-    thread.start()
-    try:
-        obj = load()
-    except BaseException:
-        thread.join()
-        if "error" in outcome:  # the damage is the reason, not the loader's symptom of it
-            raise outcome["error"] from None
-        raise
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return obj, bool(outcome.get("verified"))
+    verified = verify_zip_records(path)
+    return load(), verified
 
 
 # -- safetensors: rb.checksum in the header --------------------------------------------------------------------------
