@@ -68,13 +68,9 @@ def load_yaml_with_bases(path: Union[str, os.PathLike], _chain: Tuple[Path, ...]
         cycle = " -> ".join(str(p) for p in _chain + (resolved,))
         raise ConfigError(f"config _base_ cycle: {cycle}")
     try:
-        raw = path.read_bytes()
-        # Decoded here, not by open(): a UnicodeDecodeError is a ValueError whose text names no file (issue 21).
-        text = raw.decode("utf-8-sig")
-        data = yaml.safe_load(text)
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
-                          f"{error.start}); YAML configs must be UTF-8: re-save it as UTF-8") from None
+        data = yaml.safe_load((raw := path.read_bytes()).decode("utf-8-sig"))
+    except UnicodeDecodeError as error:  # decoded here, not by open(): the codec's message names no file (issue 21)
+        raise ConfigError(f"config file {path} is not UTF-8: byte 0x{raw[error.start]:02x} at {error.start}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from None
     except OSError as error:
@@ -111,11 +107,20 @@ def parse_overrides(overrides: Iterable[str]) -> List[Tuple[str, Any]]:
         if not key or any(not part.strip() for part in key.split(".")):
             raise ConfigError(f"bad override {item!r}: empty key; expected key=value, e.g. solver.base_lr=0.01")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = _override_value(text) if text.strip() else ""
         except yaml.YAMLError:
             raise ConfigError(f"bad override {item!r}: value {text!r} is not valid YAML") from None
         parsed.append((key, value))
     return parsed
+
+
+def _override_value(text: str) -> Any:
+    """yaml.safe_load(text), except that text with bytes that are not UTF-8 (a Latin-1 path from the command line,
+    as lone surrogates) is no YAML, and was a "bad override" of the tool's own --data: the path it spells (issue 21)"""
+    if not any("\udc80" <= ch <= "\udcff" for ch in text):
+        return yaml.safe_load(text)
+    value = text.strip()  # as _cli.quote wrote it: '...' with '' for '
+    return value[1:-1].replace("''", "'") if len(value) >= 2 and value[0] == value[-1] == "'" else value
 
 
 def _apply_override(data: Dict[str, Any], key: str, value: Any) -> None:

@@ -57,7 +57,8 @@ def _refuse_duplicate_ids(dataset: Any, ann_file: Path) -> None:
         records = dataset.get(kind)
         if not isinstance(records, list):
             continue
-        counts = Counter(entry["id"] for entry in records if isinstance(entry, dict) and isinstance(entry.get("id"), int))
+        counts = Counter(entry["id"] for entry in records
+                         if isinstance(entry, dict) and isinstance(entry.get("id"), int))
         repeated = sorted((i for i, n in counts.items() if n > 1), key=str)
         if repeated:
             raise DataError(f"{ann_file}: duplicate {kind[:-1]} id(s) {repeated[:5]} ({len(repeated)} in all); "

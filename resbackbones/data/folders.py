@@ -3,8 +3,9 @@
     root/<class>/<image>            or            archive.tar with members <class>/<image>
 
 Images are decoded by data/images.py (decode_image / read_image, re-exported here) and returned as RGB uint8
-[H, W, 3] arrays, whatever their colour type or bit depth (grayscale, RGBA, palette, 16-bit). A tar is indexed once (member offsets) and read with positional reads
-from a file handle opened lazily in each process, so DataLoader workers (fork or spawn) share nothing.
+[H, W, 3] arrays, whatever their colour type or bit depth (grayscale, RGBA, palette, 16-bit). A tar is indexed once
+(member offsets) and read with positional reads from a file handle opened lazily in each process, so DataLoader
+workers (fork or spawn) share nothing.
 """
 import os
 import tarfile
