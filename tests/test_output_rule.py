@@ -326,8 +326,6 @@ def test_a_non_utf8_output_folder_is_one_line_naming_it(detector, tmp_path, caps
     assert not bad.exists() and not (tmp_path / "shapes").exists()
 
 
-@pytest.mark.xfail(strict=False, reason="engine/checkpoint.py's save_atomic (another engineer's, being migrated) "
-                                        "lets torch's 'unexpected pos' RuntimeError through: use save_torch_atomic")
 def test_train_det_checkpoint_write_on_a_full_disk(tmp_path):
     out = tmp_path / "run"
     done = _run_limited(["tools/train_det.py", *tiny_train_det_args(tmp_path / "shapes", out, "solver.max_iter=1",
