@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .outputs import write_text_atomic
+from ..io.outputs import save_figure_atomic, write_text_atomic
 
 CSV_NAME = "metrics.csv"
 JSONL_NAME = "metrics.jsonl"
@@ -130,12 +130,10 @@ def plot_panels(path: os.PathLike, panels: Sequence[Callable], *, title: str = "
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return save_figure_atomic(fig, Path(path), dpi=dpi)
+    finally:
+        plt.close(fig)
 
 
 def plot_error_curves(rows: List[Dict], path: os.PathLike, *, title: str = "", x_key: str = "epoch",
