@@ -1,6 +1,5 @@
 """Weights by name: rb.build_backbone / build_classifier(weights=...) from "torchvision:<ENUM>" (torchvision's own
 enum and download cache, in a temporary TORCH_HOME; nothing is downloaded) and from files of every format."""
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from resbackbones.weights import WeightsError, WeightsMetadata
 from resbackbones.weights.convert_detectron2 import to_caffe2_names
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 
 import train_det  # noqa: E402
 
