@@ -49,6 +49,16 @@ def assert_failure_line(stderr: str, names: Sequence[str], context: str = "") ->
     return lines[0]
 
 
+def one_error_line(proc) -> str:
+    """The contract for a tool run in a subprocess on a bad input: exit 2, one stderr line "error: ...", no traceback;
+    returns the line."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
 def assert_contract(code: int, stderr: str, *, names: Sequence[str], outputs: Sequence[Path] = (),
                     inputs_before: dict = None, context: str = "") -> None:
     """The tool contract: exit 0 with every output present, or exit 2/3 with one line naming one of `names`; in

@@ -211,7 +211,8 @@ def test_fuzz_weights_files(mutation, reference_weights, tmp_path_factory):
 
 
 # -- config overrides -----------------------------------------------------------------------------------------------
-def _leaf_keys():
+def _config_defaults(section=None):
+    """{dotted key: default value} of every leaf of DetTrainConfig (or of one of its sections)."""
     from resbackbones.config import to_dict
     from resbackbones.config.det import DetTrainConfig
 
@@ -220,9 +221,14 @@ def _leaf_keys():
             for key, sub in value.items():
                 yield from walk(f"{prefix}{key}.", sub)
         else:
-            yield prefix[:-1]
+            yield prefix[:-1], value
 
-    return sorted(walk("", to_dict(DetTrainConfig())))
+    tree = to_dict(DetTrainConfig())
+    return dict(walk("", tree[section] if section else tree))
+
+
+def _leaf_keys():
+    return sorted(_config_defaults())
 
 
 @st.composite
@@ -261,24 +267,10 @@ def test_fuzz_config_overrides(case):
     assert cfg is not None
 
 
-def _model_defaults():
-    from resbackbones.config import to_dict
-    from resbackbones.config.det import DetTrainConfig
-
-    def walk(prefix, value):
-        if isinstance(value, dict):
-            for key, sub in value.items():
-                yield from walk(f"{prefix}{key}.", sub)
-        else:
-            yield prefix[:-1], value
-
-    return dict(walk("", to_dict(DetTrainConfig())["model"]))
-
-
 @st.composite
 def model_override(draw):
     """A model.* key with a value of its own type most of the time (so that it loads and reaches the builder)."""
-    defaults = _model_defaults()
+    defaults = _config_defaults("model")
     key = draw(st.sampled_from(sorted(defaults)))
     default = defaults[key]
     if isinstance(default, bool):

@@ -24,6 +24,7 @@ import pytest
 from pycocotools import mask as mask_util
 
 from conftest import REPO
+from fuzz_support import one_error_line
 from resbackbones.data.coco import CocoDetection
 from resbackbones.data.errors import DataError
 from resbackbones.evaluation.coco import _run, evaluate_coco
@@ -33,12 +34,6 @@ HUGE = 2**63  # int64 ends at 2**63 - 1; JSON ints do not end
 TOOLS = REPO / "tools"
 
 
-def one_error_line(proc) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    return lines[0]
 
 
 def _tool(name, *args, timeout=600):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from fuzz_support import one_error_line
 from resbackbones.data.errors import DataError, show_path
 from resbackbones.data.folders import ImageFolderDataset
 from resbackbones.data.images import read_image
@@ -31,13 +32,6 @@ def _jpeg() -> bytes:
     return cv2.imencode(".jpg", np.full((48, 64, 3), 128, np.uint8))[1].tobytes()
 
 
-def one_error_line(proc) -> str:
-    """The contract for a bad input: exit 2, exactly one stderr line "error: ...", no traceback."""
-    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    return lines[0]
 
 
 def _run(*args, timeout=600):
