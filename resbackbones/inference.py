@@ -64,6 +64,12 @@ def _mkldnn_ready() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
+def _mkldnn_bf16_ready() -> bool:
+    # oneDNN's bf16 weight reorder needs avx512bw/vl/dq or avx_ne_convert; on an AVX2-only CPU it raises, so bf16
+    # asked for explicitly runs the plain (slow, emulated) conv there instead of crashing.
+    return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+
+
 class MkldnnConv(nn.Module):
     """A folded conv (+ optional ReLU) run as one oneDNN primitive on a pre-packed weight (CPU only).
 
@@ -106,7 +112,7 @@ class MkldnnConv(nn.Module):
 
     def _use_mkldnn(self, x: torch.Tensor) -> bool:
         return (x.device.type == "cpu" and self.weight.device.type == "cpu" and x.dtype == self.weight.dtype
-                and x.dtype in (torch.float32, torch.bfloat16))
+                and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _mkldnn_bf16_ready())))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._use_mkldnn(x):
