@@ -20,6 +20,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from ..io.outputs import save_torch_atomic
+
 # CheckpointError and load_matching_state live with the reader in weights/ (evaluation and deploy load detectors
 # without engine/); the trainers and tools import them from here too.
 from ..weights.checkpoint import CheckpointError, load_matching_state, read_model_checkpoint  # noqa: F401
@@ -122,61 +124,23 @@ def remove_stale_temp_files(folder: PathLike) -> List[Path]:
 
 
 def save_atomic(obj: Dict[str, Any], path: PathLike) -> Path:
-    """torch.save to `path` under the one output rule (resbackbones.io.outputs): temp file ".<name>.tmp-<pid>" +
-    fsync + rename (+ fsync of the folder so the rename is durable); a registered input or another run's file is
-    refused, a failed write (disk full, permissions) is one OutputError naming the file and leaves nothing behind.
+    """torch.save to `path` under the one output rule (resbackbones.io.outputs.save_torch_atomic): temp file
+    ".<name>.tmp-<pid>" + fsync + rename (+ fsync of the folder so the rename is durable); a registered input or
+    another run's file is refused, a failed write (disk full, permissions) is one OutputError naming the file and
+    leaves nothing behind.
 
     First removes the temp files of dead writers from the folder (remove_stale_temp_files). torch's zip records
     carry a CRC-32 each (turned on for this save if a caller turned them off), which every load verifies
     (weights/integrity.py): a checkpoint damaged after it was written is refused, naming it.
     """
-    from ..io.outputs import _RecordingFile, check_writable_target, temp_path, write_failed
-
     path = Path(path)
-    check_writable_target(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise write_failed(path, error) from None
     remove_stale_temp_files(path.parent)
-    tmp = temp_path(path)  # the name remove_stale_temp_files and the kill -9 tests know
     crc_was_on = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(True)
     try:
-        torch.serialization.set_crc32_options(True)
-        with open(tmp, "wb") as handle:
-            # torch's C++ writer swallows the OSError of a full disk ("unexpected pos"): the wrapper keeps it
-            recording = _RecordingFile(handle)
-            try:
-                torch.save(obj, recording)
-            except RuntimeError:
-                if recording.error is not None:
-                    raise recording.error from None
-                raise
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        try:
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:  # folders cannot be opened for fsync on some platforms (Windows)
-            pass
-    except (OSError, UnicodeError) as error:
-        raise write_failed(path, error) from None
-    except RuntimeError as error:  # torch's zip writer wraps the OSError of a full disk in its own error
-        if any(word in str(error).lower() for word in ("space", "write", "file", "errno")):
-            raise write_failed(path, error) from None
-        raise
+        return save_torch_atomic(obj, path)
     finally:
         torch.serialization.set_crc32_options(crc_was_on)
-        try:
-            if tmp.exists():
-                tmp.unlink()
-        except OSError:
-            pass
-    return path
 
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:

@@ -186,13 +186,17 @@ def temp_path(path: PathLike) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def write_atomic(path: PathLike, write: Callable[[str], None], *, fsync: bool = True) -> Path:
+def write_atomic(path: PathLike, write: Callable[[str], None], *, fsync: bool = True,
+                 keep_suffix: bool = False) -> Path:
     """Rules 1-4 for a writer that takes a file name: write(tmp_name) writes the whole file, which is then fsync'ed
-    and renamed over `path` (folders created). The temp name keeps the target's suffix as its last part
-    (".<name>.tmp-<pid><suffix>") for writers that pick the format from it (matplotlib). Returns `path`."""
+    and renamed over `path` (folders created). The temp name is temp_path(path); keep_suffix appends the target's
+    suffix to it (".<name>.tmp-<pid><suffix>") for writers that pick the format from it (matplotlib). Returns
+    `path`."""
     path = Path(path)
     check_writable_target(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
+    tmp = temp_path(path)
+    if keep_suffix:
+        tmp = tmp.with_name(tmp.name + path.suffix)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(os.fspath(tmp))
@@ -327,4 +331,4 @@ def save_safetensors_atomic(tensors: dict, path: PathLike, *, metadata: Optional
 
 def save_figure_atomic(figure: Any, path: PathLike, **savefig_options: Any) -> Path:
     """A matplotlib figure saved to `path` (format from its suffix), atomically; savefig_options: dpi, ..."""
-    return write_atomic(path, lambda name: figure.savefig(name, **savefig_options))
+    return write_atomic(path, lambda name: figure.savefig(name, **savefig_options), keep_suffix=True)
