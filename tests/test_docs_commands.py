@@ -50,8 +50,8 @@ SMOKE: Dict[str, Smoke] = {
     "python tools/train_cls.py --config C --eval-only --weights OUTPUT/checkpoints/best.pt":
         Smoke(subs={"C": SMOKE_CFG, "OUTPUT/checkpoints/best.pt": "output/smoke_cls/checkpoints/best.pt"},
               after=(TRAIN_C,)),
-    "python tools/train_cls.py --config C --resume --eval-only --export r50.safetensors":
-        Smoke(subs={"C": SMOKE_CFG}, after=(TRAIN_C,), creates=("r50.safetensors",)),
+    "python tools/train_cls.py --config C --resume --eval-only --export r50_backbone.safetensors":
+        Smoke(subs={"C": SMOKE_CFG}, after=(TRAIN_C,), creates=("r50_backbone.safetensors",)),
     "python tools/train_cls.py --weights OUTPUT/checkpoints/best.pt --export bb.safetensors":
         Smoke(subs={"OUTPUT/checkpoints/best.pt": "output/smoke_cls/checkpoints/best.pt"}, after=(TRAIN_C,),
               creates=("bb.safetensors",)),
@@ -195,5 +195,6 @@ def test_documented_python_block_runs(checkout, name, monkeypatch):
         checkout.need(prerequisite)
     monkeypatch.chdir(checkout.work)
     monkeypatch.setenv("TORCH_HOME", checkout.env["TORCH_HOME"])
+    monkeypatch.setenv("RESBACKBONES_UNCHECKED_TORCHVISION_CACHE", "1")  # random stand-ins under torchvision's names
     exec(compile(BLOCKS[name], name, "exec"), {"__name__": "__docs__"})
 

@@ -25,6 +25,7 @@ from ..data.cls_transforms import TransformedDataset, build_cls_transform
 from ..data.errors import DataError
 from ..data.folders import ImageFolderDataset, find_split
 from ..data.synthetic_cls import default_cache_dir, write_image_folder
+from ..io.outputs import register_owned_run
 from . import distributed as dist_utils
 from .cls_epoch import EpochMeter, epoch_line, progress_bar
 from .checkpoint import (CheckpointManager, checkpoints_dir, find_resume_checkpoint, gathered_rng_state,
@@ -61,6 +62,7 @@ class ClsTrainer(Trainer):
         super().__init__(setup_run(cfg.train, fixed_input_size=True))
         self.cfg = cfg
         self.output_dir = Path(cfg.train.output_dir)
+        register_owned_run(self.output_dir)  # this trainer writes its run's files, the last.pt it resumed from too
         self.checkpoint_path = checkpoints_dir(self.output_dir) / "last.pt"
         self._build_data(build_train)
         self._build_model()

@@ -22,6 +22,7 @@ from ..config.det import DetTrainConfig, default_iou_types
 from ..data.det_datasets import build_det_dataset, check_data_paths
 from ..data.det_transforms import build_det_transforms, collate_detection
 from ..data.resizable import check_coco_images_resizable
+from ..io.outputs import register_owned_run
 from ..detection.backbone_weights import refuse_untrainable_backbone
 from ..detection.builder import build_detector
 from .checkpoint import (BEST, LAST, CHECKPOINTS, CheckpointManager, checkpoints_dir, find_resume_checkpoint,
@@ -68,6 +69,7 @@ class DetTrainer(Trainer):
         self.eval_amp, self.eval_amp_reason = (resolve_amp(cfg.test.amp, self.device) if cfg.test.amp
                                                else (self.amp, self.amp_reason))
         self.output = Path(tcfg.output_dir)
+        register_owned_run(self.output)  # this trainer writes its run's files, the last.pt it resumed from too
         self.checkpoint_path = checkpoints_dir(self.output) / LAST
         loaded = self._load_detector(checkpoint) if eval_only and checkpoint else None
         self.iou_types = default_iou_types(cfg)

@@ -124,7 +124,7 @@ def check_writable_target(path: PathLike) -> None:
     check_output_name(path)
     key = _key(path)
     run = _run_folder_of(Path(key))
-    if run is not None and _key(run) in _OWNED_RUNS:
+    if any(key.startswith(owned + os.sep) for owned in _OWNED_RUNS):
         return  # the trainer owning the run rewrites what it reads (last.pt on --resume, its config.yaml)
     if key in _INPUTS:
         raise OutputError(f"refused to write {path}: this command reads it as an input; writing it would destroy "
