@@ -16,7 +16,7 @@ from typing import Callable, Iterable, List, Sequence, Tuple
 from hypothesis import HealthCheck, settings
 
 FUZZ_SEED = int(os.environ.get("RESBACKBONES_FUZZ_SEED", "20261207"))
-FUZZ_EXAMPLES = int(os.environ.get("RESBACKBONES_FUZZ_EXAMPLES", "120"))
+FUZZ_EXAMPLES = int(os.environ.get("RESBACKBONES_FUZZ_EXAMPLES", "80"))
 CASES: Counter = Counter()  # property name -> cases run; printed by conftest's terminal summary
 
 FUZZ_SETTINGS = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=False,
