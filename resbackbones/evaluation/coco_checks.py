@@ -29,6 +29,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Type, Union
 
 import numpy as np
 
+from ..io.outputs import show_path
+
 
 class CocoEvalError(ValueError):
     """Unusable ground truth or detections; the message is one line naming the file / image / category."""
@@ -46,7 +48,7 @@ def read_coco_json(path: Union[str, os.PathLike], what: str, *, error: Type[Valu
     nothing else), not JSON. A UTF-8 byte-order mark is skipped. What the JSON holds is check_ground_truth's /
     check_detections' to judge.
     """
-    shown = os.fsencode(path).decode("utf-8", "backslashreplace")  # a non-UTF-8 file name, printable
+    shown = show_path(path)
     path = Path(path)
     if not path.is_file():
         raise error(f"{what} file not found: {shown}")

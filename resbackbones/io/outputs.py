@@ -112,7 +112,7 @@ def check_output_name(path: PathLike, flag: str = "") -> None:
         os.fspath(path).encode("utf-8")
     except UnicodeEncodeError:
         where = f"{flag} " if flag else ""
-        raise OutputError(f"cannot write {where}{_shown(Path(path))}: the name is not valid UTF-8; give a UTF-8 "
+        raise OutputError(f"cannot write {where}{show_path(Path(path))}: the name is not valid UTF-8; give a UTF-8 "
                           f"name") from None
 
 
@@ -157,14 +157,15 @@ def describe_os_error(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def _shown(path: Path) -> str:
-    # A name that is not valid UTF-8 arrives with surrogate escapes, which cannot be printed: show them escaped.
-    return os.fsencode(path).decode("utf-8", "backslashreplace")  # the bytes the user gave: b"out\xff" -> out\xff
+def show_path(path: Union[PathLike, bytes]) -> str:
+    """`path` as printable text for a message: bytes that are not valid UTF-8 (Python keeps them as lone surrogates,
+    "\\udcff") become "\\xff" escapes, the bytes the user gave (b"out\\xff" -> out\\xff); readers and writers alike."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def write_failed(path: PathLike, error: BaseException) -> OutputError:
     """The OutputError for a write of `path` that raised `error` (nothing of it is left behind)."""
-    return OutputError(f"cannot write {_shown(Path(path))}: {describe_os_error(error)}; nothing was written")
+    return OutputError(f"cannot write {show_path(Path(path))}: {describe_os_error(error)}; nothing was written")
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -290,10 +291,10 @@ def write_image(path: PathLike, image_bgr, *, fsync: bool = False) -> Path:
     try:
         ok, encoded = cv2.imencode(path.suffix or ".png", image_bgr)
     except cv2.error as error:
-        raise OutputError(f"cannot write {_shown(path)}: OpenCV cannot encode an image as {path.suffix!r} "
+        raise OutputError(f"cannot write {show_path(path)}: OpenCV cannot encode an image as {path.suffix!r} "
                           f"({str(error).strip().splitlines()[-1]})") from None
     if not ok:
-        raise OutputError(f"cannot write {_shown(path)}: OpenCV could not encode the image as {path.suffix!r}")
+        raise OutputError(f"cannot write {show_path(path)}: OpenCV could not encode the image as {path.suffix!r}")
     return write_bytes_atomic(path, encoded.tobytes(), fsync=fsync)
 
 
