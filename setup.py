@@ -15,6 +15,8 @@ CORE = [
     "pyyaml>=6.0",
     "tqdm>=4.60",
     "matplotlib>=3.7",
+    # Intel ISA-L's crc32: the checkpoint check (weights/integrity.py) at ~3x zlib's speed; zlib is the fallback
+    "isal>=1.6",
 ]
 EXTRAS = {
     # pycocotools is the reference COCO evaluator; faster-coco-eval is used only where its stats are identical.
@@ -24,10 +26,12 @@ EXTRAS = {
     "detectron2": [
         "detectron2 @ git+https://github.com/facebookresearch/detectron2.git@02b5c4e295e990042a714712c21dc79b731e8833"
     ],
+    # leaving Python: ONNX files checked with onnx.checker and run in onnxruntime (the dynamo exporter needs onnxscript)
+    "deploy": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
     "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "hypothesis>=6.100"],
 }
 EXTRAS["all"] = EXTRAS["coco"] + EXTRAS["tensorboard"]
-EXTRAS["dev"] = EXTRAS["dev"] + EXTRAS["all"]
+EXTRAS["dev"] = EXTRAS["dev"] + EXTRAS["all"] + EXTRAS["deploy"]
 
 setup(
     name="resbackbones",
