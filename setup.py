@@ -29,9 +29,10 @@ EXTRAS = {
     # leaving Python: ONNX files checked with onnx.checker and run in onnxruntime (the dynamo exporter needs onnxscript)
     "deploy": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
     "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "hypothesis>=6.100"],
+    "docs": ["mkdocs>=1.6,<2", "mkdocstrings[python]>=0.26"],
 }
 EXTRAS["all"] = EXTRAS["coco"] + EXTRAS["tensorboard"]
-EXTRAS["dev"] = EXTRAS["dev"] + EXTRAS["all"] + EXTRAS["deploy"]
+EXTRAS["dev"] = EXTRAS["dev"] + EXTRAS["all"] + EXTRAS["deploy"] + EXTRAS["docs"]
 
 setup(
     name="resbackbones",
