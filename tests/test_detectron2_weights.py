@@ -225,3 +225,54 @@ def test_stride_in_1x1_defaults_to_the_weights(tmp_path):
     cfg.MODEL.RESBACKBONES.ARCH = "resnet101"
     with pytest.raises(WeightsError, match="'resnet50' weights but MODEL.RESBACKBONES.ARCH is 'resnet101'"):
         build_model(cfg)
+
+
+def test_our_checkpointer_reads_and_writes_through_the_library_rules(small_msra_pkl, tmp_path):
+    """ResBackbonesCheckpointer (used by tools/train_d2.py for training and --eval-only): checkpoints are written
+    atomically and carry record CRCs; a damaged one is refused naming the file, before detectron2 sees it; a .pkl
+    naming code is refused without running it; the model-zoo .pkl still loads as through DetectionCheckpointer."""
+    overrides = {"MODEL.RESBACKBONES.ARCH": "resnet18", "MODEL.FPN.OUT_CHANNELS": 32}
+    model = build_model(_cfg("mask_rcnn_R_50_FPN_1x.yaml", **overrides))
+    run = tmp_path / "run"
+    run.mkdir()
+    rbd2.ResBackbonesCheckpointer(model, save_dir=str(run)).save("model_0000009")
+    assert sorted(p.name for p in run.iterdir()) == ["last_checkpoint", "model_0000009.pth"]  # no temp file left
+    assert (run / "last_checkpoint").read_text() == "model_0000009.pth"
+    fresh = build_model(_cfg("mask_rcnn_R_50_FPN_1x.yaml", **overrides))
+    rbd2.ResBackbonesCheckpointer(fresh, save_dir=str(run)).resume_or_load("", resume=True)
+    for (name, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(a, b), name
+
+    # Zeros inside the tensor data: torch.load (and so DetectionCheckpointer) would load it; ours refuses it.
+    damaged = run / "model_0000009.pth"
+    data = bytearray(damaged.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(4096)
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=r"model_0000009\.pth is corrupted.*CRC-32"):
+        rbd2.ResBackbonesCheckpointer(fresh).load(str(damaged))
+
+    # A pickle naming a function: detectron2's .pkl branch is pickle.load; ours runs nothing.
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps(_RunsCode(str(marker)), protocol=2))
+    with pytest.raises(WeightsError, match=r"refused to load .*evil\.pkl.*nothing was executed"):
+        rbd2.ResBackbonesCheckpointer(fresh).load(str(evil))
+    assert not marker.exists()
+
+    path, _ = small_msra_pkl
+    ours, reference = (build_model(_cfg("mask_rcnn_R_50_FPN_1x_msra.yaml", **overrides)).eval() for _ in range(2))
+    rbd2.ResBackbonesCheckpointer(ours).load(str(path))
+    DetectionCheckpointer(reference).load(str(path))
+    bottom_up = (ours.backbone.bottom_up.state_dict(), reference.backbone.bottom_up.state_dict())
+    assert len(bottom_up[0]) > 20
+    for (name, a), (_, b) in zip(*(state.items() for state in bottom_up)):
+        assert torch.equal(a, b), name
+
+
+class _RunsCode:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))

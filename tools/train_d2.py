@@ -19,22 +19,28 @@ Ctrl-C exits 130.
 import os
 import sys
 import warnings
+import weakref
 
 from _cli import run
 
 # detectron2 scripts a few functions at import: torch's deprecation notice for that is not the user's to act on.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.evaluation import COCOEvaluator  # noqa: E402
 
-from resbackbones.integrations.detectron2 import apply_weights_conventions  # noqa: E402
+from resbackbones.integrations.detectron2 import ResBackbonesCheckpointer, apply_weights_conventions  # noqa: E402
 from resbackbones.integrations.detectron2_data import register_datasets  # noqa: E402
 from resbackbones.integrations.detectron2_train import build_cfg  # noqa: E402
 
 
 class Trainer(DefaultTrainer):
+    def build_hooks(self):
+        # DefaultTrainer.__init__ made a plain DetectionCheckpointer; ours loads through the library's reader and
+        # writes atomically. Replaced here, before the PeriodicCheckpointer hook captures it.
+        self.checkpointer = ResBackbonesCheckpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        return super().build_hooks()
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
@@ -55,7 +61,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        ResBackbonesCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -28,6 +28,7 @@ build time with the config lines to change (see `apply_weights_conventions` to a
 import inspect
 import logging
 import math
+import os
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -41,7 +42,7 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P
 
 from ..backbones import Backbone, build_backbone
 from ..backbones.registry import builder_options, get_entry
-from ..io.outputs import save_torch_atomic
+from ..io.outputs import save_torch_atomic, write_text_atomic
 from ..weights import WeightsError, load_state_dict, load_with_metadata, save
 from ..weights.metadata import WeightsMetadata
 from .detectron2_conventions import (
@@ -339,17 +340,66 @@ def save_for_detectron2(weights_path: str, out_path: str) -> str:
 
 
 class ResBackbonesCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that also reads our files (.safetensors, or our .pth with metadata) and refuses any
-    checkpoint whose recorded conventions (input_format, pixel mean/std, stride_in_1x1) differ from the model's."""
+    """DetectionCheckpointer that reads and writes through the library's rules: every file is loaded by our reader
+    (torch files: weights.io.torch_load_refusing_code, record CRCs checked, pickled code refused; detectron2 / caffe2
+    .pkl: numpy arrays only; .safetensors and our .pth with metadata: converted names), every checkpoint and the
+    last_checkpoint tag are written atomically (io.outputs), and a checkpoint whose recorded conventions
+    (input_format, pixel mean/std, stride_in_1x1) differ from the model's is refused.
+
+    Why override detectron2's loader rather than wrap it: fvcore's _load_file is a bare torch.load (no CRC check)
+    and detectron2's .pkl branch is pickle.load, which runs whatever code the file names."""
 
     def _load_file(self, filename: str):
         if filename.endswith(".safetensors"):
             state, metadata = load_with_metadata(filename)
             return self._ours(state, metadata, filename)
+        if filename.endswith(".pkl"):
+            return self._model_zoo_pickle(filename)
         loaded = super()._load_file(filename)
         if isinstance(loaded.get("model"), dict) and "state_dict" in loaded["model"] and "metadata" in loaded["model"]:
             return self._ours(loaded["model"]["state_dict"], loaded["model"]["metadata"], filename)
         return loaded
+
+    def _torch_load(self, f: str):
+        from ..weights.io import torch_load_refusing_code
+
+        loaded = torch_load_refusing_code(f, file_kind="checkpoint", what="checkpoint ")
+        if not isinstance(loaded, dict):
+            raise WeightsError(f"checkpoint {f} holds a {type(loaded).__name__}, not a dict of tensors")
+        return loaded
+
+    @staticmethod
+    def _model_zoo_pickle(filename: str):
+        """detectron2's .pkl rules (detection_checkpoint.py), on a numpy-only unpickler."""
+        from ..weights.convert_detectron2 import read_pickle
+
+        data = read_pickle(filename)
+        if not isinstance(data, dict):
+            raise WeightsError(f"{filename} holds a {type(data).__name__}, not a detectron2 / caffe2 model dict")
+        if "model" in data and "__author__" in data:
+            return data
+        if "blobs" in data:  # detection models have "blobs", ImageNet models do not
+            data = data["blobs"]
+        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+
+    def save(self, name: str, **kwargs) -> None:
+        """fvcore's save, written atomically (a kill mid-save leaves the previous file, never a torn one)."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        save_torch_atomic(data, save_file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if self.save_to_disk:
+            write_text_atomic(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
 
     @staticmethod
     def _ours(state, metadata, filename):
