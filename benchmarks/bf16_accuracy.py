@@ -6,7 +6,7 @@ precision x seed, one tools/train_det.py run per cell, then docs/results/bf16_ac
     python benchmarks/bf16_accuracy.py --collect                     # only rewrite summary.csv / details.csv
     python benchmarks/bf16_accuracy.py --dry-run                     # print the cells and their commands
 
-Resumable: a cell whose folder holds eval.json is finished and skipped; a cell whose folder exists without it
+Resumable: a cell whose folder holds a final eval.json is finished and skipped (one marked stopped_early is resumed); a cell whose folder exists without it
 continues (train_det --resume: from checkpoints/last.pt, saved every 50 iterations; an empty or checkpoint-less
 folder starts over). Kill it at any time and run the same command again. The cells run seed-major (seed 0 of
 every dataset x recipe, fp32 then bf16, then seed 1, ...) so the first pairs to finish are comparable.
@@ -142,10 +142,24 @@ def write_meta(out: Path, cmd: List[str]) -> None:
         f.write(json.dumps(meta) + "\n")
 
 
+def finished(folder: Path) -> bool:
+    """A cell is finished when its eval.json is the final one: a run stopped early (time limit, SIGTERM) writes an
+    eval.json marked stopped_early and is resumed, not collected."""
+    ev = folder / "eval.json"
+    if not ev.is_file():
+        return False
+    try:
+        return "stopped_early" not in json.loads(ev.read_text())
+    except ValueError:
+        return False
+
+
 def collect(runs: Path, results: Path) -> int:
     """Rewrite summary.csv and details.csv from every finished cell under `runs`; returns the number of rows."""
     rows = []
     for ev in sorted(runs.glob("*/*/eval.json")):
+        if not finished(ev.parent):
+            continue
         group, cell = ev.parent.parent.name, ev.parent.name
         parts = group.split("_")
         dataset = parts[0]
@@ -232,7 +246,7 @@ def main(argv=None) -> int:
             print(f"== {name}: skipped: recipe {recipe} needs a pretrained export (--pretrained PATH from "
                   f"tools/train_cls.py --export); none on disk", flush=True)
             continue
-        if (out / "eval.json").is_file():
+        if finished(out):
             print(f"== {name}: finished (eval.json)", flush=True)
             continue
         resume = out.is_dir() and any(out.iterdir())
