@@ -1,6 +1,7 @@
 """Shared test fixtures. Data in ../shared is optional on a laptop but required under CI (CI=true)."""
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,10 @@ ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # tools/ and benchmarks/ are on the import path through pytest.ini's pythonpath (tools import their sibling
 # tools/_cli.py as `python tools/X.py` finds it).
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (tools/dev.py test runs one worker per core), one torch thread per worker: two workers with two
+# threads each on two cores would fight over them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 # Nothing downloads during tests: "torchvision:<ENUM>" weights resolve only from files a test places in its own
 # TORCH_HOME (subprocesses inherit this).
 os.environ["RESBACKBONES_OFFLINE"] = "1"
@@ -119,6 +123,9 @@ def _checkout_snapshot() -> dict:
 
 
 def pytest_sessionfinish(session, exitstatus):
+    support = sys.modules.get("fuzz_support")
+    if hasattr(session.config, "workeroutput") and support is not None:  # an xdist worker: hand the counts over
+        session.config.workeroutput["rb_fuzz_cases"] = dict(support.CASES)
     before = getattr(session.config, "_rb_checkout_snapshot", None)
     if before is None or os.environ.get("PYTEST_XDIST_WORKER"):
         return
@@ -144,13 +151,22 @@ def pytest_sessionstart(session):
                     f"of scratch space (old /tmp/pytest-of-* folders can be removed)", returncode=3)
 
 
-def pytest_terminal_summary(terminalreporter):
-    """The fuzzer's case counts and seed (tests/fuzz_support.py), so a CI log says what was tried."""
-    import sys
+_WORKER_FUZZ_CASES: Counter = Counter()  # the xdist controller's sum of its workers' fuzz counts
 
-    support = sys.modules.get("fuzz_support")
-    if support is not None and support.CASES:
-        counts = ", ".join(f"{name} {count}" for name, count in sorted(support.CASES.items()))
-        terminalreporter.write_line(f"fuzz: {sum(support.CASES.values())} cases ({counts}), seed {support.FUZZ_SEED}, "
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: a worker finished and sent its workeroutput
+def pytest_testnodedown(node, error):
+    _WORKER_FUZZ_CASES.update(getattr(node, "workeroutput", {}).get("rb_fuzz_cases", {}))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzzer's case counts and seed (tests/fuzz_support.py), so a CI log says what was tried (with xdist: the
+    sum over the workers)."""
+    import fuzz_support as support
+
+    cases = support.CASES + _WORKER_FUZZ_CASES
+    if cases:
+        counts = ", ".join(f"{name} {count}" for name, count in sorted(cases.items()))
+        terminalreporter.write_line(f"fuzz: {sum(cases.values())} cases ({counts}), seed {support.FUZZ_SEED}, "
                                     f"at most {support.FUZZ_EXAMPLES} per property (RESBACKBONES_FUZZ_SEED / "
                                     f"RESBACKBONES_FUZZ_EXAMPLES)")

@@ -54,6 +54,19 @@ def ensure_env(with_detectron2: bool) -> None:
             print(f"note: {D2_ARCHIVE} not found; detectron2 tests will be skipped", flush=True)
 
 
+def parallel_options(rest) -> list:
+    """pytest-xdist options: one worker per core (at most 4), whole files per worker (--dist loadfile: a file's
+    module fixtures, e.g. a trained model, are built once). Most of the suite's time is single-threaded Python
+    (tool subprocesses, imports, data), which one process left idle on the second core. Given -n / -p in `rest`, or
+    without xdist installed, nothing is added."""
+    if any(arg == "-n" or arg.startswith(("-n", "--numprocesses", "-p")) for arg in rest):
+        return []
+    if subprocess.call([str(PYTHON), "-c", "import xdist"], stderr=subprocess.DEVNULL) != 0:
+        return []
+    workers = min(4, os.cpu_count() or 1)
+    return ["-n", str(workers), "--dist", "loadfile"] if workers > 1 else []
+
+
 def main(argv) -> int:
     if not argv or argv[0] not in ("quickstart", "test", "setup"):
         print(__doc__)
@@ -63,7 +76,7 @@ def main(argv) -> int:
     if command == "setup":
         return 0
     if command == "test":
-        return subprocess.call([str(PYTHON), "-m", "pytest", "-q", "tests", *rest], cwd=ROOT)
+        return subprocess.call([str(PYTHON), "-m", "pytest", "-q", "tests", *parallel_options(rest), *rest], cwd=ROOT)
     # The output folder is the config's train.output_dir (output/quickstart); `--output DIR` in rest changes it.
     return subprocess.call([str(PYTHON), "tools/train_det.py", "--config", "configs/quickstart.yaml", *rest], cwd=ROOT)
 
