@@ -17,7 +17,9 @@ from typing import Dict, List, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RESBACKBONES_SHARED", REPO.parent / "shared"))
-DOC_FILES = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")),
+# every page of the docs site (docs/ but its run records in docs/results/ and the plans in docs/dev/, as mkdocs.yml)
+DOC_FILES = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("*.md")
+                                  if p.relative_to(REPO / "docs").parts[0] not in ("results", "dev")),
              "configs/detectron2/README.md"]
 COMMAND_WORDS = ("python ", "python3 ", "torchrun ", "pip ", "bash ", "scripts/", ".venv/bin/python ")
 _COMMENT = re.compile(r"\s+#\s.*$")

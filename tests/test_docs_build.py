@@ -3,7 +3,8 @@
 `mkdocs build --strict` over mkdocs.yml (the guides in docs/ and the API reference that mkdocstrings builds from
 the docstrings) into tmp_path: a docstring that mkdocstrings cannot parse, a page missing from the nav's files or a
 broken reference fails the test with mkdocs' own warning lines. mkdocs cannot see files outside docs/, so the links
-of README.md and docs/ are checked here against the repository (mkdocs.yml leaves those to this test).
+of README.md and docs/ (files, and the headings they name) are checked here against the repository (mkdocs.yml
+leaves those to this test).
 """
 import re
 import subprocess
@@ -43,14 +44,31 @@ def test_mkdocs_build_strict(tmp_path):
     assert "out_features" in (site / "api/resbackbones/index.html").read_text(encoding="utf-8")
 
 
+def _without_code(text: str) -> str:
+    return re.sub(r"```.*?```", "", text, flags=re.S)  # links and headings in code blocks are neither
+
+
+def anchors(page: Path) -> List[str]:
+    """The heading anchors of a markdown page as GitHub and mkdocs' toc both spell the plain ones."""
+    headings = re.findall(r"^#{1,6}\s+(.+?)\s*#*$", _without_code(page.read_text(encoding="utf-8")), flags=re.M)
+    return [re.sub(r"[^\w\- ]", "", h.lower().replace("`", "")).strip().replace(" ", "-") for h in headings]
+
+
+def _has_api(page: Path) -> bool:
+    """mkdocstrings writes the anchors of an API page (one per object; mkdocs checks those)."""
+    return bool(re.search(r"^::: ", page.read_text(encoding="utf-8"), flags=re.M))
+
+
 @pytest.mark.parametrize("page", doc_pages(), ids=lambda p: str(p.relative_to(REPO)))
 def test_relative_links_resolve(page):
-    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)  # links in code are not links
     broken = []
-    for match in LINK.finditer(text):
-        target = (match.group(1) or match.group(2)).split("#")[0]
-        if not target or re.match(r"[a-z]+:", target):
-            continue  # an anchor on the same page, or a URL
-        if not (page.parent / target).exists():
+    for match in LINK.finditer(_without_code(page.read_text(encoding="utf-8"))):
+        target, _, anchor = (match.group(1) or match.group(2)).partition("#")
+        if re.match(r"[a-z]+:", target):
+            continue  # a URL
+        path = page.parent / target if target else page
+        if not path.exists():
             broken.append(target)
-    assert not broken, f"{page.relative_to(REPO)} links to missing files: {broken}"
+        elif anchor and path.suffix == ".md" and anchor not in anchors(path) and not _has_api(path):
+            broken.append(f"{target}#{anchor}")
+    assert not broken, f"{page.relative_to(REPO)} links to missing files or headings: {broken}"

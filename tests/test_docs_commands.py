@@ -1,5 +1,6 @@
-"""Every shell command and python block of README.md, docs/*.md and configs/detectron2/README.md runs as written, in
-a smoke form (tiny overrides: a few iterations, data subsets), in a throwaway checkout beside ../shared.
+"""Every shell command and python block of README.md, docs/ (the site's pages: docs_commands.DOC_FILES) and
+configs/detectron2/README.md runs as written, in a smoke form (tiny overrides: a few iterations, data subsets), in a
+throwaway checkout beside ../shared.
 
 SMOKE lists how each command is shrunk; NOT_RUN lists the commands that cannot run here, with the reason, and the
 `--help` run standing in for them. A command in the docs that is in neither table fails
@@ -99,8 +100,8 @@ NOT_RUN: Dict[str, Tuple[str, Optional[str]]] = {  # command -> (why it cannot r
     "--test-images shapes_val/images <opts> OUTPUT_DIR run1": ("the recorded 16-minute detectron2 run", TRAIN_D2_HELP),
 }
 
-PY_SETUP = {"README.md#python1": ("torchvision",), "docs/weights.md#python1": ("torchvision", EXPORT),
-            "configs/detectron2/README.md#python1": ("detectron2",), "README.md#python2": ("detectron2",)}
+PY_SETUP = {"README.md#python2": ("torchvision",), "docs/weights.md#python1": ("torchvision", EXPORT),
+            "configs/detectron2/README.md#python1": ("detectron2",), "docs/detectron2.md#python1": ("detectron2",)}
 
 COMMANDS, BLOCKS = documented()
 
