@@ -1,10 +1,10 @@
 """What tools/predict.py does with a loaded detector: the images of files and folders, batched inference that gives
-one-by-one results, images the model cannot resize refused up front (drawing them: resbackbones/visualize.py).
+one-by-one results (the test loader of evaluation, data/loaders.py), images the model cannot resize refused up front
+(drawing them: resbackbones/visualize.py).
 
     for path, image, output in predict_images(model, list_images(["img.jpg", "folder/"]), batch_size=4, device=dev):
         canvas = draw_detections(image, output, names, score_thresh=0.5)
 """
-import math
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ..data.errors import DataError
-from ..data.folders import IMG_EXTENSIONS, read_image
-from ..data.images import image_to_tensor
+from ..data.folders import IMG_EXTENSIONS
+from ..data.loaders import ImageRecords, build_det_test_loader, padded_shape
 from ..data.resizable import MIN_RESIZED_SIDE, check_resizable  # noqa: F401 - public here too
 from ..engine.device import autocast
 
@@ -38,7 +38,8 @@ def list_images(inputs: Sequence[str]) -> List[Path]:
 
 
 def header_size(path) -> Optional[Tuple[int, int]]:
-    """(height, width) from the image header without decoding; None when Pillow cannot identify the file."""
+    """(height, width) from the image header without decoding, as read_image will return it (an EXIF orientation
+    that turns the image by 90 degrees swaps the two); None when Pillow cannot identify the file."""
     from PIL import Image
 
     saved = Image.MAX_IMAGE_PIXELS
@@ -46,46 +47,53 @@ def header_size(path) -> Optional[Tuple[int, int]]:
         Image.MAX_IMAGE_PIXELS = None  # only the size is read; the pixel limit is applied when decoding
         with Image.open(path) as image:
             width, height = image.size
-        return int(height), int(width)
+            turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # OpenCV applies the orientation
+        return (int(width), int(height)) if turned else (int(height), int(width))
     except Exception:  # noqa: BLE001 - not identifiable by Pillow: decoding will decide
         return None
     finally:
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def padded_shape(transform: nn.Module, height: int, width: int) -> Tuple[int, int]:
-    """The shape an image of height x width takes in the detector's batch: resized by the transform itself (on a
-    "meta" tensor: shapes only, no pixels), then padded to its size_divisible."""
-    resized, _ = transform.resize(torch.empty(3, height, width, device="meta"))
-    step = transform.size_divisible
-    return tuple(int(math.ceil(s / step) * step) for s in resized.shape[-2:])
+Detection = Tuple[Path, np.ndarray, Dict[str, torch.Tensor]]
 
 
 def predict_images(model: nn.Module, paths: Sequence[Path], *, batch_size: int, device: torch.device,
-                   amp: str = "none") -> Iterator[Tuple[Path, np.ndarray, Dict[str, torch.Tensor]]]:
-    """(path, RGB uint8 image, detections on CPU) for every path, in batches of up to `batch_size`.
+                   amp: str = "none", num_workers: int = 0) -> Iterator[Detection]:
+    """(path, RGB uint8 image [H, W, 3], detections on CPU) for every path, in batches of up to `batch_size`, the
+    images decoded in `num_workers` processes (data/loaders.build_det_test_loader, the loader of evaluation).
 
     Only images that take the same padded shape share a batch: each then sees exactly the input it sees alone
     (torchvision pads a batch to its largest image, which moves a smaller image's RPN proposals), so the results
-    equal one-by-one inference. Images wait in a bucket per shape; a full bucket runs, the rest run at the end.
+    equal one-by-one inference (up to the float rounding of batched kernels). Shapes come from the file headers;
+    images wait in a bucket per shape, a full bucket runs, the rest run at the end, so the order is by bucket.
+    Raises DataError for an image that does not decode or that the model cannot resize (check_resizable).
     """
     transform = model.transform
-    buckets: "OrderedDict[Tuple[int, int], List]" = OrderedDict()
-
-    def run(items):
-        tensors = [image_to_tensor(img).to(device) for _, img in items]
-        with torch.no_grad(), autocast(device, amp):  # boxes / scores / masks come out float32 either way
-            outputs = model(tensors)
-        for (path, image), output in zip(items, outputs):
-            yield path, image, {k: v.cpu() for k, v in output.items()}
-
+    records = []
     for path in paths:
-        image = read_image(path)
-        check_resizable(path, *image.shape[:2], min_size=transform.min_size[-1], max_size=transform.max_size)
-        key = padded_shape(transform, *image.shape[:2])
-        bucket = buckets.setdefault(key, [])
-        bucket.append((path, image))
-        if len(bucket) >= batch_size:
-            yield from run(buckets.pop(key))
-    for bucket in buckets.values():
-        yield from run(bucket)
+        size = header_size(path)
+        records.append({"path": path, **({"height": size[0], "width": size[1]} if size else {})})
+    # header sizes only group the batches; the decoded sizes decide (_same_shape_runs)
+    images = ImageRecords(records, keep_pixels=True, check_sizes=False)
+    loader = build_det_test_loader(images, batch_size=batch_size, num_workers=num_workers, rank=0, world=1,
+                                   transform=transform)
+    for batch in loader:
+        for _, target in batch:
+            check_resizable(target["path"], *target["pixels"].shape[:2], min_size=transform.min_size[-1],
+                            max_size=transform.max_size)
+        for items in _same_shape_runs(transform, batch):
+            tensors = [tensor.to(device) for tensor, _ in items]
+            with torch.no_grad(), autocast(device, amp):  # boxes / scores / masks come out float32 either way
+                outputs = model(tensors)
+            for (_, target), output in zip(items, outputs):
+                yield target["path"], target["pixels"], {k: v.cpu() for k, v in output.items()}
+
+
+def _same_shape_runs(transform: nn.Module, batch: List) -> List[List]:
+    """`batch` split by the padded shape of the decoded images: a header that disagrees with its pixels (an EXIF
+    orientation OpenCV ignores for that format) must not put two shapes in one forward pass."""
+    groups: "OrderedDict[Tuple[int, int], List]" = OrderedDict()
+    for item in batch:
+        groups.setdefault(padded_shape(transform, *item[0].shape[-2:]), []).append(item)
+    return list(groups.values())

@@ -6,18 +6,18 @@
 Everything a run could fail on mid-way is checked before the model sees the first image, and every user error
 arrives as one CocoEvalError line: the ground truth's types, the device and amp, the checkpoint and its config
 (load_detector), images the model cannot resize, the category mapping, image files missing from the folder.
-The images go through the one evaluation path (evaluation/inference.py: inference_on_dataset) with the batching,
-mask threshold and amp of train_det's evaluation, so both report the same detections.
+The images go through the one evaluation path (evaluation/inference.py: inference_on_dataset) with the test loader
+(data/loaders.build_det_test_loader: batches of one padded shape, decoded in data.num_workers processes), mask
+threshold and amp of train_det's evaluation, so both report the same detections, whatever test.ims_per_batch.
 """
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ..data.errors import DataError
-from ..data.folders import read_image
-from ..data.images import image_to_tensor
+from ..data.loaders import build_det_test_loader
 from ..data.resizable import check_coco_images_resizable
 from ..config.det import DetTrainConfig
 from ..engine.device import resolve_amp, resolve_device
@@ -45,7 +45,8 @@ def run_checkpoint_on_coco(checkpoint: PathLike, gt_path: PathLike, images: Path
     """COCO results of `checkpoint` (evaluation.inference.load_detector: the config it records, else `config` or
     the one beside it; `overrides` key=value) on every image of the COCO json `gt_path`, read from the folder
     `images`, with the json's category ids (by name when the checkpoint's ids differ). Runs through
-    inference_on_dataset as train_det's evaluation does: test.ims_per_batch images per batch, test.mask_threshold,
+    inference_on_dataset as train_det's evaluation does: batches of up to test.ims_per_batch images of one padded
+    shape (data/loaders.build_det_test_loader, data.num_workers decoding processes), test.mask_threshold,
     autocast at `amp` (None: test.amp, else train.amp). Prints the amp, a note on the category mapping, and the count
     and time. Raises CocoEvalError (one line) for every user error."""
     if not images:
@@ -81,9 +82,15 @@ def run_checkpoint_on_coco(checkpoint: PathLike, gt_path: PathLike, images: Path
                             f"{missing[0].get('file_name')}, id {missing[0].get('id')}); give the image folder of --gt")
     started = time.perf_counter()
     collector = COCODetections(mapping, mask_threshold=test.mask_threshold)
-    records = sorted(gt["images"], key=lambda im: im["id"])  # train_det's order (data/coco.py), so the same batches
-    inference_on_dataset(loaded.model, _image_batches(records, Path(images), test.ims_per_batch), collector,
-                         device=torch_device, amp=mode)
+    records = [{"path": Path(images) / str(im["file_name"]), "image_id": im["id"],
+                **{k: im[k] for k in ("height", "width") if k in im}}
+               for im in sorted(gt["images"], key=lambda im: im["id"])]  # train_det's order (data/coco.py)
+    loader = build_det_test_loader(records, batch_size=test.ims_per_batch, num_workers=loaded.cfg.data.num_workers,
+                                   rank=0, world=1, transform=loaded.model.transform)
+    try:
+        inference_on_dataset(loaded.model, loader, collector, device=torch_device, amp=mode)
+    except DataError as error:  # corrupt, not an image, or not the json's size: named, one line
+        raise CocoEvalError(str(error)) from None
     found = collector.detections
     print(f"detected {len(found)} objects on {len(gt['images'])} images in {time.perf_counter() - started:.1f} s")
     return CheckpointDetections(found, loaded.cfg, mode)
@@ -96,15 +103,3 @@ def detect_coco_images(checkpoint: PathLike, gt_path: PathLike, images: PathLike
     return run_checkpoint_on_coco(checkpoint, gt_path, images, config=config, overrides=overrides, device=device,
                                   amp=amp, iou_types=iou_types).detections
 
-
-def _image_batches(records: Sequence[Dict[str, Any]], folder: Path, size: int) -> Iterator[List]:
-    """(image [3, H, W] float RGB 0-1, {"image_id"}) in batches of `size`, in the order given, read lazily."""
-    for start in range(0, len(records), max(1, size)):
-        batch = []
-        for image in records[start:start + size]:
-            try:
-                pixels = read_image(folder / image["file_name"])  # RGB uint8 [H, W, 3]
-            except DataError as error:  # corrupt or not an image: named, one line
-                raise CocoEvalError(str(error)) from None
-            batch.append((image_to_tensor(pixels), {"image_id": image["id"]}))
-        yield batch
