@@ -105,3 +105,25 @@ def test_bad_options_are_one_line(run, tmp_path, capsys, extra, expected):
     assert predict.main(["--checkpoint", str(run / "last.pt"), "--images", str(IMAGES), "--output",
                          str(tmp_path / "o"), "--device", "cpu", *extra]) == 2
     assert expected in _error(capsys)
+
+
+def test_workers_give_the_same_detections_and_headers_follow_exif(run, tmp_path):
+    from PIL import Image
+
+    from resbackbones.data.images import read_image
+    from resbackbones.deploy.predict import header_size
+
+    model = load_detector(run / "last.pt").model
+    paths = sorted(IMAGES.iterdir())
+    serial = list(predict_images(model, paths, batch_size=4, device=torch.device("cpu")))
+    parallel = list(predict_images(model, paths, batch_size=4, device=torch.device("cpu"), num_workers=2))
+    assert [p for p, _, _ in serial] == [p for p, _, _ in parallel]
+    for (_, a, x), (_, b, y) in zip(serial, parallel):
+        assert np.array_equal(a, b) and all(torch.equal(x[k], y[k]) for k in x)
+    # a JPEG stored 80x40 whose EXIF orientation turns it: decoded 40x80, and its header size says so (the batches
+    # are formed from header sizes)
+    turned = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((40, 80, 3), np.uint8)).save(turned, exif=exif.tobytes())
+    assert header_size(turned) == read_image(turned).shape[:2] == (80, 40)
