@@ -241,6 +241,8 @@ def test_grouped_batches_are_one_group_and_a_resume_rebuilds_them():
 
 
 def test_aspect_ratio_groups_from_json_sizes(mixed_set):
-    val = CocoDetection(mixed_set, IMAGES, with_masks=False, transforms=build_det_transforms(train=False))
-    sizes = [(val.coco.imgs[i]["height"], val.coco.imgs[i]["width"]) for i in val.ids]
-    assert aspect_ratio_groups(val) == [int(w < h) for h, w in sizes] and 0 < sum(aspect_ratio_groups(val)) < 6
+    train = CocoDetection(mixed_set, IMAGES, with_masks=False, transforms=build_det_transforms(train=True))
+    sizes = [(train.coco.imgs[i]["height"], train.coco.imgs[i]["width"]) for i in train.ids]
+    groups = aspect_ratio_groups(train)  # training flips: the sizes as stored decide
+    assert groups == [int(w < h) for h, w in sizes] and 0 < sum(groups) < 6
+    assert aspect_ratio_groups(Subset(train, [1, 0])) == groups[1::-1]

@@ -139,24 +139,26 @@ class ImageRecords(Dataset):
         return image_to_tensor(pixels), target
 
 
-def image_sizes(dataset: Dataset) -> List[Optional[Size]]:
-    """(height, width) of every item of `dataset` as it is returned, without decoding, None where not known:
-    dataset.image_size(i) where it has one (ImageRecords), a COCO dataset's json sizes (data/coco.CocoDetection
-    without a resizing transform: its load_image refuses a file of another size), through Subset too."""
+def image_sizes(dataset: Dataset, *, as_returned: bool = True) -> List[Optional[Size]]:
+    """(height, width) of every item of `dataset`, without decoding, None where not known: dataset.image_size(i)
+    where it has one (ImageRecords), a COCO dataset's json sizes (data/coco.CocoDetection: its load_image refuses a
+    file of another size), through Subset too. as_returned: the size of the image the item holds, so a COCO dataset
+    whose transforms may resize gives None; False: the stored image's size (what an aspect ratio is taken from)."""
     if isinstance(dataset, Subset):
-        inner = image_sizes(dataset.dataset)
+        inner = image_sizes(dataset.dataset, as_returned=as_returned)
         return [inner[i] for i in dataset.indices]
     if hasattr(dataset, "image_size"):
         return [dataset.image_size(i) for i in range(len(dataset))]
     coco, ids = getattr(dataset, "coco", None), getattr(dataset, "ids", None)
     transforms = getattr(dataset, "transforms", None)
-    if coco is not None and ids is not None and (transforms is None or getattr(transforms, "identity", False)):
-        sizes = []
-        for image_id in ids:
-            info = coco.imgs[image_id]
-            sizes.append((int(info["height"]), int(info["width"])) if "height" in info and "width" in info else None)
-        return sizes
-    return [None] * len(dataset)
+    if coco is None or ids is None or (as_returned and transforms is not None
+                                       and not getattr(transforms, "identity", False)):
+        return [None] * len(dataset)
+    sizes = []
+    for image_id in ids:
+        info = coco.imgs[image_id]
+        sizes.append((int(info["height"]), int(info["width"])) if "height" in info and "width" in info else None)
+    return sizes
 
 
 class _Failed:
@@ -237,8 +239,9 @@ def build_det_test_loader(dataset_or_records: Union[Dataset, Sequence[Mapping[st
 # -- training ----------------------------------------------------------------------------------------------------
 def aspect_ratio_groups(dataset: Dataset) -> List[int]:
     """Group id per item: 0 landscape or square (width >= height), 1 portrait; 0 where the size is not known
-    (detectron2's AspectRatioGroupedDataset rule). Sizes from image_sizes (no decoding)."""
-    return [int(size is not None and size[1] < size[0]) for size in image_sizes(dataset)]
+    (detectron2's AspectRatioGroupedDataset rule). From the stored images' sizes (image_sizes, no decoding): a flip
+    or a ratio-keeping resize of the training transforms leaves the group as it is."""
+    return [int(size is not None and size[1] < size[0]) for size in image_sizes(dataset, as_returned=False)]
 
 
 class GroupedBatchSampler(Sampler):
