@@ -243,8 +243,8 @@ def optimize_for_inference(model: nn.Module, dtype: Union[str, torch.dtype, None
                            ) -> InferenceModel:
     """A copy of `model` for inference: eval mode, every BN/FrozenBN folded into its conv, channels_last weights,
     weights and activations in `dtype`:
-    "auto" (default) bf16 where the hardware has it natively (CPU amx_bf16 / avx512_bf16, CUDA compute capability
-    >= 8.0; fp16 on older GPUs), else fp32 - see inference_dtype; None or torch.float32: fp32;
+    "auto" (default) bf16 where the hardware has it natively (CPU amx_bf16 / avx512_bf16, CUDA compute
+    capability >= 8.0; fp16 on older GPUs), else fp32 - see inference_dtype; None or torch.float32: fp32;
     torch.bfloat16 / torch.float16: that. The choice is in the result's .precision and .precision_reason.
 
     fuse (CPU, fp32/bf16): run each conv + ReLU (+ residual add) as one oneDNN primitive on pre-packed weights.
