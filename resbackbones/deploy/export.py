@@ -1,20 +1,22 @@
 """A whole detector (transform, backbone, FPN, RPN, RoI heads, post-processing) in one file that runs without
-resbackbones: TorchScript (torch + torchvision), or ONNX when the onnx package is installed.
+resbackbones: TorchScript `.pt` (torch + torchvision), torch.export `.pt2` (torch + torchvision), or ONNX `.onnx`
+(onnxruntime alone; written by the dynamo exporter, opset 18, checked with onnx.checker).
 
-    export_detector(model, "detector.pt", fmt="torchscript", label_names=["__background__", "cat", ...])
-
-    # in the deployment, without resbackbones:
-    import torch, torchvision              # torchvision registers the nms / roi_align ops the file calls
-    model = torch.jit.load("detector.pt")
-    detections = model([image])            # image float [3, H, W] RGB in [0, 1], any size; one dict per image:
+    export_detector(model, "detector.pt2", fmt="export", label_names=["__background__", "cat", ...])
+    detector = resbackbones.deploy.load("detector.pt2")   # the eager interface over any of the three formats
+    detections = detector([image])         # image float [3, H, W] RGB in [0, 1], any size; one dict per image:
                                            # boxes [K, 4] xyxy input pixels, labels [K], scores [K], (masks [K, 1, H, W])
-    model.label_names[label]               # category name of a label (0: "__background__")
+    detector.label_names[label]            # category name of a label (0: "__background__")
 
-torch.export cannot capture torchvision's R-CNN yet (data-dependent box counts in NMS and mask pasting,
-pytorch/pytorch#118884): fmt="export" is attempted and refused in one line when it fails.
+Without resbackbones: TorchScript: `torch.jit.load(p)([image])` (a list in, a list of dicts out, .label_names).
+`.pt2` / `.onnx`: one image [3, H, W] (H, W from 32 to 4096) in, the tuple (boxes, labels, scores(, masks)) out;
+label names and output names in the file's "resbackbones.json" (torch.export.load(p, extra_files=...) / the ONNX
+metadata). Those two graphs come from deploy/exportable.py (why torchvision's R-CNN needs rewriting for them there);
+one file takes any image height and width in that range; the batch is one image per call (the loader loops).
 """
 import contextlib
 import io
+import json
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -22,7 +24,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..io.outputs import save_exported_program_atomic, save_torchscript_atomic, write_serialized_atomic
+from ..io.outputs import save_torchscript_atomic, write_bytes_atomic, write_serialized_atomic
+from .exportable import ExportableDetector
+from .load import MAX_SIDE, METADATA, MIN_SIDE, check_images, load
 from .scriptable import deployable
 
 FORMATS = ("torchscript", "export", "onnx")
@@ -37,23 +41,33 @@ class DeployedDetector(nn.Module):
     detections) pair under scripting) and label_names, indexed by label."""
 
     label_names: List[str]
+    metadata: str  # JSON: label_to_category, categories (what eval_coco needs to score the file's labels)
 
-    def __init__(self, model: nn.Module, label_names: Sequence[str]):
+    def __init__(self, model: nn.Module, label_names: Sequence[str], metadata: str = "{}"):
         super().__init__()
         self.model = model
         self.label_names = list(label_names)
+        self.metadata = metadata
 
     def forward(self, images: List[Tensor]) -> List[Dict[str, Tensor]]:
+        # The file's own refusal, for users without resbackbones.deploy.load (which checks the same before).
+        if len(images) == 0:
+            raise ValueError("expected a list of images (float RGB tensors [3, H, W] in [0, 1]), got an empty list")
+        for i, image in enumerate(images):
+            if not image.is_floating_point() or image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError("image " + str(i) + ": expected a float RGB tensor [3, H, W] in [0, 1], got "
+                                 + str(image.dtype) + " " + str(image.shape))
         losses, detections = self.model(images)  # scripted GeneralizedRCNN; used only through torch.jit.script
         return detections
 
 
 def export_detector(model: nn.Module, path, *, fmt: str = "torchscript", label_names: Optional[Sequence[str]] = None,
-                    example: Optional[Tensor] = None) -> Path:
+                    example: Optional[Tensor] = None, metadata: Optional[dict] = None) -> Path:
     """Write `model` (a build_detector detector) to `path` in format `fmt` (FORMATS); returns the path.
 
     label_names: indexed by label (0 = background); default: the labels as text. example: an image [3, H, W] for
-    the tracing formats (export, onnx); default: a random image of the transform's min size.
+    the tracing formats (export, onnx); default: a random image of the transform's min size. metadata: JSON-able
+    facts stored in the file (the tool: label_to_category and categories of the checkpoint), read back by load().
     """
     if fmt not in FORMATS:
         raise DeployError(f"unknown export format {fmt!r}; available: {', '.join(FORMATS)}")
@@ -64,40 +78,75 @@ def export_detector(model: nn.Module, path, *, fmt: str = "torchscript", label_n
     if fmt == "torchscript":
         with warnings.catch_warnings():  # torch.jit is deprecated but is what torchvision's R-CNN supports
             warnings.simplefilter("ignore")
-            scripted = torch.jit.script(DeployedDetector(ready, label_names))
+            scripted = torch.jit.script(DeployedDetector(ready, label_names, json.dumps(metadata or {})))
             return save_torchscript_atomic(scripted, path)
+    return write_exported(ready, {fmt: path}, label_names=label_names, example=example, metadata=metadata)[fmt]
+
+
+def write_exported(model: nn.Module, paths: Dict[str, Path], *, label_names: Optional[Sequence[str]] = None,
+                   example: Optional[Tensor] = None, metadata: Optional[dict] = None) -> Dict[str, Path]:
+    """The graph formats ("export" -> .pt2, "onnx" -> .onnx) of `model` written to paths[fmt] from one
+    torch.export capture (the slow step, shared); returns paths."""
+    ready = deployable(model).cpu().float()
+    if label_names is None:
+        label_names = ["__background__"] + [str(i) for i in range(1, ready.roi_heads.box_predictor.cls_score.out_features)]
     if example is None:
         size = int(ready.transform.min_size[-1])
         example = torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))
-    if fmt == "onnx":
-        try:
-            import onnx
-        except ImportError:
-            raise DeployError("--format onnx needs the onnx package: pip install onnx (and onnxruntime to run the "
-                              "file), or use --format torchscript") from None
-        outputs = ["boxes", "labels", "scores"] + (["masks"] if ready.roi_heads.has_mask() else [])
-        write_serialized_atomic(path, lambda buffer: torch.onnx.export(
-            ready, ([example],), buffer, dynamo=False, opset_version=17, input_names=["image"], output_names=outputs,
-            dynamic_axes={"image": {1: "height", 2: "width"}, **{o: {0: "detections"} for o in outputs}}))
-        onnx.checker.check_model(str(path))
-        return path
+    check_images([example], min_side=MIN_SIDE, max_side=MAX_SIDE)
+    if "onnx" in paths:
+        _require_onnx()  # before the capture, which takes minutes
+    program = export_program(ready, example)
+    outputs = ["boxes", "labels", "scores"] + (["masks"] if ready.roi_heads.has_mask() else [])
+    meta = json.dumps({**(metadata or {}), "label_names": list(label_names), "outputs": outputs,
+                       "min_side": MIN_SIDE, "max_side": MAX_SIDE,
+                       "input": "image float RGB [3, H, W] in [0, 1], one per call"})
+    if "export" in paths:  # before the ONNX conversion, which decomposes the program in place
+        write_serialized_atomic(Path(paths["export"]), lambda buffer: torch.export.save(
+            program, buffer, extra_files={METADATA: meta}))
+    if "onnx" in paths:
+        write_bytes_atomic(Path(paths["onnx"]), onnx_bytes(program, outputs, meta))
+    return {fmt: Path(p) for fmt, p in paths.items()}
+
+
+def export_program(ready: nn.Module, example: Tensor) -> "torch.export.ExportedProgram":
+    """torch.export of ExportableDetector(ready) with a dynamic image height and width (MIN_SIDE..MAX_SIDE);
+    DeployError in one line when torch cannot capture it."""
+    side = dict(min=MIN_SIDE, max=MAX_SIDE)
+    shapes = ({1: torch.export.Dim("height", **side), 2: torch.export.Dim("width", **side)},)
     try:  # a failed capture prints the partial graph (thousands of lines) on stderr: keep it off the console
-        with contextlib.redirect_stderr(io.StringIO()):
-            program = torch.export.export(_SingleImage(ready), (example,), strict=False)
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # torchvision's nms fake kernel: create_unbacked_symint is deprecated
+            return torch.export.export(ExportableDetector(ready).eval(), (example,), dynamic_shapes=shapes,
+                                       strict=False)
     except Exception as error:  # torch's own limitation on this graph, not a bug of the caller
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DeployError(f"torch.export cannot capture this detector ({first[:160]}): torchvision's R-CNN has "
-                          f"data-dependent box counts (pytorch/pytorch#118884); use --format torchscript") from None
-    return save_exported_program_atomic(program, path)
+        raise DeployError(f"torch.export cannot capture this detector ({first[:200]}); use --format torchscript") \
+            from None
 
 
-class _SingleImage(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
+def _require_onnx():
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (the dynamo exporter's op library)
+    except ImportError:
+        raise DeployError("--format onnx needs the onnx and onnxscript packages: pip install onnx onnxscript (and "
+                          "onnxruntime to run the file), or use --format torchscript or export") from None
+    return onnx
 
-    def forward(self, image: Tensor) -> Dict[str, Tensor]:
-        return self.model([image])[0]
+
+def onnx_bytes(program, outputs: Sequence[str], meta: str) -> bytes:
+    """The ONNX model (dynamo exporter, opset 18, torchlib's NonMaxSuppression / RoiAlign for torchvision's ops)
+    of an ExportedProgram, with `meta` under the METADATA key; checked with onnx.checker."""
+    onnx = _require_onnx()
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exported = torch.onnx.export(program, dynamo=True, opset_version=18, input_names=["image"],
+                                     output_names=list(outputs), verbose=False)
+    proto = exported.model_proto
+    onnx.helper.set_model_props(proto, {METADATA: meta})
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
 
 
 def max_differences(expected: Dict[str, Tensor], got: Dict[str, Tensor]) -> Dict[str, float]:
@@ -113,22 +162,8 @@ def max_differences(expected: Dict[str, Tensor], got: Dict[str, Tensor]) -> Dict
 
 
 def run_exported(path, fmt: str, image: Tensor) -> Dict[str, Tensor]:
-    """One image's detections from an exported file, loaded the way a deployment loads it."""
-    import torchvision  # noqa: F401  (registers torchvision::nms / roi_align for the TorchScript file)
-
-    if fmt == "torchscript":
-        with warnings.catch_warnings():  # deprecation of torch.jit; "RCNN always returns a (Losses, Detections) ..."
-            warnings.simplefilter("ignore")
-            return torch.jit.load(str(path))([image])[0]
-    if fmt == "export":
-        return torch.export.load(str(path)).module()(image)
-    try:
-        import onnxruntime
-    except ImportError:
-        raise DeployError("checking an ONNX file needs onnxruntime: pip install onnxruntime") from None
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    values = session.run(None, {"image": image.numpy()})
-    return {o.name: torch.from_numpy(v) for o, v in zip(session.get_outputs(), values)}
+    """One image's detections from an exported file, through load() (the deployment's interface)."""
+    return load(path)([image])[0]
 
 
 def check_export(model: nn.Module, path, fmt: str, image: Tensor) -> Dict[str, float]:
