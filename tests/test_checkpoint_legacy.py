@@ -15,6 +15,13 @@ LEGACY_KEYS = ("model", "optimizer", "scheduler", "scaler", "iteration", "train_
                "categories")
 
 
+def to_legacy(state):
+    """A checkpoint of today's schema in the layout of LEGACY_KEYS."""
+    flat = dict(state, scaler=state["scaler"] or {}, train_seconds=state["trainer"]["train_seconds"],
+                iteration=state["trainer"]["iteration"], **state["extras"])
+    return {key: flat[key] for key in LEGACY_KEYS}
+
+
 @pytest.fixture(scope="module")
 def legacy_run(tmp_path_factory):
     """A 2-iteration run turned into the old layout: OUTPUT/{config.yaml, last.pt}, no checkpoints/."""
@@ -22,7 +29,7 @@ def legacy_run(tmp_path_factory):
     data, out = root / "shapes", root / "run"
     assert train_det.main(tiny_train_det_args(data, out, "solver.max_iter=2")) == 0
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    legacy = {key: state[key] for key in LEGACY_KEYS}
+    legacy = to_legacy(state)
     legacy["rng"] = state["rng"][0]  # one dict, applied to every rank
     torch.save(legacy, out / "last.pt")
     for path in (out / "checkpoints").iterdir():
@@ -40,7 +47,8 @@ def test_resume_continues_from_the_legacy_iteration(legacy_run, capsys):
     assert f"note: {out / 'last.pt'} is in the layout of train_det before checkpoints/" in printed
     assert f"resumed from {out / 'last.pt'}: iteration 2" in printed
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    assert state["iteration"] == 3 and state["task"] == "det" and state["config"]["solver"]["max_iter"] == 3
+    assert state["trainer"]["iteration"] == 3 and state["task"] == "det" and state["config"]["solver"]["max_iter"] == 3
+    assert set(state["extras"]) >= {"label_to_category", "categories", "config_changes"}
     assert (out / "last.pt").read_bytes() == before  # read, never written again
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in rows if "loss" in r] == [1, 2, 3]

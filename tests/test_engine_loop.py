@@ -153,11 +153,12 @@ def test_non_finite_gradients_without_scaler_raise_before_the_step():
 def test_non_finite_weights_are_refused_before_save():
     trainer = ToyTrainer()
     trainer.train(batches(), max_iter=1)
-    assert trainer.checked_state()["iteration"] == 1
+    trainer.check_weights()
+    assert trainer.state_dict()["iteration"] == 1
     with torch.no_grad():
         trainer.model.weight[0, 1] = float("inf")
     with pytest.raises(TrainingDiverged, match=r"weights became non-finite at iteration 1 \(weight and 0 more"):
-        trainer.checked_state()
+        trainer.check_weights()
 
 
 def _rank_main(rank, store, scenario, results):
@@ -168,7 +169,7 @@ def _rank_main(rank, store, scenario, results):
         if scenario == "weights" and rank == 1:
             with torch.no_grad():  # e.g. BatchNorm statistics that went bad on one rank only
                 trainer.model.bias.fill_(float("nan"))
-        trainer.checked_state()
+        trainer.check_weights()
         trainer.train(batches(), max_iter=4)
         results.put((rank, "finished"))
     except TrainingDiverged as error:

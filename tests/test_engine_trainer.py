@@ -8,7 +8,8 @@ from resbackbones.config import from_dict
 from resbackbones.config.cls import ClsConfig
 from resbackbones.data.synthetic_cls import generate, write_image_folder
 from resbackbones.engine.checkpoint import load_checkpoint
-from resbackbones.engine.cls_trainer import ClsTrainer, TrainingDiverged
+from resbackbones.engine.cls_trainer import ClsTrainer
+from resbackbones.engine.tool_errors import TrainingDiverged
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +28,13 @@ def tiny_cfg(data, out, **solver):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
     trainer = ClsTrainer(tiny_cfg(data, tmp_path))
-    trainer.train_one_epoch()
-    trainer.epoch += 1
-    trainer._save(metrics={"val_top1": 0.0})
+    trainer.train(trainer.data_iter(), trainer.iters_per_epoch)  # the epoch's end evaluates and saves
     good = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     for group in trainer.optimizer.param_groups:
         group["lr"] = float("inf")
     trainer.scheduler.base_lrs = [float("inf")] * len(trainer.scheduler.base_lrs)
     with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf).*last good checkpoint is kept: .*last.pt"):
-        trainer.train_one_epoch()
+        trainer.train(trainer.data_iter(), trainer.max_iter)
     kept = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(kept[k], good[k]) for k in good)
 
@@ -69,19 +68,19 @@ def test_init_weights_from_exported_backbone_and_from_checkpoint(data, tmp_path)
     from resbackbones.weights import WeightsMetadata
 
     trainer = ClsTrainer(tiny_cfg(data, tmp_path / "a"))
-    trainer.train_one_epoch()
+    trainer.train(trainer.data_iter(), trainer.iters_per_epoch)
     path = trainer.export_backbone(str(tmp_path / "bb.safetensors"), metrics={"val_top1": 12.5})
     _, raw = rb.weights.load_with_metadata(path)
     meta = WeightsMetadata.from_dict(raw)
     assert (meta.arch, meta.source, meta.input_format, meta.pixel_scale, meta.num_classes) == (
         "cifar_resnet", "resbackbones train_cls", "RGB", 1.0, 10)
     assert meta.pixel_mean == pytest.approx((0.4914, 0.4822, 0.4465)) and meta.stride_in_1x1 is None
-    assert (meta.extra["val_top1"], meta.extra["iterations"], meta.extra["data"]) == ("12.50", str(trainer.global_iter), str(data))
+    assert (meta.extra["val_top1"], meta.extra["iterations"], meta.extra["data"]) == ("12.50", str(trainer.iter), str(data))
     fresh = rb.build_classifier("cifar_resnet", num_classes=10, depth=8, widths=[4, 8, 8], weights=str(path))
     for key, value in trainer.model.backbone.state_dict().items():
         assert torch.equal(fresh.backbone.state_dict()[key], value)
     assert fresh.weights_metadata == meta
-    trainer._save(metrics={"val_top1": 1.0})
+    trainer.save()
     checkpoint = str(tmp_path / "a" / "checkpoints" / "last.pt")
     other = rb.build_classifier("cifar_resnet", num_classes=10, depth=8, widths=[4, 8, 8], weights=checkpoint)
     assert all(torch.equal(other.state_dict()[k], v) for k, v in trainer.model.state_dict().items())
@@ -99,12 +98,40 @@ def test_time_limit_stops_with_a_resumable_checkpoint(data, tmp_path):
     ref = ClsTrainer(cfg(tmp_path / "ref", 0.0))
     ref.fit()
     stopped = ClsTrainer(cfg(tmp_path / "run", 1e-9))  # any step takes longer: stops after one
-    assert stopped.fit() == {} and stopped.global_iter == 1 < stopped.iters_per_epoch
+    assert stopped.fit() == {} and stopped.iter == 1 < stopped.iters_per_epoch
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert (state["epoch"], state["iter_in_epoch"], state["global_iter"]) == (0, 1, 1)
-    assert state["train_seconds"] > 1e-9 and state["config"]["train"]["time_limit_s"] == 1e-9
+    loop = state["trainer"]
+    assert loop["iteration"] == 1 and loop["hooks"]["EpochBoundary"]["sums"]["count"] == 16  # the epoch so far
+    assert loop["train_seconds"] > 1e-9 and state["config"]["train"]["time_limit_s"] == 1e-9
     resumed = ClsTrainer(cfg(tmp_path / "run", 0.0), resume=True)
-    assert resumed.global_iter == 1 and resumed.train_seconds == state["train_seconds"]
+    assert resumed.iter == 1 and resumed.train_seconds == loop["train_seconds"]
     row = resumed.fit()
-    assert row["epoch"] == 2 and resumed.global_iter == ref.global_iter
+    assert row["epoch"] == 2 and resumed.iter == ref.iter
+    assert all(torch.equal(v, ref.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())
+
+
+def test_a_checkpoint_of_the_layout_before_the_schema_still_resumes(data, tmp_path):
+    """A mid-epoch last.pt as train_cls wrote it before the one checkpoint schema (flat keys global_iter, epoch,
+    iter_in_epoch, partial epoch sums) resumes to the same weights as an uninterrupted run (weights.checkpoint.upgrade
+    reads it)."""
+    def cfg(out, limit):
+        c = tiny_cfg(data, out)
+        c.train.deterministic, c.train.time_limit_s = True, limit
+        return c
+
+    ref = ClsTrainer(cfg(tmp_path / "ref", 0.0))
+    ref.fit()
+    ClsTrainer(cfg(tmp_path / "run", 1e-9)).fit()
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    loop, extras = state["trainer"], state["extras"]
+    old = {key: state[key] for key in ("model", "optimizer", "scheduler", "scaler", "ema", "rng", "config", "task")}
+    old.update(epoch=0, iter_in_epoch=loop["iteration"], global_iter=loop["iteration"], train_seconds=loop["train_seconds"],
+               partial=loop["hooks"]["EpochBoundary"]["sums"], config_changes=[], arch=extras["arch"],
+               num_classes=extras["num_classes"], classes=extras["classes"], best_metric=None,
+               best_metric_name="val_top1", best_iteration=None)
+    torch.save(old, last)
+    resumed = ClsTrainer(cfg(tmp_path / "run", 0.0), resume=True)
+    assert resumed.iter == 1
+    assert resumed.fit()["train_loss"] == ref.epochs_hook.last_row["train_loss"]
     assert all(torch.equal(v, ref.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())

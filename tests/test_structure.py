@@ -100,6 +100,24 @@ def test_training_step_pieces_are_called_from_few_files():
         assert len(callers) <= allowed, (needle, callers)
 
 
+TASK_TRAINERS = ("engine/cls_trainer.py", "engine/det_trainer.py")
+# What only the run (engine/loop.py, engine/checkpoint.py) may do: resume, save, collect states (issue 23).
+RUN_CODE = re.compile(r"\bdef (state_dict|load_state_dict|save\w*|_save\w*|resume\w*|_resume\w*|_load|_read_resume)\b|"
+                      r"\b(save_atomic|torch\.save|load_checkpoint|restore_rng_state|gathered_rng_state|"
+                      r"find_resume_checkpoint|load_optimizer_state|CheckpointManager|Checkpointer)\b|"
+                      r"\.state_dict\(\)|DistributedDataParallel")
+
+
+def test_task_trainers_only_say_what_the_task_is():
+    """The Trainer owns the run: each task trainer stays under 200 lines and holds no resume, save, state_dict or
+    DDP code (detectron2's DefaultTrainer: the tasks build model, data, losses and evaluation)."""
+    for name in TASK_TRAINERS:
+        text = (PACKAGE / name).read_text(encoding="utf-8")
+        assert len(text.splitlines()) < 200, (name, len(text.splitlines()))
+        found = sorted({m.group(0) for m in RUN_CODE.finditer(text)})
+        assert not found, (name, found)
+
+
 def test_detection_does_not_import_engine():
     pattern = re.compile(r"^\s*(from\s+(\.\.engine|resbackbones\.engine)\b|from\s+\.\.\s+import\s+engine\b|"
                          r"import\s+resbackbones\.engine\b)", re.MULTILINE)

@@ -56,7 +56,7 @@ def _run(args) -> int:
 
         tables = final_report(result, trainer.iou_types)
         parts = [f"{t} AP {result[t]['AP']:.3f}" for t in trainer.iou_types if t in result]
-        print((tables + "\n" if tables else "") + f"iteration {trainer.iteration}, train {trainer.train_seconds:.0f} "
+        print((tables + "\n" if tables else "") + f"iteration {trainer.iter}, train {trainer.train_seconds:.0f} "
               f"s: " + ", ".join(parts) + f"  (COCO AP, 0-1; {report})")
     return 0
 

@@ -6,9 +6,10 @@ renamed over the target, so a kill at any moment leaves either the old or the ne
 The temp file (".<name>.tmp-<pid>") of a writer killed mid-write is removed by the next save into that folder
 once no process has that pid (remove_stale_temp_files).
 Writing goes through the output rule of resbackbones.io.outputs (refusals and write failures are one OutputError).
-Loading goes through weights.checkpoint.read_model_checkpoint (torch.load(weights_only=True), the same refusal as for
-weights files): a file that carries pickled code is refused, and one whose records differ from their CRC-32 (a
-block of zeros written into it, a torn copy) is refused naming it.
+Loading goes through weights.checkpoint.TrainingCheckpoint.read (torch.load(weights_only=True), the same refusal as
+for weights files): a file that carries pickled code is refused, and one whose records differ from their CRC-32 (a
+block of zeros written into it, a torn copy) is refused naming it; every older layout is upgraded to the one schema
+(weights.checkpoint.upgrade). Checkpointer is the one writer and loader of both trainers.
 """
 import os
 import random
@@ -24,7 +25,8 @@ from ..io.outputs import save_torch_atomic
 
 # CheckpointError and load_matching_state live with the reader in weights/ (evaluation and deploy load detectors
 # without engine/); the trainers and tools import them from here too.
-from ..weights.checkpoint import CheckpointError, load_matching_state, read_model_checkpoint  # noqa: F401
+from ..weights.checkpoint import (CheckpointError, TrainingCheckpoint, load_matching_state,  # noqa: F401
+                                  read_model_checkpoint)
 
 PathLike = Union[str, os.PathLike]
 LAST = "last.pt"
@@ -269,3 +271,100 @@ class CheckpointManager:
         """The best so far from a resumed checkpoint (a record of another metric is not this one's best)."""
         if state.get("best_metric") is not None and state.get("best_metric_name", self.metric) == self.metric:
             self.best, self.best_iteration = float(state["best_metric"]), state.get("best_iteration")
+
+
+class Checkpointer:
+    """The one writer and loader of training checkpoints (fvcore's Checkpointer(model, save_dir, **checkpointables)).
+
+        checkpointer = Checkpointer(model, OUTPUT / "checkpoints", is_main=rank == 0, task="det",
+                                    config=lambda: to_dict(cfg), optimizer=opt, scheduler=sched, scaler=None,
+                                    ema=None, trainer=trainer)
+        checkpointer.save("last", also=("iter_100",), categories=[...])   # every rank calls it
+        state = checkpointer.resume_or_load(True)                         # None: nothing to resume from
+
+    Each checkpointable has state_dict() / load_state_dict() (None: not kept by this run). The file holds the one
+    schema of weights.checkpoint (module docstring), written by rank 0 through save_atomic after every rank's RNG
+    states are gathered.
+    """
+
+    KEYS = ("optimizer", "scheduler", "scaler", "ema")
+
+    def __init__(self, model: torch.nn.Module, folder: PathLike, *, is_main: bool, rank: int = 0,
+                 task: Optional[str] = None, config=None, **checkpointables: Any):
+        unknown = set(checkpointables) - set(self.KEYS) - {"trainer"}
+        if unknown:
+            raise TypeError(f"Checkpointer: unknown checkpointables {sorted(unknown)}")
+        self.model, self.folder, self.is_main, self.rank, self.task = model, Path(folder), is_main, rank, task
+        self.config = config if callable(config) else (lambda: config)
+        self.checkpointables = checkpointables
+        self.saved_iteration: Optional[int] = None  # the trainer iteration of the latest save
+
+    def state(self, **extras: Any) -> Dict[str, Any]:
+        """The checkpoint of this moment (a collective under DDP: every rank's RNG states are gathered)."""
+        trainer = self.checkpointables.get("trainer")
+        state: Dict[str, Any] = {"task": self.task, "model": self.model.state_dict()}
+        for key in self.KEYS:
+            obj = self.checkpointables.get(key)
+            state[key] = obj.state_dict() if obj is not None else None
+        state["rng"] = gathered_rng_state()
+        state["trainer"] = trainer.state_dict() if trainer is not None else {}
+        state["config"] = self.config()
+        state["extras"] = dict(extras)
+        return dict(state, **script_keys(state))
+
+    def save(self, name: str = "last", *, also: Tuple[str, ...] = (), **extras: Any) -> Optional[Path]:
+        """Write folder/<name>.pt (and the same state to each of `also`) on rank 0; every rank must call it.
+        Returns the path written (None on the other ranks)."""
+        state = self.state(**extras)
+        self.saved_iteration = state["trainer"].get("iteration")
+        if not self.is_main:
+            return None
+        path = save_atomic(state, self.folder / f"{name}.pt")
+        for other in also:
+            save_atomic(state, self.folder / f"{other}.pt")
+        return path
+
+    def resume_or_load(self, resume: Union[bool, str, os.PathLike], *, output: PathLike,
+                       map_location: Union[str, torch.device] = "cpu") -> Optional[Dict[str, Any]]:
+        """Find the checkpoint of `resume` (find_resume_checkpoint: True = the last of `output`, or a path), load
+        the model (strictly: another shape is refused naming both), every checkpointable and this rank's RNG
+        states; returns the upgraded checkpoint with "path" added (its "extras" unprocessed), None when there is
+        nothing to resume from."""
+        path, note = find_resume_checkpoint(output, resume)
+        if note and self.is_main:
+            print(note, flush=True)
+        if path is None:
+            return None
+        checkpoint = TrainingCheckpoint.read(path, map_location)
+        if not checkpoint.is_training_checkpoint:
+            raise CheckpointError(f"{checkpoint.path} is not a training checkpoint (no 'model' entry)")
+        state = dict(checkpoint.state, path=checkpoint.path)
+        load_matching_state(self.model, state["model"], checkpoint=path, model_source="the config")
+        for key in self.KEYS:
+            obj = self.checkpointables.get(key)
+            if obj is None or not state.get(key):
+                continue
+            if key == "optimizer":
+                load_optimizer_state(obj, state, checkpoint=path)
+            else:
+                obj.load_state_dict(state[key])
+        if self.checkpointables.get("trainer") is not None:
+            self.checkpointables["trainer"].load_state_dict(state["trainer"])
+        if state.get("rng"):
+            restore_rng_state(state["rng"], self.rank)
+        self.saved_iteration = state["trainer"].get("iteration")
+        return state
+
+
+def script_keys(state: Dict[str, Any]) -> Dict[str, Any]:
+    """Top-level copies of the schema's values under the names of the layouts before it, for the scripts and tests
+    that read those from the file directly: "iteration", every entry of "extras" ("config_changes", "classes",
+    "label_to_category", ...), the best so far ("best_metric", "best_metric_name", "best_iteration") and
+    classification's "global_iter". Never read back by this package (weights.checkpoint.upgrade takes "trainer" and
+    "extras" when present); drop them once no such reader is left."""
+    trainer = state["trainer"]
+    keys: Dict[str, Any] = {"iteration": trainer.get("iteration"), **state["extras"]}
+    keys.update((trainer.get("hooks") or {}).get("BestCheckpointer") or {})
+    if state["task"] == "cls":
+        keys["global_iter"] = trainer.get("iteration")
+    return keys

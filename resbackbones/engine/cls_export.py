@@ -8,22 +8,21 @@ top-5 measured again on the config's val split (evaluation is deterministic, so 
 reported for those weights). Nothing is written in the run folder.
 """
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ..config import load_config
 from ..config.cls import ClsConfig
 from ..config.legacy import upgrade
 from ..weights import WeightsMetadata, load_state_dict
-from .checkpoint import CheckpointError, load_checkpoint
+from ..weights.checkpoint import TrainingCheckpoint
+from .checkpoint import CheckpointError
 
 
-def train_cls_config(state: Any) -> Optional[Dict[str, Any]]:
+def train_cls_config(checkpoint: TrainingCheckpoint) -> Optional[Dict[str, Any]]:
     """The config a tools/train_cls.py checkpoint recorded, in today's keys (config/legacy.py upgrades one stored
-    before the shared vocabulary); None for any other file object."""
-    if not isinstance(state, Mapping) or not isinstance(state.get("model"), Mapping):
-        return None
-    config = state.get("config")
-    if not isinstance(config, Mapping) or "global_iter" not in state:
+    before the shared vocabulary); None for any other checkpoint."""
+    config = checkpoint.config
+    if checkpoint.task != "cls" or config is None or not checkpoint.is_training_checkpoint:
         return None
     if WeightsMetadata.from_train_cls(config, num_classes=None) is None:
         return None
@@ -35,7 +34,7 @@ def is_train_cls_checkpoint(path) -> bool:
     if not Path(path).is_file() or Path(path).suffix in (".safetensors", ".pkl"):
         return False
     try:
-        return train_cls_config(load_checkpoint(path)) is not None
+        return train_cls_config(TrainingCheckpoint.read(path)) is not None
     except (CheckpointError, ValueError):
         return False
 
@@ -49,8 +48,8 @@ def export_checkpoint(checkpoint, output, *, overrides: Sequence[str] = ()) -> T
     from .cls_trainer import ClsTrainer
     from .ema import ModelEMA
 
-    state = load_checkpoint(checkpoint)
-    config = train_cls_config(state)
+    record = TrainingCheckpoint.read(checkpoint)
+    config = train_cls_config(record)
     if config is None:
         raise CheckpointError(f"{checkpoint} is not a tools/train_cls.py checkpoint (no recorded config); "
                               f"give OUTPUT/checkpoints/last.pt or best.pt of a train_cls run")
@@ -60,10 +59,11 @@ def export_checkpoint(checkpoint, output, *, overrides: Sequence[str] = ()) -> T
     model.setdefault("backbone", {})["weights"] = ""  # the checkpoint holds the weights
     cfg = load_config(ClsConfig, None, overrides, base=base, base_source=f"{checkpoint} (its recorded config)")
     trainer = ClsTrainer(cfg, build_train=False, write_run_files=False)
-    load_state_dict(trainer.model, state["model"], source=str(checkpoint))
-    if cfg.ema.enabled and isinstance(state.get("ema"), Mapping):
+    load_state_dict(trainer.model, record.model_state, source=str(checkpoint))
+    if cfg.ema.enabled and record.state.get("ema"):
         trainer.ema = ModelEMA(trainer.model, decay=cfg.ema.decay, warmup_steps=cfg.ema.warmup_steps)
-        trainer.ema.load_state_dict(state["ema"])
-    trainer.epoch, trainer.global_iter = int(state["epoch"]), int(state["global_iter"])
+        trainer.ema.load_state_dict(record.state["ema"])
+    trainer.iter = record.iteration
     metrics = trainer.evaluate()
-    return trainer.export_backbone(str(output), metrics=metrics), metrics
+    epochs = int(record.extras.get("epoch") or 0)
+    return trainer.export_backbone(str(output), metrics=metrics, epochs=epochs), metrics

@@ -1,8 +1,9 @@
 """Training loaders of both tasks: one sampler rule, per-sample augmentation seeds, deterministic worker seeding.
 
 Data order: epoch e is the permutation DistributedSampler draws from (seed + e); rank r of P takes every P-th index
-of it (drop_last: every rank gets len // P samples). Classification walks one epoch at a time; detection trains in
-iterations and walks the same epochs end to end (endless mode). Augmentation comes from (seed, epoch, sample index)
+of it (drop_last: every rank gets len // P samples). Both tasks train in iterations and walk the epochs end to end
+(endless mode); classification drops each epoch's last partial batch (epoch_samples), so its epochs are whole
+iterations and one epoch's batches are the ones it always had. Augmentation comes from (seed, epoch, sample index)
 (data/seeding.py), so a resumed run sees exactly the batches, and the augmented images, of an uninterrupted one.
 """
 import random
@@ -19,13 +20,14 @@ class ResumableSampler(DistributedSampler):
     """DistributedSampler (also used with one process) that can start at sample `start_index` of this rank.
 
     Epoch mode (default): one epoch (set_epoch), starting at `start_index` into it. Endless mode: the epochs
-    `start_index // len(self)`, ... one after another, starting `start_index` samples into this rank's stream, and
-    yielding (epoch, index) pairs so that SampleSeeded can seed each sample's augmentation from its epoch in any
-    worker process. The permutation depends only on (seed, epoch), so a resumed run sees exactly the rest.
+    `start_index // epoch_samples`, ... one after another, starting `start_index` samples into this rank's stream,
+    and yielding (epoch, index) pairs so that SampleSeeded / EpochKeyed can seed each sample's augmentation from its
+    epoch in any worker process. epoch_samples (endless mode; default all of this rank's samples): how many of each
+    epoch's samples are used. The permutation depends only on (seed, epoch), so a resumed run sees exactly the rest.
     """
 
     def __init__(self, dataset: Dataset, *, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = True, endless: bool = False):
+                 seed: int = 0, drop_last: bool = True, endless: bool = False, epoch_samples: Optional[int] = None):
         if len(dataset) < num_replicas:
             raise ValueError(f"the training set has {len(dataset)} sample(s), fewer than the {num_replicas} "
                              f"processes that would share it")
@@ -33,6 +35,7 @@ class ResumableSampler(DistributedSampler):
                          drop_last=drop_last)
         self.endless = endless
         self.start_index = 0
+        self.epoch_samples = min(epoch_samples or self.num_samples, self.num_samples)
 
     def set_start(self, start_index: int) -> None:
         self.start_index = start_index
@@ -47,9 +50,9 @@ class ResumableSampler(DistributedSampler):
         return self._endless()
 
     def _endless(self) -> Iterator[Tuple[int, int]]:
-        epoch, offset = divmod(self.start_index, self.num_samples)
+        epoch, offset = divmod(self.start_index, self.epoch_samples)
         while True:
-            for index in self._epoch_indices(epoch)[offset:]:
+            for index in self._epoch_indices(epoch)[offset:self.epoch_samples]:
                 yield epoch, index
             epoch, offset = epoch + 1, 0
 
@@ -78,6 +81,24 @@ class SampleSeeded(Dataset):
         transforms = getattr(self.base, "transforms", None)
         if hasattr(transforms, "reseed"):
             transforms.reseed(sample_seed(self.seed, epoch, index))
+        return self.base[index]
+
+
+class EpochKeyed(Dataset):
+    """dataset[(epoch, index)] = base[index] after base.set_epoch(epoch): for datasets that seed each sample's
+    augmentation from (seed, epoch, index) themselves (data.cls_transforms.TransformedDataset). Pair it with an
+    endless ResumableSampler; each worker process holds its own copy, so the epoch travels with every key."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: Tuple[int, int]):
+        epoch, index = key
+        if getattr(self.base, "epoch", None) != epoch:
+            self.base.set_epoch(epoch)
         return self.base[index]
 
 

@@ -8,13 +8,13 @@
 
 AP everywhere is COCOeval's fraction (0-1). best.pt is chosen by the first evaluated iou type's AP (test.iou_types,
 default bbox, also for mask models): its name, value and iteration are in the checkpoint ("best_metric",
-"best_metric_name", "best_iteration": engine.checkpoint.CheckpointManager, the one tracker of both trainers) and in
-the log line.
+"best_metric_name", "best_iteration": the state of engine.hooks.BestCheckpointer, the one tracker of both trainers) and in the log
+line.
 """
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Optional
 
-from .checkpoint import BEST
+from .checkpoint import BEST, CHECKPOINTS
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointManager
@@ -26,6 +26,22 @@ def best_line(best: "CheckpointManager", iou_type: str) -> str:
     """The log line of a new best.pt (best: the run's engine.checkpoint.CheckpointManager)."""
     return (f"best {iou_type} AP so far: {best.best:.4f} (fraction 0-1) at iteration {best.best_iteration}: saved "
             f"{best.folder / BEST} (best.pt is chosen by the first evaluated iou type's AP, {iou_type})")
+
+
+def eval_summary(trainer, result: Mapping[str, Any], early: Optional[Dict[str, Any]], *, final: bool) -> Dict:
+    """eval.json: the evaluation, where the run stands (iteration, train_seconds), what is not final about it
+    (stopped_early), the config changes of its resumes; with `final` the detections file and the best so far."""
+    summary = dict(result, iteration=trainer.iter, train_seconds=round(trainer.train_seconds, 1))
+    if early:  # a resumable run stopped before solver.max_iter: these numbers are not the run's final ones
+        summary["stopped_early"] = early
+    if trainer.config_changes:
+        summary["config_changes"] = [c.to_dict() for c in trainer.config_changes]
+    if final:
+        summary["coco_results"] = str(RESULTS_FILE)
+        tracker = trainer.best.tracker
+        if tracker.best is not None:
+            summary["best"] = {"checkpoint": f"{CHECKPOINTS}/{BEST}", **tracker.state()}
+    return summary
 
 
 def final_report(result: Mapping[str, Any], iou_types: Iterable[str]) -> str:

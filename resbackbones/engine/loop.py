@@ -1,16 +1,22 @@
-"""The training loop core of both trainers (detectron2's SimpleTrainer / AMPTrainer.run_step, torchvision's
-train_one_epoch): one step, one set of divergence checks, hooks.
+"""The training loop of both trainers (detectron2's SimpleTrainer / AMPTrainer.run_step and DefaultTrainer,
+torchvision's train_one_epoch): one step, one set of divergence checks, hooks, and the run around them (the
+Checkpointer, build_hooks, resume, the DDP wrap, fit).
 
     class MyTrainer(Trainer):           # ClsTrainer (cls_trainer.py), DetTrainer (det_trainer.py)
+        task = "det"; best_metric = "bbox_AP"; metrics_format = {"index_key": "iter"}
+        def __init__(self, cfg, resume):
+            super().__init__(setup_run(cfg.train, ...)); ...build model, data, optimizer, scheduler, scaler...
+            self.setup_run(resume)              # checkpointer, hooks, resume, logger, config.yaml, DDP
+        def data_iter(self): ...                   # endless stream of batches from self.iter on
         def forward(self, batch): ...              # under autocast
         def losses(self, outputs, batch): ...      # outside autocast: {name: fp32 scalar}
-        def step_position(self, index): ...        # "iteration 7" for messages
-    trainer.register_hooks([EMAHook(ema), ...])
-    trainer.train(data_iterator, max_iter)
+        def task_hooks(self) / build_hooks(self) / extras(self) / after_fit(self, early)
+    trainer.fit()
 
-A subclass sets model (the plain module: state dicts, checks), train_model (DDP / compile wrapper or model),
-optimizer, scheduler, scaler (a GradScaler for fp16, else None), clip_grad_norm and checkpoint_path (the file a
-divergence message says is kept). Every rank runs the same calls; the checks that can differ between ranks (the loss,
+A subclass sets cfg, output_dir, model (the plain module: state dicts, checks), optimizer, scheduler, scaler (a
+GradScaler for fp16, else None), ema (a ModelEMA or None), clip_grad_norm, max_iter, iters_per_epoch (None: the task
+counts iterations only) and checkpoint_path (the file a divergence message says is kept); setup_run sets train_model
+(the DDP / compile wrapper, or model). A bare Trainer (tests) sets model / train_model itself and calls train(). Every rank runs the same calls; the checks that can differ between ranks (the loss,
 the weights) are all-reduced, so all ranks raise TrainingDiverged together instead of some waiting forever in the
 next collective.
 """
@@ -19,31 +25,25 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, NoReturn, Optional
+from typing import Any, Dict, Iterable, Iterator, List, NoReturn, Optional, Tuple
 
 import torch
 from torch import nn
 
+from ..config import ConfigError, to_dict
+from . import distributed as dist_utils
+from .checkpoint import LAST, Checkpointer, checkpoints_dir
 from .device import autocast
 from .distributed import first_rank_with
+from .hooks import (BestCheckpointer, EMAHook, HookBase, PeriodicCheckpointer, TrainTimer, early_stop_line,
+                    raise_for_signal, stopped_early)
+from .metrics_log import MetricsLogger
+from .resume_changes import (apply_solver_changes, compare_resume_config, fresh_solver_state, recorded_changes,
+                             write_run_config)
 from .setup import RunContext
 from .tool_errors import TrainingDiverged, clip_and_check_grads, kept_checkpoint_note
 
-
-class HookBase:
-    """Called by Trainer on every rank, in registration order. Writers check trainer.is_main."""
-
-    def before_train(self, trainer: "Trainer") -> None:
-        """Once, before the first step of Trainer.train."""
-
-    def after_backward(self, trainer: "Trainer") -> None:
-        """Gradients present (scaled under fp16), before unscale / clip / check / optimizer step."""
-
-    def after_step(self, trainer: "Trainer") -> None:
-        """After the optimizer and scheduler step; trainer.iter already counts this step."""
-
-    def after_train(self, trainer: "Trainer") -> None:
-        """Once, when Trainer.train ends normally (not when a step raised)."""
+__all__ = ["HookBase", "StepResult", "Trainer"]
 
 
 @dataclass
@@ -64,8 +64,14 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: Optional[torch.amp.GradScaler] = None
+    ema: Any = None  # a ModelEMA when the run keeps one
     clip_grad_norm: float = 0.0
     checkpoint_path: Path
+    task: str = ""  # "cls" | "det": checkpoints and the config comparison of a resume name it
+    best_metric: str = ""  # the metric best.pt is chosen by
+    metrics_format: Dict[str, Any] = {}  # MetricsLogger's columns / index_key
+    iters_per_epoch: Optional[int] = None  # set by tasks that count epochs (EpochBoundary)
+    max_iter: int = 0
 
     def __init__(self, run: RunContext):
         self.run = run
@@ -79,6 +85,7 @@ class Trainer:
         self.stop_reason: Optional[str] = None
         self.signals: List[str] = []  # SIGINT / SIGTERM received inside catch_signals(), by name
         self.last_step: Optional[StepResult] = None
+        self.config_changes: List = []  # every resume's applied changes (engine/resume_changes.py)
 
     # -- what a task provides ---------------------------------------------------------------------------------------
     def forward(self, batch) -> Any:
@@ -170,16 +177,150 @@ class Trainer:
             self.stop_reason = self.stop_reason or (self.signals[0] if self.signals else "a signal on another rank")
         return self.stop
 
-    # -- saving ---------------------------------------------------------------------------------------------------
+    # -- the run: checkpointer, hooks, resume, fit (detectron2's DefaultTrainer) -----------------------------------
+    def build_hooks(self) -> List[Optional[HookBase]]:
+        """The hooks of a run, in order (see engine/hooks.py): TrainTimer, EMAHook, task_hooks(), the best-so-far
+        tracker, PeriodicCheckpointer. A task trainer extends the list (evaluation hooks go last)."""
+        tcfg = self.cfg.train
+        return [TrainTimer(tcfg.time_limit_s), EMAHook(self.ema) if self.ema is not None else None,
+                *self.task_hooks(), self.best, PeriodicCheckpointer(tcfg.checkpoint_period)]
+
+    def task_hooks(self) -> List[Optional[HookBase]]:
+        """The task's logging / epoch hooks, registered after the timer and the EMA, before the checkpointer."""
+        return []
+
+    def extras(self) -> Dict[str, Any]:
+        """What the task records in every checkpoint's "extras" (classes and arch; labels and categories)."""
+        return {}
+
+    @property
+    def batch_per_rank(self) -> int:
+        """solver.batch_size / the number of processes; ConfigError when it does not divide."""
+        world, batch = self.dist.world_size, self.cfg.solver.batch_size
+        if batch % world:
+            raise ConfigError(f"config key 'solver.batch_size' ({batch}) must be divisible by the number of "
+                              f"processes ({world})")
+        return batch // world
+
+    def position(self, iteration: int) -> str:
+        """Where `iteration` completed steps are, for the resume lines ("epoch 2, iteration 14")."""
+        ipe = self.iters_per_epoch
+        return f"epoch {iteration // ipe}, iteration {iteration}" if ipe else f"iteration {iteration}"
+
+    def setup_run(self, resume: Any, *, write_run_files: bool = True, compare: bool = True) -> None:
+        """Once the task built model, data and solver: the Checkpointer and the hooks, the resume (resume: False,
+        True = the last checkpoint of the output folder, or a path; its recorded config compared with this run's,
+        engine/resume_changes.py, unless compare is False), the metrics logger, config.yaml, the DDP / compile
+        wrap. The checkpoint is read and compared before anything is written: a refused resume leaves the run
+        folder as it was."""
+        _ = self.batch_per_rank  # ConfigError for a batch the processes cannot share, before anything is written
+        folder = checkpoints_dir(self.output_dir)
+        self.checkpoint_path = folder / LAST
+        self.best = BestCheckpointer(folder, self.best_metric)
+        self.checkpointer = Checkpointer(
+            self.model, folder, is_main=self.is_main, rank=self.dist.rank, task=self.task,
+            config=lambda: to_dict(self.cfg), optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+            ema=self.ema, trainer=self)
+        self.register_hooks(self.build_hooks())
+        fresh = fresh_solver_state(self.optimizer, self.scheduler)  # this config's lr, before the checkpoint's
+        resumed = (self.checkpointer.resume_or_load(resume, output=self.output_dir, map_location=self.device)
+                   if resume else None)
+        changes: List = []
+        if resumed is not None:
+            at, ipe = self.iter, self.iters_per_epoch
+            min_length = {"solver.max_iter": at + 1, "solver.epochs": at // ipe + 1} if ipe else None
+            where = f"epoch {at // ipe} + {at % ipe} iterations, iteration {at}" if ipe else f"iteration {at}"
+            changes = compare_resume_config(resumed["config"] if compare else None, self.cfg, task=self.task,
+                                            checkpoint=resumed["path"], iteration=at, total_iters=self.max_iter,
+                                            position=where, min_length=min_length)
+            apply_solver_changes(self.optimizer, self.scheduler, fresh, changes)
+            self.config_changes = recorded_changes(resumed["extras"]) + list(changes)
+        self.logger = MetricsLogger(self.output_dir, enabled=self.is_main and write_run_files,
+                                    tensorboard=self.cfg.train.tensorboard, **self.metrics_format)
+        if resumed is not None:
+            self.logger.resume(self.iter // self.iters_per_epoch if self.iters_per_epoch else self.iter)
+            if self.is_main:
+                print(f"resumed from {resumed['path']}: {self.position(self.iter)}", flush=True)
+                for change in changes:
+                    print(change.line(), flush=True)
+        if self.is_main and write_run_files:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            write_run_config(self.cfg, self.output_dir / "config.yaml", self.config_changes)
+        self.wrap_model()
+
+    def wrap_model(self) -> None:
+        """train_model: the model under DDP when distributed (SyncBN first with model.sync_bn), compiled with
+        model.compile; self.model stays the plain module (state dicts, EMA, export)."""
+        mcfg = self.cfg.model
+        if self.dist.enabled and getattr(mcfg, "sync_bn", False):
+            self.model = dist_utils.convert_sync_bn(self.model, self.device)
+            self.checkpointer.model = self.model
+        self.train_model = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if getattr(mcfg, "compile", False):
+            self.train_model = torch.compile(self.train_model)
+
     def state_dict(self) -> Dict[str, Any]:
-        """Everything a resume needs (the task's trainer says what); called on every rank."""
+        """The loop's position and every hook's state (detectron2's TrainerBase.state_dict); every rank calls it."""
+        hooks = {type(h).__qualname__: h.state_dict() for h in self.hooks}
+        return {"iteration": self.iter, "train_seconds": self.train_seconds,
+                "hooks": {name: state for name, state in hooks.items() if state}}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.iter = int(state["iteration"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        saved = state.get("hooks") or {}
+        for hook in self.hooks:
+            if type(hook).__qualname__ in saved:
+                hook.load_state_dict(saved[type(hook).__qualname__])
+
+    def save(self, *, also: Tuple[str, ...] = ()) -> Optional[Path]:
+        """OUTPUT/checkpoints/last.pt (and `also`; iter_N.pt every train.keep_every iterations for iteration-based
+        tasks) once the weights are checked finite. Every rank calls it (both the check and the RNG states are
+        gathered); rank 0 writes."""
+        self.check_weights()
+        keep = self.cfg.train.keep_every
+        if keep and not self.iters_per_epoch and self.iter % keep == 0:
+            also = (*also, f"iter_{self.iter}")
+        path = self.checkpointer.save("last", also=also, config_changes=[c.to_dict() for c in self.config_changes],
+                                      **self.extras())
+        dist_utils.barrier()
+        return path
+
+    def done(self) -> bool:
+        """Training ends after this step: the configured length, or a hook stopped it (train.time_limit_s)."""
+        return self.stop or self.iter >= self.max_iter
+
+    def data_iter(self) -> Iterator:
+        """This rank's endless stream of training batches from iteration self.iter on."""
         raise NotImplementedError
 
-    def checked_state(self) -> Dict[str, Any]:
-        """state_dict() once check_weights() passed: what a save writes. Every rank calls it (both are collective
-        under DDP); the caller lets rank 0 write."""
-        self.check_weights()
-        return self.state_dict()
+    def after_fit(self, early: Optional[Dict[str, Any]]) -> Any:
+        """What fit returns, after training and the final save (the final evaluation, the last epoch's row)."""
+        return {}
+
+    def fit(self) -> Any:
+        """Train to max_iter (or until train.time_limit_s / a signal: stop after the step, save, say so), save
+        last.pt unless the last step did, then after_fit (the task's final evaluation); a signal then ends the
+        process as it would have (raise_for_signal)."""
+        if self.iter < self.max_iter:
+            with self.catch_signals():
+                self.train(self.data_iter(), self.max_iter)
+        if self.checkpointer.saved_iteration != self.iter:
+            self.save()
+        early = stopped_early(self, self.max_iter)
+        if early and self.is_main:
+            ipe = self.iters_per_epoch
+            where = f" ({self.iter // ipe} epochs + {self.iter % ipe} iterations)" if ipe else ""
+            print(early_stop_line(self, self.max_iter, where), flush=True)
+        try:
+            result = self.after_fit(early)
+        finally:
+            self.logger.close()
+        raise_for_signal(self, self.max_iter)
+        return result
 
     # -- divergence -----------------------------------------------------------------------------------------------
     def _check_loss(self, loss: torch.Tensor, terms: Dict[str, torch.Tensor]) -> None:

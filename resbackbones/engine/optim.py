@@ -110,3 +110,16 @@ def weight_penalty(model: nn.Module, *, l1: float = 0.0, l2: float = 0.0) -> tor
         if l2:
             total = total + 0.5 * l2 * p.pow(2).sum()
     return total
+
+
+def schedule_in_iters(solver, iters_per_epoch: int) -> Dict:
+    """build_scheduler's arguments for a classification solver section, every length in iterations: max_iter
+    (solver.max_iter, else solver.epochs x iters_per_epoch), steps and warm-up converted from solver.unit /
+    solver.warmup_unit ("epoch", "iter" or "fraction" of the run)."""
+    s, ipe = solver, iters_per_epoch
+    total = s.max_iter if s.max_iter else s.epochs * ipe
+    to_iter = {"epoch": lambda v: int(round(v * ipe)), "iter": lambda v: int(round(v)),
+               "fraction": lambda v: int(round(v * total))}
+    return dict(max_iter=total, policy=s.schedule, steps=[to_iter[s.unit](v) for v in s.steps], gamma=s.gamma,
+                warmup_iters=to_iter[s.warmup_unit](s.warmup), warmup_factor=s.warmup_factor,
+                warmup_method=s.warmup_method, min_lr_factor=s.min_lr_factor)

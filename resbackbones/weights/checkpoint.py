@@ -12,7 +12,11 @@ Reading is torch.load(weights_only=True) through io.torch_load_refusing_code: a 
 refused and nothing in it runs, and every record is checked against its CRC-32 (a damaged file is refused naming it;
 integrity.py); load_matching_state refuses a tensor of another dtype kind than the model's. torchvision /
 detectron2 / CIFAR weights get the one-line "convert it first" message.
-engine/checkpoint.py reads whole training checkpoints (optimizer, RNG states) for a resume through this module.
+Training checkpoints of both tasks have one schema (engine.checkpoint.Checkpointer writes it):
+    {"task", "model", "optimizer", "scheduler", "scaler", "ema", "rng": [per rank], "trainer": {"iteration",
+     "train_seconds", "hooks": {hook name: state}}, "config", "extras": {task's: classes / labels, config_changes}}
+upgrade(raw) is the one place that reads the older layouts into it; TrainingCheckpoint.read(path) is the one reader
+every path loading a training checkpoint uses (resume, evaluation, export, predict, build_classifier(weights=)).
 """
 import os
 from dataclasses import dataclass, field
@@ -28,7 +32,8 @@ from .io import torch_load_refusing_code
 from .matching import diff_state_dict
 from .metadata import WeightsMetadata
 
-__all__ = ["CheckpointError", "ModelCheckpoint", "load_matching_state", "read_model_checkpoint"]
+__all__ = ["CheckpointError", "ModelCheckpoint", "TrainingCheckpoint", "load_matching_state", "read_model_checkpoint",
+           "upgrade"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -81,15 +86,139 @@ def read_model_checkpoint(path: PathLike, map_location: Union[str, torch.device]
         return ModelCheckpoint(path, dict(obj), raw=dict(obj))
     else:
         raise CheckpointError(f"{path} is not a training checkpoint (no 'model' entry)")
-    config = dict(raw["config"]) if isinstance(raw.get("config"), Mapping) else None
-    metadata = WeightsMetadata.from_train_cls(config, num_classes=raw.get("num_classes")) if config else None
-    labels = {int(k): int(v) for k, v in (raw.get("label_to_category") or {}).items()}
-    categories = [dict(c) for c in raw.get("categories") or []]
-    task = raw.get("task")
+    state = upgrade(raw)
+    extras = state["extras"]
+    config = dict(state["config"]) if isinstance(state.get("config"), Mapping) else None
+    metadata = WeightsMetadata.from_train_cls(config, num_classes=extras.get("num_classes")) if config else None
+    labels = {int(k): int(v) for k, v in (extras.get("label_to_category") or {}).items()}
+    categories = [dict(c) for c in extras.get("categories") or []]
+    task = state["task"]
     if task is None:  # written before checkpoints named their task
         task = "det" if labels or categories else "cls" if metadata is not None else None
     return ModelCheckpoint(path, dict(raw["model"]), task=task, config=config, metadata=metadata,
                            label_to_category=labels, categories=categories, raw=raw)
+
+
+# Keys of the layouts before the schema, and where upgrade() puts them.
+_EXTRAS = ("classes", "arch", "num_classes", "epoch", "label_to_category", "categories", "config_changes")
+_BEST = ("best_metric", "best_metric_name", "best_iteration")
+
+
+def upgrade(raw: Mapping[str, Any]) -> Dict[str, Any]:
+    """Any training checkpoint this package wrote, in the one schema (module docstring). The only reader of older
+    layouts: train_cls's flat keys ("global_iter", "epoch", "iter_in_epoch", "partial" epoch sums, "arch",
+    "classes"), train_det's ("iteration", "label_to_category", "best_metric"...), one RNG dict for every rank, no
+    "task". A file already in the schema is returned as a shallow copy with every key present."""
+    raw = dict(raw)
+    if isinstance(raw.get("trainer"), Mapping):
+        state = {key: raw.get(key) for key in ("task", "model", "optimizer", "scheduler", "scaler", "ema", "rng",
+                                                "config")}
+        state["trainer"] = dict(raw["trainer"])
+        state["extras"] = dict(raw.get("extras") or {})
+    else:
+        iteration = raw.get("global_iter", raw.get("iteration", 0))
+        hooks: Dict[str, Any] = {}
+        if raw.get("best_metric") is not None:
+            hooks["BestCheckpointer"] = {k: raw.get(k) for k in _BEST}
+        if raw.get("partial"):  # a mid-epoch checkpoint's sums so far (every rank's, together)
+            hooks["EpochBoundary"] = {"sums": dict(raw["partial"])}
+        state = {"task": raw.get("task"), "model": raw.get("model"), "optimizer": raw.get("optimizer"),
+                 "scheduler": raw.get("scheduler"), "scaler": raw.get("scaler") or None, "ema": raw.get("ema"),
+                 "rng": raw.get("rng"), "config": raw.get("config"),
+                 "trainer": {"iteration": int(iteration), "train_seconds": float(raw.get("train_seconds", 0.0)),
+                             "hooks": hooks},
+                 "extras": {k: raw[k] for k in _EXTRAS if k in raw}}
+    if isinstance(state["rng"], Mapping):  # one dict, applied to every rank
+        state["rng"] = [state["rng"]]
+    state["trainer"].setdefault("hooks", {})
+    return state
+
+
+@dataclass(frozen=True)
+class TrainingCheckpoint:
+    """A training checkpoint of either task read through the one reader (io.torch_load_refusing_code: CRCs
+    checked, pickled code refused, the file registered as an input) and upgraded to the one schema.
+
+        ckpt = TrainingCheckpoint.read("OUTPUT/checkpoints/last.pt")
+        ckpt.task, ckpt.model_state, ckpt.ema_state, ckpt.config, ckpt.labels, ckpt.categories, ckpt.trainer_state
+
+    state: the whole upgraded dict (optimizer, scheduler, scaler, rng: what a resume loads). A bare state dict
+    reads as a checkpoint with only model_state (task None, no trainer state).
+    """
+
+    path: Path
+    state: Dict[str, Any] = field(repr=False)
+    metadata: Optional[WeightsMetadata] = None
+
+    @classmethod
+    def read(cls, path: PathLike, map_location: Union[str, torch.device] = "cpu") -> "TrainingCheckpoint":
+        """Read `path` (read_model_checkpoint's refusals, one CheckpointError line each)."""
+        record = read_model_checkpoint(path, map_location)
+        if not record.is_training_checkpoint:
+            state = upgrade({"model": record.state})
+            state["trainer"] = {}
+            return cls(record.path, state)
+        state = upgrade(record.raw)
+        state["task"] = record.task
+        return cls(record.path, state, record.metadata)
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any], path: PathLike) -> "TrainingCheckpoint":
+        """The checkpoint in a file object already read through the one reader (weights.resolve sniffs any
+        weights file first): `raw` has a "model" mapping."""
+        state = upgrade(raw)
+        extras = state["extras"]
+        config = state["config"] if isinstance(state.get("config"), Mapping) else None
+        metadata = WeightsMetadata.from_train_cls(config, num_classes=extras.get("num_classes")) if config else None
+        return cls(Path(path), state, metadata)
+
+    @property
+    def is_training_checkpoint(self) -> bool:
+        """False for a bare state dict: nothing to resume from."""
+        return bool(self.state["trainer"])
+
+    @property
+    def task(self) -> Optional[str]:
+        return self.state["task"]
+
+    @property
+    def model_state(self) -> Dict[str, torch.Tensor]:
+        return dict(self.state["model"])
+
+    @property
+    def ema_state(self) -> Optional[Dict[str, torch.Tensor]]:
+        """The EMA weights' state dict when the run kept them (what its evaluations measured), else None."""
+        ema = self.state.get("ema")
+        return dict(ema["module"]) if isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping) else None
+
+    @property
+    def config(self) -> Optional[Dict[str, Any]]:
+        """The recorded config as stored (config.legacy.upgrade reads older vocabularies), None when not recorded."""
+        config = self.state.get("config")
+        return dict(config) if isinstance(config, Mapping) else None
+
+    @property
+    def extras(self) -> Dict[str, Any]:
+        return self.state["extras"]
+
+    @property
+    def labels(self) -> Dict[int, int]:
+        """Detection: model label -> category id of the training data ({} when not recorded)."""
+        return {int(k): int(v) for k, v in (self.extras.get("label_to_category") or {}).items()}
+
+    @property
+    def categories(self) -> List[Dict[str, Any]]:
+        """Detection: [{"id", "name"}] of the training data ([] when not recorded)."""
+        return [dict(c) for c in self.extras.get("categories") or []]
+
+    @property
+    def trainer_state(self) -> Dict[str, Any]:
+        """{"iteration", "train_seconds", "hooks"}; {} for a bare state dict."""
+        return self.state["trainer"]
+
+    @property
+    def iteration(self) -> int:
+        return int(self.trainer_state.get("iteration", 0))
 
 
 def load_matching_state(model: torch.nn.Module, saved: Mapping[str, torch.Tensor], *, checkpoint: PathLike,
