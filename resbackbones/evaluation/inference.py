@@ -29,7 +29,7 @@ from ..config.legacy import upgrade
 from ..detection.builder import build_detector
 from ..engine.device import autocast
 from ..io.outputs import register_input
-from ..weights.checkpoint import CheckpointError, ModelCheckpoint, load_matching_state, read_model_checkpoint
+from ..weights.checkpoint import CheckpointError, TrainingCheckpoint, load_matching_state
 from .coco_results import checkpoint_label_mapping
 
 PathLike = Union[str, os.PathLike]
@@ -142,7 +142,7 @@ def detector_inputs(checkpoint: PathLike, config: Optional[PathLike] = None) -> 
     return dict(found, **{f"config {path}": path for path in beside if path.is_file()})
 
 
-def _refuse_classifier(record: ModelCheckpoint) -> None:
+def _refuse_classifier(record: TrainingCheckpoint) -> None:
     if record.task == "cls":
         raise CheckpointError(f"{record.path} is a classification checkpoint (tools/train_cls.py), not a detector's")
 
@@ -157,7 +157,7 @@ def _flat(data: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
     return out
 
 
-def _adopt_recorded_model(cfg: DetTrainConfig, record: Optional[ModelCheckpoint], model_overrides: Sequence[str] = ()
+def _adopt_recorded_model(cfg: DetTrainConfig, record: Optional[TrainingCheckpoint], model_overrides: Sequence[str] = ()
                           ) -> Tuple[DetTrainConfig, str]:
     """cfg with the model section the checkpoint recorded (+ model_overrides, "model.x=value"), and a note naming the
     keys where cfg's own model section differed. A given config describes the data and the test settings; the model
@@ -180,10 +180,10 @@ def _adopt_recorded_model(cfg: DetTrainConfig, record: Optional[ModelCheckpoint]
 
 
 def _resolve_config(checkpoint: Path, config: Optional[PathLike], overrides: Sequence[str],
-                    record: Optional[ModelCheckpoint]) -> Tuple[DetTrainConfig, str, str]:
+                    record: Optional[TrainingCheckpoint]) -> Tuple[DetTrainConfig, str, str]:
     """find_detector_config's lookup, plus the note of _adopt_recorded_model."""
     if record is None and checkpoint.is_file():
-        record = read_model_checkpoint(checkpoint)
+        record = TrainingCheckpoint.read(checkpoint)
     if record is not None:
         _refuse_classifier(record)
     if config:
@@ -206,7 +206,7 @@ def _resolve_config(checkpoint: Path, config: Optional[PathLike], overrides: Seq
 
 
 def find_detector_config(checkpoint: PathLike, config: Optional[PathLike] = None, *, overrides: Sequence[str] = (),
-                         record: Optional[ModelCheckpoint] = None) -> Tuple[DetTrainConfig, str]:
+                         record: Optional[TrainingCheckpoint] = None) -> Tuple[DetTrainConfig, str]:
     """The config a detector checkpoint is rebuilt from, and where it came from: the config the checkpoint records
     (record: the checkpoint already read; else it is read when the file exists), else config.yaml beside the
     checkpoint (or beside its checkpoints/ folder). An explicit `config` gives every section but the model when the
@@ -230,7 +230,7 @@ def load_detector(checkpoint: PathLike, config: Union[PathLike, DetTrainConfig, 
     """
     checkpoint = Path(checkpoint)
     register_input(checkpoint)
-    record = read_model_checkpoint(checkpoint)
+    record = TrainingCheckpoint.read(checkpoint)
     _refuse_classifier(record)
     if isinstance(config, DetTrainConfig):
         cfg, note = _adopt_recorded_model(copy.deepcopy(config), record)
@@ -239,8 +239,8 @@ def load_detector(checkpoint: PathLike, config: Union[PathLike, DetTrainConfig, 
         cfg, source, note = _resolve_config(checkpoint, config, overrides, record)
     cfg.model.backbone.weights = ""  # the checkpoint holds every weight
     model = build_detector(cfg.model)
-    load_matching_state(model, record.state, checkpoint=checkpoint, model_source=source)
+    load_matching_state(model, record.model_state, checkpoint=checkpoint, model_source=source)
     by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in record.categories}
-    names = {label: by_id.get(cat, str(cat)) for label, cat in record.label_to_category.items()}
-    return LoadedDetector(model.to(device).eval(), cfg, source, checkpoint, dict(record.label_to_category), names,
+    names = {label: by_id.get(cat, str(cat)) for label, cat in record.labels.items()}
+    return LoadedDetector(model.to(device).eval(), cfg, source, checkpoint, record.labels, names,
                           list(record.categories), note)

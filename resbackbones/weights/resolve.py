@@ -24,6 +24,7 @@ import torch
 
 from .convert import convert, infer_arch
 from .convert_vgg import infer_vgg_arch_converted
+from .checkpoint import TrainingCheckpoint
 from .errors import WeightsError
 from .integrity import check_dtypes
 from .io import load_with_metadata, metadata_of, torch_load_refusing_code
@@ -101,9 +102,9 @@ def _unwrap(obj: Any, source: str) -> Tuple[Mapping[str, Any], Optional[WeightsM
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{source} does not hold a state dict (found {type(obj).__name__}); accepted: {ACCEPTED}")
     if isinstance(obj.get("model"), Mapping) and isinstance(obj.get("config"), Mapping):
-        ema = obj.get("ema")  # train_cls evaluates and exports the EMA weights when it keeps them
-        state = ema["module"] if isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping) else obj["model"]
-        return state, WeightsMetadata.from_train_cls(obj["config"], num_classes=obj.get("num_classes"))
+        checkpoint = TrainingCheckpoint.of(obj, source)  # a training checkpoint, any layout either task wrote
+        # train_cls evaluates and exports the EMA weights when it keeps them
+        return checkpoint.ema_state or checkpoint.model_state, checkpoint.metadata
     for key in ("state_dict", "model"):  # rb.weights.save's torch files, CIFAR .th, detector checkpoints, d2 .pth
         if isinstance(obj.get(key), Mapping):
             return obj[key], None
