@@ -121,10 +121,20 @@ class Checkout:
         self.root, self.work = root, make_checkout(root)
         self.env = environment(root)
         self.done: Dict[str, str] = {}
+        self.failed: Dict[str, str] = {}
 
     def need(self, what: str) -> None:
         if what in self.done:
             return
+        if what in self.failed:  # re-running it would hide its error behind its leftovers ("not empty")
+            pytest.fail(f"needs {what!r}, which failed earlier in this module: {self.failed[what]}")
+        try:
+            self._make(what)
+        except Exception as error:
+            self.failed[what] = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise
+
+    def _make(self, what: str) -> None:
         if what in SMOKE:
             self.run_command(what)
         elif what == "shared":
