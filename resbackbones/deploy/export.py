@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..io.outputs import save_torchscript_atomic, write_bytes_atomic, write_serialized_atomic
-from .exportable import ExportableDetector
+from .exportable import MIN_RESIZED, ExportableDetector
 from .load import MAX_SIDE, METADATA, MIN_SIDE, check_images, load
 from .scriptable import deployable
 
@@ -100,6 +100,7 @@ def write_exported(model: nn.Module, paths: Dict[str, Path], *, label_names: Opt
     outputs = ["boxes", "labels", "scores"] + (["masks"] if ready.roi_heads.has_mask() else [])
     meta = json.dumps({**(metadata or {}), "label_names": list(label_names), "outputs": outputs,
                        "min_side": MIN_SIDE, "max_side": MAX_SIDE,
+                       "resize": [float(ready.transform.min_size[-1]), float(ready.transform.max_size), MIN_RESIZED],
                        "input": "image float RGB [3, H, W] in [0, 1], one per call"})
     if "export" in paths:  # before the ONNX conversion, which decomposes the program in place
         write_serialized_atomic(Path(paths["export"]), lambda buffer: torch.export.save(

@@ -6,8 +6,9 @@ boxes is data-dependent, and its post-processing branches on that number (`batch
 `remove_small_boxes` / score filters by `torch.where(...)[0]`, MultiScaleRoIAlign's per-level `where`,
 `paste_masks_in_image`'s Python loop over detections). This module computes the same detections with fixed-size
 intermediates instead: a box that torchvision would drop (small, under the score threshold, suppressed by NMS) keeps
-its row with score -inf, so it sorts after every kept box and can never suppress one; the only data-dependent size
-is the final number of detections, taken once at the very end. NMS and RoIAlign stay torchvision's registered ops
+its row with score -inf, so it sorts after every kept box and can never suppress one; every shape after the RPN
+head is a constant, and the only data-dependent sizes are the resized image's (taken as data, see _resize) and the
+final number of detections, taken once at the very end. NMS and RoIAlign stay torchvision's registered ops
 (`torchvision::nms` has a fake kernel with an unbacked output size, and onnxscript's torchlib translates both ops to
 ONNX NonMaxSuppression / RoiAlign), so no custom op is needed.
 
@@ -21,6 +22,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection.rpn import concat_box_prediction_layers
+
+MIN_RESIZED, MAX_RESIZED = 32, 8192  # the network input's sides (after the resize) the graph is captured for
 
 
 def _masked_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
@@ -145,12 +148,20 @@ class ExportableDetector(nn.Module):
         return out
 
     def _resize(self, image: Tensor) -> Tensor:
-        """torchvision's eager resize (python-float scale, floor(size * scale)); sym_min keeps the choice between
-        the min-size and max-size limits symbolic instead of a guard that would fix one of them."""
+        """torchvision's eager resize: scale = min(min_size / short side, max_size / long side) in float64, output
+        floor(side * scale). The output size is taken as data (`.item()`, an unbacked size checked to lie in
+        [MIN_RESIZED, MAX_RESIZED]) rather than as the symbolic floor(h * Min(s / Min(h, w), S / Max(h, w))): with
+        that expression in every later shape, sympy made the capture take minutes and torch.export.load as long."""
         h, w = image.shape[-2:]
-        scale = torch.sym_min(self.min_size / torch.sym_min(h, w), self.max_size / torch.sym_max(h, w))
-        return nn.functional.interpolate(image[None], scale_factor=scale, mode="bilinear",
-                                         recompute_scale_factor=True, align_corners=False)[0]
+        hh = image.new_zeros((), dtype=torch.float64) + h
+        ww = image.new_zeros((), dtype=torch.float64) + w
+        scale = torch.minimum(self.min_size / torch.minimum(hh, ww), self.max_size / torch.maximum(hh, ww))
+        out_h = torch.floor(hh * scale).to(torch.int64).item()
+        out_w = torch.floor(ww * scale).to(torch.int64).item()
+        for side in (out_h, out_w):
+            torch._check(side >= MIN_RESIZED)
+            torch._check(side <= MAX_RESIZED)
+        return nn.functional.interpolate(image[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
 
     def _anchors(self, features: List[Tensor], height, width) -> Tensor:
         """AnchorGenerator for one padded image of height x width (strides as torchvision computes them)."""
@@ -167,27 +178,35 @@ class ExportableDetector(nn.Module):
         return torch.cat(out)
 
     def _proposals(self, batch: Tensor, features: List[Tensor], height, width) -> Tuple[Tensor, Tensor]:
-        """RPN for one image: (proposals [P, 4], valid [P] bool), P = min(post_nms_top_n, candidates)."""
+        """RPN for one image: (proposals [P, 4], valid [P] bool), P = min(post_nms_top_n, levels * pre_nms_top_n)."""
         objectness, deltas = self.rpn_head(features)
         counts = [o.shape[1] * o.shape[2] * o.shape[3] for o in objectness]
         anchors = self._anchors(features, batch.shape[-2], batch.shape[-1])
         objectness, deltas = concat_box_prediction_layers(objectness, deltas)
         proposals = self.rpn_coder.decode_single(deltas, anchors).reshape(-1, 4)
         objectness = objectness.reshape(-1)
+        # Per-level top-k over the level's scores padded with pre_nms_top_n entries of -inf: k is then a constant
+        # (torchvision's min(k, level size) would be a symbolic Min in every later shape), and the padding rows,
+        # sorted after every real anchor, are marked invalid.
         picked, levels, start = [], [], 0
-        for i, count in enumerate(counts):  # per-level top-k; sym_min: the level sizes are symbolic
-            _, top = objectness[start:start + count].topk(torch.sym_min(self.pre_nms_top_n, count))
-            picked.append(top + start)
+        k = self.pre_nms_top_n
+        padded = torch.cat([objectness, objectness.new_full((k,), -math.inf)])
+        for i, count in enumerate(counts):
+            level = torch.cat([objectness[start:start + count], padded[-k:]])
+            _, top = level.topk(k)
+            picked.append(torch.where(top < count, top + start, objectness.shape[0] + top - count))
             levels.append(torch.full_like(top, i))
             start = start + count
         picked, levels = torch.cat(picked), torch.cat(levels)
+        real = padded[picked] > -math.inf
+        proposals = torch.cat([proposals, proposals.new_zeros(k, 4)])
         boxes = _clip(proposals[picked], height, width)
-        scores = objectness[picked].sigmoid()
-        valid = _large_enough(boxes, self.rpn_min_size) & (scores >= self.rpn_score)
+        scores = padded[picked].sigmoid()
+        valid = real & _large_enough(boxes, self.rpn_min_size) & (scores >= self.rpn_score)
         scores = scores.masked_fill(~valid, -math.inf)
         valid = valid & _masked_nms(boxes, scores, levels, self.rpn_nms)
         scores = scores.masked_fill(~valid, -math.inf)
-        best, order = scores.topk(torch.sym_min(self.post_nms_top_n, scores.shape[0]))
+        best, order = scores.topk(min(self.post_nms_top_n, scores.shape[0]))  # a constant: L * pre_nms_top_n rows
         return boxes[order], best > -math.inf
 
     def forward(self, image: Tensor):
@@ -214,7 +233,7 @@ class ExportableDetector(nn.Module):
         scores = scores.masked_fill(~keep, -math.inf)
         keep = keep & _masked_nms(boxes, scores, labels, self.nms_thresh)
         scores = scores.masked_fill(~keep, -math.inf)
-        scores, order = scores.topk(torch.sym_min(self.detections_per_img, scores.shape[0]))
+        scores, order = scores.topk(min(self.detections_per_img, scores.shape[0]))  # constants
         # The one data-dependent size: kept detections are a prefix of the sorted scores.
         count = (scores > -math.inf).sum().item()
         torch._check(count >= 0)

@@ -12,6 +12,7 @@ runs, with one ValueError naming the image's index and shape: the exported graph
 (an index error in TorchScript, an input-guard assertion in `.pt2`, an InvalidArgument in onnxruntime).
 """
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -30,9 +31,10 @@ def describe(image) -> str:
     return type(image).__name__
 
 
-def check_images(images, *, min_side: int = 1, max_side: Optional[int] = None) -> None:
+def check_images(images, *, min_side: int = 1, max_side: Optional[int] = None, resize=None) -> None:
     """ValueError (one line) unless images is a non-empty list of float RGB tensors [3, H, W] with
-    min_side <= H, W <= max_side."""
+    min_side <= H, W <= max_side, and (resize = (min_size, max_size, smallest)) whose sides after the detector's
+    resize are at least `smallest` pixels."""
     if isinstance(images, Tensor) or not isinstance(images, (list, tuple)):
         raise ValueError(f"expected a list of images (float RGB tensors [3, H, W] in [0, 1]), got {describe(images)}")
     if len(images) == 0:
@@ -50,8 +52,15 @@ def check_images(images, *, min_side: int = 1, max_side: Optional[int] = None) -
         elif image.dim() == 3 and image.shape[0] == 3:
             low, high = min(image.shape[1:]), max(image.shape[1:])
             if low >= min_side and (max_side is None or high <= max_side):
-                continue
-            hint = f" (this file takes sides of {min_side} to {max_side} pixels)"
+                if resize is None:
+                    continue
+                scale = min(resize[0] / low, resize[1] / high)  # the detector's resize (exportable._resize)
+                if math.floor(low * scale) >= resize[2]:
+                    continue
+                hint = (f" (its short side would be resized to {math.floor(low * scale)} pixels, under the "
+                        f"{resize[2]} this file takes: aspect ratio too extreme)")
+            else:
+                hint = f" (this file takes sides of {min_side} to {max_side} pixels)"
         raise ValueError(f"image {i}: expected a float RGB tensor [3, H, W] in [0, 1], got {describe(image)}{hint}")
 
 
@@ -69,12 +78,13 @@ class ExportedDetector:
         self.providers = list(providers)
         self._run_one = run_one
         self._min_side, self._max_side = min_side, max_side
+        self._resize = self.metadata.get("resize")
 
     def __repr__(self) -> str:
         return f"ExportedDetector({str(self.path)!r}, format={self.format!r}, {len(self.label_names)} labels)"
 
     def __call__(self, images: Sequence[Tensor]) -> List[Dict[str, Tensor]]:
-        check_images(images, min_side=self._min_side, max_side=self._max_side)
+        check_images(images, min_side=self._min_side, max_side=self._max_side, resize=self._resize)
         images = [image.detach().to("cpu", torch.float32).contiguous() for image in images]
         with torch.no_grad():
             return [self._as_dict(self._run_one(image)) for image in images]
