@@ -126,7 +126,8 @@ def test_a_checkpoint_of_the_layout_before_the_schema_still_resumes(data, tmp_pa
     state = load_checkpoint(last)
     loop, extras = state["trainer"], state["extras"]
     old = {key: state[key] for key in ("model", "optimizer", "scheduler", "scaler", "ema", "rng", "config", "task")}
-    old.update(epoch=0, iter_in_epoch=loop["iteration"], global_iter=loop["iteration"], train_seconds=loop["train_seconds"],
+    old.update(epoch=0, iter_in_epoch=loop["iteration"], global_iter=loop["iteration"],
+               train_seconds=loop["train_seconds"],
                partial=loop["hooks"]["EpochBoundary"]["sums"], config_changes=[], arch=extras["arch"],
                num_classes=extras["num_classes"], classes=extras["classes"], best_metric=None,
                best_metric_name="val_top1", best_iteration=None)

@@ -10,8 +10,9 @@ from .metrics_log import MetricsLogger, plot_error_curves
 from .optim import build_optimizer, build_param_groups, build_scheduler, make_lr_lambda, weight_penalty
 
 __all__ = [
-    "CheckpointError", "CheckpointManager", "Checkpointer", "DistInfo", "MetricsLogger", "ModelEMA", "all_reduce_sums", "autocast",
-    "barrier", "build_optimizer", "build_param_groups", "build_scheduler", "convert_sync_bn", "find_last_checkpoint",
-    "grad_scaler", "init_distributed", "load_checkpoint", "make_lr_lambda", "plot_error_curves", "resolve_device",
-    "save_atomic", "set_deterministic", "unwrap", "weight_penalty",
+    "CheckpointError", "CheckpointManager", "Checkpointer", "DistInfo", "MetricsLogger", "ModelEMA",
+    "all_reduce_sums", "autocast", "barrier", "build_optimizer", "build_param_groups", "build_scheduler",
+    "convert_sync_bn", "find_last_checkpoint", "grad_scaler", "init_distributed", "load_checkpoint",
+    "make_lr_lambda", "plot_error_curves", "resolve_device", "save_atomic", "set_deterministic", "unwrap",
+    "weight_penalty",
 ]

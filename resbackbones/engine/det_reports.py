@@ -8,8 +8,8 @@
 
 AP everywhere is COCOeval's fraction (0-1). best.pt is chosen by the first evaluated iou type's AP (test.iou_types,
 default bbox, also for mask models): its name, value and iteration are in the checkpoint ("best_metric",
-"best_metric_name", "best_iteration": the state of engine.hooks.BestCheckpointer, the one tracker of both trainers) and in the log
-line.
+"best_metric_name", "best_iteration": the state of engine.hooks.BestCheckpointer, the one tracker of both trainers)
+and in the log line.
 """
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Optional

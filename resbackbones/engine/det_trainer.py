@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Union
 
 import torch
+from torch.utils.data import Subset
 
 from ..config import ConfigError
 from ..config.det import DetTrainConfig, default_iou_types
 from ..data.det_transforms import collate_detection
+from ..data.loaders import build_det_test_loader
 from ..detection.backbone_weights import refuse_untrainable_backbone
 from ..detection.builder import build_detector
 from ..io.outputs import register_owned_run
@@ -145,14 +147,12 @@ class DetTrainer(Trainer):
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def _val_batches(self) -> Iterator[List]:
-        """This rank's share of the evaluated val images (the first test.max_images, strided over ranks) in batches
-        of test.ims_per_batch: lists of (image, target)."""
-        ids = self.val_set.ids[: self.cfg.test.max_images] if self.cfg.test.max_images else self.val_set.ids
-        index = {image_id: i for i, image_id in enumerate(self.val_set.ids)}
-        mine = ids[self.dist.rank::self.dist.world_size]
-        batch = max(1, self.cfg.test.ims_per_batch)
-        for start in range(0, len(mine), batch):
-            yield [self.val_set[index[image_id]] for image_id in mine[start:start + batch]]
+        """This rank's share of the first test.max_images val images through the one detection test loader
+        (data/loaders.py: batches of one padded shape, so the AP does not depend on test.ims_per_batch)."""
+        count = min(self.cfg.test.max_images or len(self.val_set), len(self.val_set))
+        return build_det_test_loader(Subset(self.val_set, range(count)), batch_size=max(1, self.cfg.test.ims_per_batch),
+                                     num_workers=self.cfg.data.num_workers, rank=self.dist.rank,
+                                     world=self.dist.world_size, transform=self.model.transform)
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
         """COCO stats of the current model on the val set through evaluation.inference.inference_on_dataset:

@@ -16,9 +16,9 @@ Checkpointer, build_hooks, resume, the DDP wrap, fit).
 A subclass sets cfg, output_dir, model (the plain module: state dicts, checks), optimizer, scheduler, scaler (a
 GradScaler for fp16, else None), ema (a ModelEMA or None), clip_grad_norm, max_iter, iters_per_epoch (None: the task
 counts iterations only) and checkpoint_path (the file a divergence message says is kept); setup_run sets train_model
-(the DDP / compile wrapper, or model). A bare Trainer (tests) sets model / train_model itself and calls train(). Every rank runs the same calls; the checks that can differ between ranks (the loss,
-the weights) are all-reduced, so all ranks raise TrainingDiverged together instead of some waiting forever in the
-next collective.
+(the DDP / compile wrapper, or model). A bare Trainer (tests) sets model / train_model itself and calls train().
+Every rank runs the same calls; the checks that can differ between ranks (the loss, the weights) are all-reduced,
+so all ranks raise TrainingDiverged together instead of some waiting forever in the next collective.
 """
 import contextlib
 import signal
