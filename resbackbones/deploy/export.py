@@ -10,9 +10,10 @@ resbackbones: TorchScript `.pt` (torch + torchvision), torch.export `.pt2` (torc
 
 Without resbackbones: TorchScript: `torch.jit.load(p)([image])` (a list in, a list of dicts out, .label_names).
 `.pt2` / `.onnx`: one image [3, H, W] (H, W from 32 to 4096) in, the tuple (boxes, labels, scores(, masks)) out;
-label names and output names in the file's "resbackbones.json" (torch.export.load(p, extra_files=...) / the ONNX
-metadata). Those two graphs come from deploy/exportable.py (why torchvision's R-CNN needs rewriting for them there);
-one file takes any image height and width in that range; the batch is one image per call (the loader loops).
+label names, output names, label_to_category in the file's JSON: the .pt2's state_dict["resbackbones_json"]
+(uint8), the ONNX metadata "resbackbones.json". Those two graphs come from deploy/exportable.py (why torchvision's
+R-CNN needs rewriting for them there); one file takes any image height and width in that range; the batch is one
+image per call (the loader loops).
 """
 import contextlib
 import io
@@ -24,9 +25,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..io.outputs import save_torchscript_atomic, write_bytes_atomic, write_serialized_atomic
+from ..io.outputs import save_exported_program_atomic, save_torchscript_atomic, write_bytes_atomic
 from .exportable import MIN_RESIZED, ExportableDetector
-from .load import MAX_SIDE, METADATA, MIN_SIDE, check_images, load
+from .load import MAX_SIDE, METADATA, METADATA_BUFFER, MIN_SIDE, check_images, load
 from .scriptable import deployable
 
 FORMATS = ("torchscript", "export", "onnx")
@@ -74,7 +75,7 @@ def export_detector(model: nn.Module, path, *, fmt: str = "torchscript", label_n
     path = Path(path)
     ready = deployable(model).cpu().float()
     if label_names is None:
-        label_names = ["__background__"] + [str(i) for i in range(1, ready.roi_heads.box_predictor.cls_score.out_features)]
+        label_names = _default_names(ready)
     if fmt == "torchscript":
         with warnings.catch_warnings():  # torch.jit is deprecated but is what torchvision's R-CNN supports
             warnings.simplefilter("ignore")
@@ -83,42 +84,50 @@ def export_detector(model: nn.Module, path, *, fmt: str = "torchscript", label_n
     return write_exported(ready, {fmt: path}, label_names=label_names, example=example, metadata=metadata)[fmt]
 
 
+def _default_names(ready: nn.Module) -> List[str]:
+    """The labels as text, "__background__" at 0."""
+    return ["__background__"] + [str(i) for i in range(1, ready.roi_heads.box_predictor.cls_score.out_features)]
+
+
 def write_exported(model: nn.Module, paths: Dict[str, Path], *, label_names: Optional[Sequence[str]] = None,
                    example: Optional[Tensor] = None, metadata: Optional[dict] = None) -> Dict[str, Path]:
     """The graph formats ("export" -> .pt2, "onnx" -> .onnx) of `model` written to paths[fmt] from one
     torch.export capture (the slow step, shared); returns paths."""
     ready = deployable(model).cpu().float()
     if label_names is None:
-        label_names = ["__background__"] + [str(i) for i in range(1, ready.roi_heads.box_predictor.cls_score.out_features)]
+        label_names = _default_names(ready)
     if example is None:
         size = int(ready.transform.min_size[-1])
         example = torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))
     check_images([example], min_side=MIN_SIDE, max_side=MAX_SIDE)
     if "onnx" in paths:
         _require_onnx()  # before the capture, which takes minutes
-    program = export_program(ready, example)
     outputs = ["boxes", "labels", "scores"] + (["masks"] if ready.roi_heads.has_mask() else [])
     meta = json.dumps({**(metadata or {}), "label_names": list(label_names), "outputs": outputs,
                        "min_side": MIN_SIDE, "max_side": MAX_SIDE,
                        "resize": [float(ready.transform.min_size[-1]), float(ready.transform.max_size), MIN_RESIZED],
                        "input": "image float RGB [3, H, W] in [0, 1], one per call"})
+    program = export_program(ready, example, meta)
     if "export" in paths:  # before the ONNX conversion, which decomposes the program in place
-        write_serialized_atomic(Path(paths["export"]), lambda buffer: torch.export.save(
-            program, buffer, extra_files={METADATA: meta}))
+        save_exported_program_atomic(program, Path(paths["export"]))
     if "onnx" in paths:
         write_bytes_atomic(Path(paths["onnx"]), onnx_bytes(program, outputs, meta))
     return {fmt: Path(p) for fmt, p in paths.items()}
 
 
-def export_program(ready: nn.Module, example: Tensor) -> "torch.export.ExportedProgram":
-    """torch.export of ExportableDetector(ready) with a dynamic image height and width (MIN_SIDE..MAX_SIDE);
-    DeployError in one line when torch cannot capture it."""
+def export_program(ready: nn.Module, example: Tensor, meta: str = "{}") -> "torch.export.ExportedProgram":
+    """torch.export of ExportableDetector(ready) with a dynamic image height and width (MIN_SIDE..MAX_SIDE), `meta`
+    (JSON) in its state_dict under METADATA_BUFFER; DeployError in one line when torch cannot capture it."""
+    detector = ExportableDetector(ready).eval()
+    # An unused buffer still travels in the .pt2's state_dict: the file's facts without a second writer beside
+    # io.outputs.save_exported_program_atomic (torch.export.save's extra_files would need one).
+    detector.register_buffer(METADATA_BUFFER, torch.tensor(list(meta.encode()), dtype=torch.uint8))
     side = dict(min=MIN_SIDE, max=MAX_SIDE)
     shapes = ({1: torch.export.Dim("height", **side), 2: torch.export.Dim("width", **side)},)
     try:  # a failed capture prints the partial graph (thousands of lines) on stderr: keep it off the console
         with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # torchvision's nms fake kernel: create_unbacked_symint is deprecated
-            return torch.export.export(ExportableDetector(ready).eval(), (example,), dynamic_shapes=shapes,
+            return torch.export.export(detector, (example,), dynamic_shapes=shapes,
                                        strict=False)
     except Exception as error:  # torch's own limitation on this graph, not a bug of the caller
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

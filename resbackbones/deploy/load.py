@@ -20,7 +20,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-METADATA = "resbackbones.json"  # the .pt2 extra file / ONNX metadata key holding label names and outputs
+METADATA = "resbackbones.json"  # the ONNX metadata key holding label names, outputs, label_to_category, ...
+METADATA_BUFFER = "resbackbones_json"  # the same JSON as uint8 in a .pt2's state_dict
 MIN_SIDE, MAX_SIDE = 32, 4096  # the image sizes the .pt2 / .onnx graphs are exported for (torch.export.Dim range)
 
 
@@ -129,9 +130,9 @@ def load(path) -> ExportedDetector:
         meta = json.loads(module.metadata) if hasattr(module, "metadata") else {}
         return ExportedDetector(path, "torchscript", module.label_names, keys, run_one=run_one, metadata=meta)
     if suffix == ".pt2":
-        extra = {METADATA: ""}
-        program = torch.export.load(str(path), extra_files=extra)
-        meta = _metadata(extra[METADATA], path)
+        program = torch.export.load(str(path))
+        raw = program.state_dict.get(METADATA_BUFFER)
+        meta = _metadata(bytes(raw.numpy()).decode("utf-8", "replace") if raw is not None else "", path)
         module = program.module()
         return ExportedDetector(path, "export", meta["label_names"], meta["outputs"], run_one=module,
                                 min_side=meta.get("min_side", 1), max_side=meta.get("max_side"), metadata=meta)
