@@ -149,16 +149,22 @@ def _stats(gt, detections):
     return evaluate_coco(gt, detections, iou_types=("bbox",))["bbox"].stats
 
 
+# Same padded shape means the same input, not the same float rounding: a batched convolution accumulates in another
+# order (boxes and scores move by ~1e-5 on CPU), which moved a real DSB checkpoint's AP by 5e-9. Shapes mixed in a
+# batch move boxes by pixels and AP by far more than this.
+SAME = 1e-6
+
+
 def test_ap_is_identical_for_batch_1_2_4_and_equals_predict(run, model, mixed_set):
     found = {size: run_checkpoint_on_coco(run / "last.pt", mixed_set, IMAGES, device="cpu", amp="none",
                                           overrides=[f"test.ims_per_batch={size}"]).detections for size in (1, 2, 4)}
     stats = {size: _stats(mixed_set, dets) for size, dets in found.items()}
     assert stats[1]["AP"] > 0.5  # a ground truth that checks something
-    assert stats[1] == stats[2] == stats[4]
+    assert stats[2] == pytest.approx(stats[1], abs=SAME) and stats[4] == pytest.approx(stats[1], abs=SAME)
     ids = {im["file_name"]: im["id"] for im in json.loads(mixed_set.read_text())["images"]}
     outputs = list(predict_images(model, sorted(IMAGES.iterdir()), batch_size=4, device=torch.device("cpu")))
     predicted = to_coco_results([o for _, _, o in outputs], [ids[p.name] for p, _, _ in outputs], {1: 1, 2: 2, 3: 3})
-    assert _stats(mixed_set, predicted) == stats[4]
+    assert _stats(mixed_set, predicted) == pytest.approx(stats[4], abs=SAME)
     # the test has teeth: the same images batched without regard to their shapes give other detections
     tensors = [image_to_tensor(read_image(p)) for p in sorted(IMAGES.iterdir())[:4]]
     with torch.no_grad():
@@ -211,7 +217,7 @@ def test_dsb_mixed_sizes_give_the_same_stats_at_batch_1_and_4(tmp_path):
     own.write_text(json.dumps(_own_top_detections(found[1], json.loads(real.read_text()), 10)))
     for gt in (real, own):
         stats = [_stats(gt, found[size]) for size in (1, 4)]
-        assert stats[0] == stats[1], gt.name
+        assert stats[1] == pytest.approx(stats[0], abs=SAME), gt.name
     assert stats[0]["AP"] > 0.5
 
 

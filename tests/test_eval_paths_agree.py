@@ -3,6 +3,8 @@ and eval_coco --checkpoint report identical COCO stats (same model rebuilt from 
 same batches of test.ims_per_batch, same mask threshold, same autocast)."""
 import json
 
+import pytest
+
 from conftest import REPO, tiny_train_det_args
 import eval_coco  # noqa: E402
 import train_det  # noqa: E402
@@ -77,4 +79,5 @@ def test_mixed_sizes_batch_1_and_4_and_predict_agree(tmp_path):
                                str(tmp_path / f"ps{size}.json")]) == 0
     stats = [json.loads((tmp_path / f"{name}.json").read_text())["bbox"] for name in ("b1", "b4", "ps1", "ps4")]
     assert stats[0]["AP"] > 0.5
-    assert all(s == stats[0] for s in stats), stats
+    # equal up to the float rounding of batched kernels (~1e-5 px on CPU; tests/test_det_test_loader.py: SAME)
+    assert all(s == pytest.approx(stats[0], abs=1e-6) for s in stats), stats
