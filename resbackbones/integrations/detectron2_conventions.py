@@ -3,7 +3,7 @@
 detectron2 keeps preprocessing in the config (INPUT.FORMAT, MODEL.PIXEL_MEAN / PIXEL_STD, and for our backbone
 MODEL.RESBACKBONES.STRIDE_IN_1X1); our weight files keep it in their metadata. `cfg_conventions` reads the config
 side, `refuse_mismatch` stops a build or load whose two sides differ, `apply_weights_conventions` adopts the
-weights' side. The model side (`model_conventions`) lives with the adapter in integrations/detectron2.py, which
+weights' side. The model side (`model_conventions`) lives with the adapter in integrations/detectron2_adapter.py, which
 re-exports these names: import them from there.
 """
 import logging
