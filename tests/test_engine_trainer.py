@@ -87,23 +87,25 @@ def test_init_weights_from_exported_backbone_and_from_checkpoint(data, tmp_path)
     assert (other.weights_metadata.source, other.weights_metadata.pixel_std) == (meta.source, meta.pixel_std)
 
 
+def _limited_cfg(data, out, limit):
+    """tiny_cfg, deterministic, with train.time_limit_s=limit (1e-9: stops after the first step)."""
+    c = tiny_cfg(data, out)
+    c.train.deterministic, c.train.time_limit_s = True, limit
+    return c
+
+
 def test_time_limit_stops_with_a_resumable_checkpoint(data, tmp_path):
     """train.time_limit_s: training stops after the first step past the limit (inside epoch 1 of 2) with a
     mid-epoch checkpoint; --resume without the limit ends bit-identical to an uninterrupted run."""
-    def cfg(out, limit):
-        c = tiny_cfg(data, out)
-        c.train.deterministic, c.train.time_limit_s = True, limit
-        return c
-
-    ref = ClsTrainer(cfg(tmp_path / "ref", 0.0))
+    ref = ClsTrainer(_limited_cfg(data, tmp_path / "ref", 0.0))
     ref.fit()
-    stopped = ClsTrainer(cfg(tmp_path / "run", 1e-9))  # any step takes longer: stops after one
+    stopped = ClsTrainer(_limited_cfg(data, tmp_path / "run", 1e-9))  # any step takes longer: stops after one
     assert stopped.fit() == {} and stopped.iter == 1 < stopped.iters_per_epoch
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     loop = state["trainer"]
     assert loop["iteration"] == 1 and loop["hooks"]["EpochBoundary"]["sums"]["count"] == 16  # the epoch so far
     assert loop["train_seconds"] > 1e-9 and state["config"]["train"]["time_limit_s"] == 1e-9
-    resumed = ClsTrainer(cfg(tmp_path / "run", 0.0), resume=True)
+    resumed = ClsTrainer(_limited_cfg(data, tmp_path / "run", 0.0), resume=True)
     assert resumed.iter == 1 and resumed.train_seconds == loop["train_seconds"]
     row = resumed.fit()
     assert row["epoch"] == 2 and resumed.iter == ref.iter
@@ -114,14 +116,9 @@ def test_a_checkpoint_of_the_layout_before_the_schema_still_resumes(data, tmp_pa
     """A mid-epoch last.pt as train_cls wrote it before the one checkpoint schema (flat keys global_iter, epoch,
     iter_in_epoch, partial epoch sums) resumes to the same weights as an uninterrupted run (weights.checkpoint.upgrade
     reads it)."""
-    def cfg(out, limit):
-        c = tiny_cfg(data, out)
-        c.train.deterministic, c.train.time_limit_s = True, limit
-        return c
-
-    ref = ClsTrainer(cfg(tmp_path / "ref", 0.0))
+    ref = ClsTrainer(_limited_cfg(data, tmp_path / "ref", 0.0))
     ref.fit()
-    ClsTrainer(cfg(tmp_path / "run", 1e-9)).fit()
+    ClsTrainer(_limited_cfg(data, tmp_path / "run", 1e-9)).fit()
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     state = load_checkpoint(last)
     loop, extras = state["trainer"], state["extras"]
@@ -132,7 +129,7 @@ def test_a_checkpoint_of_the_layout_before_the_schema_still_resumes(data, tmp_pa
                num_classes=extras["num_classes"], classes=extras["classes"], best_metric=None,
                best_metric_name="val_top1", best_iteration=None)
     torch.save(old, last)
-    resumed = ClsTrainer(cfg(tmp_path / "run", 0.0), resume=True)
+    resumed = ClsTrainer(_limited_cfg(data, tmp_path / "run", 0.0), resume=True)
     assert resumed.iter == 1
     assert resumed.fit()["train_loss"] == ref.epochs_hook.last_row["train_loss"]
     assert all(torch.equal(v, ref.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())
