@@ -53,9 +53,9 @@ def _run(args) -> int:
     refuse_inputs({"--output": output}, {"--checkpoint": args.checkpoint, "--config": args.config,
                                          "--check": args.check})
     check_new_output(output, "--output", overwrite=args.overwrite)
+    refuse_inputs({"--output": output}, detector_inputs(args.checkpoint, args.config))  # config.yaml beside it too
     if output.suffix.lower() != SUFFIX[args.format]:  # load() and the deployment pick the reader by the suffix
         raise ValueError(f"--output of --format {args.format} must end in {SUFFIX[args.format]}: {output}")
-    refuse_inputs({"--output": output}, detector_inputs(args.checkpoint, args.config))  # config.yaml beside it too
     image = None
     if args.check:
         image = image_to_tensor(read_image(args.check))
