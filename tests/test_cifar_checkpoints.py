@@ -13,6 +13,7 @@ from conftest import require_shared
 
 import resbackbones as rb
 from resbackbones.data import ImageFolderDataset
+from resbackbones.engine.device import cpu_bf16_flags
 from resbackbones.evaluation import evaluate_classifier
 from resbackbones.weights import WeightsError, load
 from resbackbones.weights.convert_cifar import (
@@ -94,10 +95,13 @@ def test_fast_path_fp32_same_predictions_and_bf16_agrees(cifar_test_set, resnet2
     fast_top1 = (fast.argmax(1) == targets).float().mean().item()
     assert abs(fast_top1 - eager_top1) <= differ.float().mean().item()
 
-    bf16 = _predictions(rb.optimize_for_inference(model, dtype=torch.bfloat16), cifar_test_set)
-    agreement = 100.0 * (bf16.argmax(1) == eager.argmax(1)).float().mean().item()
-    bf16_top1 = 100.0 * (bf16.argmax(1) == targets).float().mean().item()
-    print(f"resnet20 fast fp32 top-1 {100 * fast_top1:.2f} %, bf16 top-1 {bf16_top1:.2f} % "
+    # Without native bf16 (no avx512_bf16 / amx_bf16: engine.device.cpu_bf16_flags) bf16 runs PyTorch's slow
+    # converting kernels, ~3 minutes for the 10,000 images: the first 2,000 still resolve a 1 % disagreement.
+    n = len(targets) if cpu_bf16_flags() else 2000
+    bf16 = _predictions(rb.optimize_for_inference(model, dtype=torch.bfloat16), (cifar_test_set[0][:n], None))
+    agreement = 100.0 * (bf16.argmax(1) == eager[:n].argmax(1)).float().mean().item()
+    bf16_top1 = 100.0 * (bf16.argmax(1) == targets[:n]).float().mean().item()
+    print(f"resnet20 fast fp32 top-1 {100 * fast_top1:.2f} %, bf16 top-1 {bf16_top1:.2f} % on {n} images "
           f"(agreement with eager {agreement:.2f} %)")
     assert agreement >= 99.0
 
