@@ -77,7 +77,7 @@ class GroundTruth:
     def __init__(self, path):
         import json
 
-        from .evaluation.coco_checks import check_ground_truth
+        from .data.coco_format import check_ground_truth
 
         self.path = Path(path)
         try:

@@ -1,4 +1,4 @@
-"""COCO ground truth and detections are type-checked before evaluation (resbackbones/evaluation/coco_checks.py):
+"""COCO ground truth and detections are type-checked before evaluation (resbackbones/data/coco_format.py):
 each bad field through tools/eval_coco.py gives exit 2 and one stderr line naming the file, the record and the field;
 the training reader refuses wrong types (bad values stay dropped and counted, tests/test_reliability_data.py)."""
 import copy
@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 from resbackbones.data.coco import CocoDetection
 from resbackbones.data.errors import DataError
-from resbackbones.evaluation.coco_checks import CocoEvalError, check_detections, check_ground_truth
+from resbackbones.data.coco_format import CocoEvalError, check_detections, check_ground_truth
 
 POLY = [[0, 0, 10, 0, 10, 10, 0, 10]]
 GT = {"images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}],

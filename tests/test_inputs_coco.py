@@ -1,4 +1,4 @@
-"""Issue 21, item 4 (inputs): the one COCO-load path (evaluation/coco_checks.read_coco_json + check_ground_truth,
+"""Issue 21, item 4 (inputs): the one COCO-load path (data/coco_format.read_coco_json + check_ground_truth,
 used by evaluation/coco.py and data/coco.py) names the file in every error, and the examples of the issue run as
 written through the real tools:
   - a ground truth / training json that is not UTF-8: one line naming the file (and the byte);
@@ -28,7 +28,7 @@ from fuzz_support import one_error_line
 from resbackbones.data.coco import CocoDetection
 from resbackbones.data.errors import DataError
 from resbackbones.evaluation.coco import _run, evaluate_coco
-from resbackbones.evaluation.coco_checks import CocoEvalError, read_coco_json, rle_counts
+from resbackbones.data.coco_format import CocoEvalError, read_coco_json, rle_counts
 
 HUGE = 2**63  # int64 ends at 2**63 - 1; JSON ints do not end
 TOOLS = REPO / "tools"

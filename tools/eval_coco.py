@@ -19,7 +19,7 @@ OUT_STEM.detections.json beside --out (stats.detections.json without --out); the
 
 Numbers are pycocotools' COCOeval (backend "fast" computes them bit-identically, faster; --backend pycocotools
 runs the reference itself). Ground truth and detections are type-checked before anything runs
-(resbackbones/evaluation/coco_checks.py): ids, bbox numbers, iscrowd, polygons, area, categories, scores, RLEs.
+(resbackbones/data/coco_format.py): ids, bbox numbers, iscrowd, polygons, area, categories, scores, RLEs.
 Bad inputs print one line `error: ...` naming the file and the record, and exit with status 2.
 """
 import argparse

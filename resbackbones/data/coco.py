@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..evaluation.coco_checks import _rle_problem, check_ground_truth, decodable_rle_problem, read_coco_json
+from .coco_format import _rle_problem, check_ground_truth, decodable_rle_problem, read_coco_json
 from .errors import DataError, show_path
 from .folders import read_image
 

@@ -6,7 +6,7 @@ from ..config.det import DetTrainConfig
 from ..data.det_datasets import build_det_dataset, check_data_paths
 from ..data.det_transforms import build_det_transforms
 from ..data.resizable import check_coco_images_resizable
-from ..evaluation.coco_checks import check_ground_truth
+from ..data.coco_format import check_ground_truth
 
 
 def build_det_data(cfg: DetTrainConfig, *, eval_only: bool, iou_types) -> Tuple[Optional[object], object]:

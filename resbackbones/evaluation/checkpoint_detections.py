@@ -23,7 +23,7 @@ from ..data.resizable import check_coco_images_resizable
 from ..config.det import DetTrainConfig
 from ..engine.device import resolve_amp, resolve_device
 from .coco import CocoEvalError, load_json
-from .coco_checks import check_ground_truth
+from ..data.coco_format import check_ground_truth
 from .coco_evaluator import COCODetections
 from .inference import inference_on_dataset, load_detector
 

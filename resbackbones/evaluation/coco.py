@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .coco_checks import (CocoEvalError, check_detections, check_ground_truth,  # noqa: F401 (re-exported)
+from ..data.coco_format import (CocoEvalError, check_detections, check_ground_truth,  # noqa: F401 (re-exported)
                           read_coco_json)
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -80,7 +80,7 @@ def per_category_table(report: Mapping[str, Mapping[str, Any]]) -> str:
 
 # -- inputs -------------------------------------------------------------------------------------------------------
 def load_json(path: Union[str, os.PathLike], what: str) -> Any:
-    """coco_checks.read_coco_json: the one COCO json reader (errors name the file: missing, not UTF-8, not JSON)."""
+    """data/coco_format.read_coco_json: the one COCO json reader (errors name the file: missing, not UTF-8, not JSON)."""
     return read_coco_json(path, what)
 
 
@@ -244,7 +244,7 @@ def evaluate_coco(
     """COCO metrics of `detections` against `gt` (path, dict or COCO object) for each iou type ("bbox", "segm").
 
     Returns {iou_type: CocoStats}; stats are the values of COCOeval.stats under STAT_NAMES. max_dets: COCOeval's
-    maxDets (see the module docstring). Both inputs are type-checked first (coco_checks.py); gt_source names an
+    maxDets (see the module docstring). Both inputs are type-checked first (data/coco_format.py); gt_source names an
     in-memory ground truth in those errors (a path names itself).
     """
     unknown = [t for t in iou_types if t not in IOU_TYPES]

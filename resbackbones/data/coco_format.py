@@ -1,5 +1,8 @@
 """COCO ground truth and detections, type-checked before COCOeval sees them: the one place for both schemas.
 
+In data/, not evaluation/: the COCO schema belongs to the dataset layer (detectron2 validates in
+data/datasets/coco.py), and training (data/coco.py) reads through it as much as evaluation does.
+
     check_ground_truth(gt_dict, source="val.json", iou_types=("bbox", "segm"))
     check_detections(gt_dict, detections, ("bbox",), source="dets.json")
 
