@@ -71,7 +71,7 @@ def default_precisions(device: str) -> List[str]:
     if device.startswith("cuda"):
         return ["fp32", "bf16"]
     sys.path.insert(0, str(ROOT))
-    from resbackbones.engine.device import cpu_bf16_flags
+    from resbackbones.utils.amp import cpu_bf16_flags
     return ["fp32", "bf16" if cpu_bf16_flags() else "bf16emu"]
 
 

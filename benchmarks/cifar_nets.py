@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import resbackbones as rb  # noqa: E402
-from resbackbones.engine.device import autocast, grad_scaler, resolve_amp, resolve_device  # noqa: E402
+from resbackbones.utils.amp import autocast, grad_scaler, resolve_amp, resolve_device  # noqa: E402
 from machine import describe  # noqa: E402
 
 NETS = ("cifar_plain20", "cifar_plain56", "cifar_resnet20", "cifar_resnet56")

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import resbackbones as rb  # noqa: E402
-from resbackbones.detection.config import DetectorConfig  # noqa: E402
+from resbackbones.config.detector import DetectorConfig  # noqa: E402
 from machine import describe  # noqa: E402
 
 DEFAULT_COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_sample"

@@ -1,5 +1,5 @@
 """The hardware a benchmark ran on, one line for the head of every table: CPU model, logical CPUs, torch threads, the
-native-bf16 flags (amx_bf16, avx512_bf16: engine/device.py picks bf16 from them), torch's CPU kernel level, and the
+native-bf16 flags (amx_bf16, avx512_bf16: utils/amp.py picks bf16 from them), torch's CPU kernel level, and the
 GPU (name, compute capability) when one is used.
 
     from machine import describe                  # benchmarks/ is each script's own folder on sys.path
@@ -19,7 +19,7 @@ from typing import Dict, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from resbackbones.engine.device import CPU_BF16_FLAGS, cpu_bf16_flags  # noqa: E402
+from resbackbones.utils.amp import CPU_BF16_FLAGS, cpu_bf16_flags  # noqa: E402
 
 
 def _cpuinfo_fields() -> Dict[str, str]:

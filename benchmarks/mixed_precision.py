@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import resbackbones as rb  # noqa: E402
-from resbackbones.engine.device import autocast, resolve_amp, resolve_device  # noqa: E402
+from resbackbones.utils.amp import autocast, resolve_amp, resolve_device  # noqa: E402
 from backbone import _timed_rounds  # noqa: E402
 from detection import _inference, _inputs, _models, _train_step  # noqa: E402
 from machine import describe  # noqa: E402

@@ -20,9 +20,9 @@ from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .engine.device import amp_dtype, resolve_amp
 from .layers import Conv2d
 from .layers.blocks import _ResidualBlock
+from .utils.amp import amp_dtype, resolve_amp
 
 _FOLDABLE = (nn.BatchNorm2d, FrozenBatchNorm2d)
 _PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -223,7 +223,7 @@ def _cast(output: Any, dtype: torch.dtype) -> Any:
 def inference_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> Tuple[Optional[torch.dtype], str]:
     """The reduced dtype to run inference in on `device` (None = fp32) and why.
 
-    "auto": engine.device.resolve_amp's choice, the one training makes: bf16 on CPUs with amx_bf16 / avx512_bf16
+    "auto": utils.amp.resolve_amp's choice, the one training makes: bf16 on CPUs with amx_bf16 / avx512_bf16
     and on CUDA GPUs of compute capability >= 8.0, fp16 on older GPUs, fp32 otherwise.
     None / torch.float32: fp32; torch.bfloat16 / torch.float16: as given.
     """

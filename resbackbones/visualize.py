@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import torch
 
+from .data.coco_format import check_ground_truth
 from .data.errors import DataError
 
 GT_COLOUR = (80, 220, 80)  # BGR green: ground truth, one colour for every class
@@ -76,8 +77,6 @@ class GroundTruth:
 
     def __init__(self, path):
         import json
-
-        from .data.coco_format import check_ground_truth
 
         self.path = Path(path)
         try:

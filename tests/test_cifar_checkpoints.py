@@ -13,7 +13,7 @@ from conftest import require_shared
 
 import resbackbones as rb
 from resbackbones.data import ImageFolderDataset
-from resbackbones.engine.device import cpu_bf16_flags
+from resbackbones.utils.amp import cpu_bf16_flags
 from resbackbones.evaluation import evaluate_classifier
 from resbackbones.weights import WeightsError, load
 from resbackbones.weights.convert_cifar import (
@@ -95,7 +95,7 @@ def test_fast_path_fp32_same_predictions_and_bf16_agrees(cifar_test_set, resnet2
     fast_top1 = (fast.argmax(1) == targets).float().mean().item()
     assert abs(fast_top1 - eager_top1) <= differ.float().mean().item()
 
-    # Without native bf16 (no avx512_bf16 / amx_bf16: engine.device.cpu_bf16_flags) bf16 runs PyTorch's slow
+    # Without native bf16 (no avx512_bf16 / amx_bf16: utils.amp.cpu_bf16_flags) bf16 runs PyTorch's slow
     # converting kernels, ~3 minutes for the 10,000 images: the first 2,000 still resolve a 1 % disagreement.
     n = len(targets) if cpu_bf16_flags() else 2000
     bf16 = _predictions(rb.optimize_for_inference(model, dtype=torch.bfloat16), (cifar_test_set[0][:n], None))

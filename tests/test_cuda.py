@@ -14,7 +14,7 @@ from torchvision.ops import MultiScaleRoIAlign
 import resbackbones as rb
 from resbackbones.detection import DetectorConfig
 from resbackbones.detection.roi_align import FastMultiScaleRoIAlign
-from resbackbones.engine.device import autocast, grad_scaler, resolve_amp, resolve_device
+from resbackbones.utils.amp import autocast, grad_scaler, resolve_amp, resolve_device
 from resbackbones.inference import inference_dtype
 
 HAS_CUDA = torch.cuda.is_available()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from resbackbones.engine.distributed import DistInfo
+from resbackbones.utils.comm import DistInfo
 from resbackbones.engine.hooks import Periodic, TrainTimer
 from resbackbones.engine.loop import HookBase, Trainer
 from resbackbones.engine.setup import RunContext

@@ -87,7 +87,7 @@ def test_other_families_share_the_fast_path(name, size):
 
 
 def test_auto_precision_follows_the_hardware_and_float32_forces_fp32(monkeypatch):
-    """dtype="auto" (default) takes engine.device.resolve_amp's choice for the model's device; float32 / None force
+    """dtype="auto" (default) takes utils.amp.resolve_amp's choice for the model's device; float32 / None force
     fp32; the choice and its reason are on the result."""
     import resbackbones.inference as inference
 

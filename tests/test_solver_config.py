@@ -63,5 +63,5 @@ def test_optimizer_from_either_section():
 def test_amp_choices_of_both_schemas_are_the_engines():
     from typing import get_args
     from resbackbones.config.common import AmpMode
-    from resbackbones.engine.device import AMP_MODES
+    from resbackbones.utils.amp import AMP_MODES
     assert set(get_args(AmpMode)) == set(AMP_MODES)

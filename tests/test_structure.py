@@ -1,7 +1,7 @@
-"""Ratchets for the layout of issue 15 (docs/dev/engine_refactor_plan.md, step 1): small files, thin tools without
-sys.path edits, one copy of each name and of the training step, no private reach into backbones, detection below
-engine, weights below backbones. Each allow-list below records today's offenders at today's values: they may only
-shrink (a refactor that fixes one lowers or deletes its entry), and nothing new may join them."""
+"""Ratchets for the layout (issues 15 and 23): small files, thin tools without sys.path edits, one copy of each name
+and of the training step, no private reach into backbones, and the layer order of the subpackages (LAYERS below).
+Each allow-list below records today's offenders at today's values: they may only shrink (a refactor that fixes one
+lowers or deletes its entry), and nothing new may join them."""
 import re
 from pathlib import Path
 from typing import Dict, Iterable, List
@@ -28,8 +28,6 @@ STEP_CALL_FILES_ALLOWED = {
     "clip_and_check_grads(": 1,
     "torch.isfinite(loss": 1,
 }
-# detection/ modules importing engine/ (the only upward import); may only shrink.
-DETECTION_IMPORTS_ENGINE_ALLOWED: set = set()
 
 
 def _package_files() -> List[Path]:
@@ -116,22 +114,6 @@ def test_task_trainers_only_say_what_the_task_is():
         assert len(text.splitlines()) < 200, (name, len(text.splitlines()))
         found = sorted({m.group(0) for m in RUN_CODE.finditer(text)})
         assert not found, (name, found)
-
-
-def test_detection_does_not_import_engine():
-    pattern = re.compile(r"^\s*(from\s+(\.\.engine|resbackbones\.engine)\b|from\s+\.\.\s+import\s+engine\b|"
-                         r"import\s+resbackbones\.engine\b)", re.MULTILINE)
-    importers = {_rel(p) for p in sorted((PACKAGE / "detection").rglob("*.py"))
-                 if pattern.search(p.read_text(encoding="utf-8"))}
-    assert importers <= DETECTION_IMPORTS_ENGINE_ALLOWED, sorted(importers - DETECTION_IMPORTS_ENGINE_ALLOWED)
-
-
-def test_weights_do_not_import_backbones():
-    # backbones/ loads weights through weights/ at module level; an import back would close the circle again.
-    pattern = re.compile(r"^\s*(from\s+(\.\.backbones|resbackbones\.backbones)\b|from\s+\.\.\s+import\s+backbones\b|"
-                         r"import\s+resbackbones\.backbones\b)", re.MULTILINE)
-    importers = [_rel(p) for p in sorted((PACKAGE / "weights").rglob("*.py")) if pattern.search(p.read_text("utf-8"))]
-    assert importers == []
 
 
 # -- the one output rule (issue 21): every file written goes through resbackbones/io/outputs.py -----------------------
@@ -233,3 +215,113 @@ def test_no_sys_path_edits_in_tests():
     tests = Path(__file__).resolve().parent
     offenders = {p.name: lines for p in sorted(tests.glob("*.py")) if (lines := _sys_path_edits(p))}
     assert not offenders, f"sys.path edits in tests: {offenders}"
+
+
+# -- layers (issue 23 step 3): the folder tree is the data flow, each subpackage imports only those below it --------
+# Bottom to top. A package may import from packages on an earlier line only (a line is a rank; packages on one line
+# may not import each other). Import-time, deferred (inside a function) and TYPE_CHECKING imports all count: a
+# deferred import is still a dependency, it only hides a cycle.
+LAYERS = (
+    ("utils",),                      # errors, distributed (comm), device / AMP, FLOPs: no package imports
+    ("io",),                         # the one output rule: atomic, checked writes; registered inputs
+    ("config",),                     # the schemas (training, model) and the YAML loader: descriptions, no builders
+    ("layers",),                     # conv / norm / blocks / shape specs
+    ("weights",),                    # the one reader and writer of weights and checkpoints, converters
+    ("backbones",),                  # image -> stages
+    ("necks",),                      # stages -> FPN levels
+    ("data",),                       # datasets, transforms, loaders
+    ("detection",),                  # FPN levels -> RPN / RoI heads -> boxes, masks
+    ("evaluation",),                 # detections -> COCO metrics
+    ("engine",),                     # the Trainer that owns the run
+    ("deploy", "integrations", "inference", "visualize"),  # users of everything below
+)
+
+
+def _subpackage_of(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _imported_subpackages(path: Path) -> Dict[str, List[int]]:
+    """{subpackage of resbackbones imported by `path`: [line, ...]}, relative and absolute imports alike."""
+    import ast
+
+    rel = path.relative_to(PACKAGE)
+    found: Dict[str, List[int]] = {}
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        modules: List[str] = []
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(rel.parts[:-1])[:len(rel.parts) - node.level]  # the package `node.level` dots name
+                if node.module:
+                    modules = [".".join(base + [node.module])]
+                else:
+                    modules = [".".join(base + [alias.name]) for alias in node.names]
+            elif node.module and node.module.startswith("resbackbones."):
+                modules = [node.module[len("resbackbones."):]]
+            elif node.module == "resbackbones":
+                modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.Import):
+            modules = [a.name[len("resbackbones."):] for a in node.names if a.name.startswith("resbackbones.")]
+        for module in modules:
+            if module:
+                found.setdefault(module.split(".")[0], []).append(node.lineno)
+    return found
+
+
+def _import_edges() -> Dict[tuple, List[str]]:
+    """{(importer, imported): ["file:line", ...]} between different subpackages (the root __init__ excluded)."""
+    edges: Dict[tuple, List[str]] = {}
+    for path in _package_files():
+        if path == PACKAGE / "__init__.py":
+            continue
+        source = _subpackage_of(path)
+        for target, lines in _imported_subpackages(path).items():
+            if target != source:
+                edges.setdefault((source, target), []).extend(f"{_rel(path)}:{line}" for line in lines)
+    return edges
+
+
+def test_layer_table_names_every_subpackage():
+    ranked = {name for line in LAYERS for name in line}
+    present = {_subpackage_of(p) for p in _package_files()} - {"__init__"}
+    assert present == ranked, f"add to / remove from LAYERS: {sorted(present ^ ranked)}"
+
+
+def test_subpackages_import_only_downwards():
+    """No import of a package on the same or a higher line of LAYERS, so no cycle between subpackages either."""
+    rank = {name: index for index, line in enumerate(LAYERS) for name in line}
+    upward = {f"{a} -> {b}": where for (a, b), where in _import_edges().items()
+              if b in rank and a in rank and rank[b] >= rank[a]}
+    assert upward == {}, f"imports against the layer order (move the shared code down instead): {upward}"
+
+
+def test_import_graph_between_subpackages_has_no_cycle():
+    # Redundant with the layer order as long as LAYERS is right; stated on its own so a wrong LAYERS edit that
+    # allowed a cycle would still fail here with the cycle spelled out.
+    graph: Dict[str, set] = {}
+    for a, b in _import_edges():
+        graph.setdefault(a, set()).add(b)
+
+    def cycle_from(node, stack):
+        if node in stack:
+            return stack[stack.index(node):] + [node]
+        for nxt in sorted(graph.get(node, ())):
+            found = cycle_from(nxt, stack + [node])
+            if found:
+                return found
+        return None
+
+    cycles = [c for c in (cycle_from(n, []) for n in sorted(graph)) if c]
+    assert not cycles, " -> ".join(cycles[0])
+
+
+def test_the_layer_check_sees_each_import_form(tmp_path, monkeypatch):
+    package = tmp_path / "resbackbones"
+    (package / "evaluation").mkdir(parents=True)
+    sample = package / "evaluation" / "sample.py"
+    sample.write_text("from ..engine.loop import x\nfrom .. import engine\nimport resbackbones.engine.hooks\n"
+                      "from resbackbones.engine import y\ndef f():\n    from ..engine import z\n"
+                      "from .coco import w\nfrom ..utils.errors import E\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", package)
+    assert _imported_subpackages(sample) == {"engine": [1, 2, 3, 4, 6], "evaluation": [7], "utils": [8]}

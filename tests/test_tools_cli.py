@@ -37,7 +37,7 @@ def test_every_tool_answers_help(name):
 
 @pytest.mark.parametrize("name", ["predict", "eval_coco"])
 def test_amp_choices_are_the_engines(name):
-    from resbackbones.engine.device import AMP_MODES
+    from resbackbones.utils.amp import AMP_MODES
 
     tool = _tool(name)
     common = ["--checkpoint", "c.pt", "--gt", "g.json", "--images", "i"]

@@ -13,7 +13,7 @@ import re
 from typing import Callable, Mapping, Optional, Type, TypeVar
 
 from resbackbones.config import load_config
-from resbackbones.engine.device import AMP_MODES
+from resbackbones.utils.amp import AMP_MODES
 from resbackbones.engine.tool_errors import run_tool
 from resbackbones.io.outputs import check_output_name, clear_registries
 
@@ -65,7 +65,7 @@ def default_argument_parser(description: str, *, task: Optional[str] = None, ove
 
 
 def add_amp_argument(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
-    """--amp with the choices every tool accepts (engine.device.AMP_MODES; default auto)."""
+    """--amp with the choices every tool accepts (utils.amp.AMP_MODES; default auto)."""
     parser.add_argument("--amp", default="auto", choices=AMP_MODES, help=prefix + AMP_HELP)
 
 

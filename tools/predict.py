@@ -59,7 +59,7 @@ def _run(args) -> int:
                   folders=True)
     from resbackbones.deploy import load_detector
     from resbackbones.deploy.predict import check_resizable, header_size, predict_images
-    from resbackbones.engine.device import resolve_amp, resolve_device
+    from resbackbones.utils.amp import resolve_amp, resolve_device
     from resbackbones.visualize import GroundTruth, draw_detections, draw_with_ground_truth
 
     targets = unique_targets(list_images(args.input), out_dir, suffix=".png")

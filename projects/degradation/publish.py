@@ -32,7 +32,7 @@ from resbackbones.config.legacy import upgrade
 from resbackbones.data.cls_transforms import TransformedDataset, build_cls_transform
 from resbackbones.data.folders import ImageFolderDataset, find_split
 from resbackbones.engine.checkpoint import load_checkpoint
-from resbackbones.engine.device import cpu_bf16_flags
+from resbackbones.utils.amp import cpu_bf16_flags
 from resbackbones.evaluation.classification import evaluate_classifier
 from resbackbones.weights import WeightsMetadata
 

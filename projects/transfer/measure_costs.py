@@ -44,7 +44,7 @@ def measure_cls(arch: str, px: int, batch: int, steps: int, warmup: int):
     import resbackbones as rb
     from resbackbones.config import load_config
     from resbackbones.config.cls import ClsConfig
-    from resbackbones.engine.device import autocast, resolve_amp
+    from resbackbones.utils.amp import autocast, resolve_amp
 
     cfg = load_config(ClsConfig, str(CONFIGS / f"pretrain_{arch}.yaml"), [])
     device = torch.device("cpu")

@@ -33,6 +33,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from ..io.outputs import write_text_atomic
+from ..utils.errors import ConfigError
 from .ranges import check_ranges
 
 __all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "dump_yaml", "parse_overrides", "merge_dicts",
@@ -42,8 +44,6 @@ BASE_KEY = "_base_"
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A user mistake in a config file or override; the message is one line naming the key/file."""
 
 
 # -- YAML files with _base_ ---------------------------------------------------------------------------------------
@@ -395,6 +395,5 @@ def to_dict(cfg: Any) -> Dict[str, Any]:
 def dump_yaml(cfg: Any, path: Union[str, os.PathLike]) -> Path:
     """Write `cfg` (dataclass or dict) as YAML to `path` through the one output rule (io/outputs.py: atomic,
     checked, never onto an input or another run's config.yaml). Raises OutputError (one line) when it cannot."""
-    from ..io.outputs import write_text_atomic
 
     return write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None))

@@ -10,14 +10,21 @@ subset), data.mean / std (the dataset normalises; detection's model does), and t
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Literal, Optional, Tuple
 
-from ..data.cls_transforms import CIFAR_MEAN, CIFAR_STD
 from . import ConfigError
 from .common import SolverConfig, TrainConfig
 
 
+# RGB mean / std in [0, 1] units of the recipes (data/cls_transforms.py normalises with them): torchvision's ImageNet
+# values and the CIFAR-10 train set's.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
 @dataclass
 class BackboneConfig:
-    """The classifier's network: the part of detection's model.backbone (detection/config.py) a classifier uses."""
+    """The classifier's network: the part of detection's model.backbone (config/detector.py) a classifier uses."""
 
     name: str = "cifar_resnet20"               # rb.list_backbones()
     weights: str = ""                          # initial weights: a file or torchvision:<ENUM>; "": random init

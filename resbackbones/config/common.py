@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Dict, Literal, Optional, Tuple, Union
 
 OptimizerName = Literal["sgd", "adamw"]
 Unit = Literal["epoch", "iter", "fraction"]
-# train.amp / test.amp of both schemas; the same choices as engine.device.AMP_MODES (tests/test_solver_config.py).
+# train.amp / test.amp of both schemas; the same choices as utils.amp.AMP_MODES (tests/test_solver_config.py).
 AmpMode = Literal["auto", "none", "bf16", "fp16"]
 
 
@@ -107,7 +107,7 @@ class TrainConfig:
     at the end). time_limit_s: stop training cleanly once this many training seconds have passed (0 = no limit):
     a checkpoint is saved that --resume continues from (detection also evaluates) - a guard for time-boxed runs.
     amp: auto = bf16 on CPUs with native bf16 and CUDA GPUs of compute capability >= 8.0, fp16 on older GPUs, none
-    otherwise (engine/device.resolve_amp); none / bf16 / fp16 force a mode. num_threads: torch CPU threads (0 =
+    otherwise (utils/amp.resolve_amp); none / bf16 / fp16 force a mode. num_threads: torch CPU threads (0 =
     torch's default, 1 on an oversubscribed CPU: engine/setup.set_threads). deterministic: bit-reproducible kernels
     (CPU only for detection). progress: a tqdm bar. tensorboard: TensorBoard scalars in OUTPUT/tensorboard/ beside
     metrics.csv / metrics.jsonl.

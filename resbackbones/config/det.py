@@ -13,8 +13,10 @@ stored before the rename. test.amp null (was "") follows train.amp.
 from dataclasses import dataclass, field
 from typing import ClassVar, Dict, Literal, Optional, Tuple
 
-from ..detection.config import DetectorConfig
+from ..utils.errors import CocoEvalError
 from .common import AmpMode, SolverConfig, TrainConfig, check_iteration_solver, detection_solver, detection_train
+from .detector import DetectorConfig
+from .ranges import check_max_dets
 
 
 @dataclass
@@ -106,8 +108,6 @@ class DetTrainConfig:
                 raise ValueError(f"test.iou_types: unknown {t!r}; choose bbox, segm")
         if "segm" in self.test.iou_types and not self.model.mask_head.enabled:
             raise ValueError("test.iou_types has 'segm' but model.mask_head.enabled is false")
-        from ..evaluation.coco import CocoEvalError, check_max_dets
-
         try:
             check_max_dets(self.test.max_dets)
         except CocoEvalError as error:

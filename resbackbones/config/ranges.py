@@ -15,7 +15,9 @@ numeric field of the tools' schemas declares one.
 """
 import math
 import re
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Iterator, Optional, Sequence, Tuple
+
+from ..utils.errors import CocoEvalError
 
 # No integer setting goes beyond int64 (torch, numpy and the checkpoint formats hold int64), whatever its range.
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
@@ -72,3 +74,14 @@ def check_ranges(instance: Any, prefix: str) -> None:
             key = f"{prefix}.{name}" if prefix else name
             shown = value if not isinstance(value, (list, tuple)) else f"{list(value)} (item {bad!r})"
             raise ValueError(f"config key {key!r} must be {describe(spec)}, got {shown}")
+
+
+def check_max_dets(max_dets: Sequence[int]) -> Tuple[int, int, int]:
+    """COCOeval's maxDets as a tuple of three increasing positive ints; CocoEvalError naming the value otherwise
+    (config.det checks test.max_dets with it when a config is built; evaluation/coco.py before every run)."""
+    values = tuple(max_dets)
+    if (len(values) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+            or list(values) != sorted(set(values))):
+        raise CocoEvalError(f"max_dets must be three increasing positive ints (COCOeval maxDets, e.g. [1, 10, 100]), "
+                            f"got {list(values)}")
+    return values  # type: ignore[return-value]

@@ -33,10 +33,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Type, Union
 import numpy as np
 
 from ..io.outputs import show_path
-
-
-class CocoEvalError(ValueError):
-    """Unusable ground truth or detections; the message is one line naming the file / image / category."""
+from ..utils.errors import CocoEvalError
 
 
 GT_FIX = "correct or remove that record"

@@ -17,7 +17,7 @@ from ..data.errors import DataError
 from ..data.folders import IMG_EXTENSIONS
 from ..data.loaders import ImageRecords, build_det_test_loader, padded_shape
 from ..data.resizable import MIN_RESIZED_SIDE, check_resizable  # noqa: F401 - public here too
-from ..engine.device import autocast
+from ..utils.amp import autocast
 
 
 def list_images(inputs: Sequence[str]) -> List[Path]:

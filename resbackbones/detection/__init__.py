@@ -1,7 +1,5 @@
 """Detectors: Faster / Mask R-CNN over any backbone (FPN, C4 or one feature map) with torchvision's heads."""
-from .backbone_weights import refuse_untrainable_backbone
-from .builder import build_detector
-from .config import (
+from ..config.detector import (
     AnchorConfig,
     BackboneConfig,
     BoxHeadConfig,
@@ -14,6 +12,8 @@ from .config import (
     c4_defaults,
     vgg16_defaults,
 )
+from .backbone_weights import refuse_untrainable_backbone
+from .builder import build_detector
 
 __all__ = [
     "AnchorConfig", "BackboneConfig", "BoxHeadConfig", "DetectorConfig", "FPNConfig", "InputConfig",

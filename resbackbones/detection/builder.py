@@ -5,11 +5,11 @@ from typing import Any, Mapping, Union
 from torchvision.models.detection import FasterRCNN
 
 from ..backbones import build_backbone
+from ..config.detector import DetectorConfig
 from ..necks import FPN, BackboneWithFPN
 from ..weights import weights_metadata
 from ..weights.conventions import input_conventions
 from .c4 import split_res5
-from .config import DetectorConfig
 from .heads import Res5Head, box_head, mask_head, roi_pooler
 from .rcnn import anchor_generator, assemble_rcnn
 from .single import SingleFeature

@@ -25,6 +25,7 @@ from ..io.outputs import save_torch_atomic
 
 # CheckpointError and load_matching_state live with the reader in weights/ (evaluation and deploy load detectors
 # without engine/); the trainers and tools import them from here too.
+from ..utils.comm import all_gather_objects
 from ..weights.checkpoint import (CheckpointError, TrainingCheckpoint, load_matching_state,  # noqa: F401
                                   read_model_checkpoint)
 
@@ -65,7 +66,6 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 def gathered_rng_state() -> List[Dict[str, Any]]:
     """rng_state() of every rank, in rank order, on every rank (a collective under DDP: call it on all ranks).
     Checkpoints store this list: with seed + rank, each rank's generators differ (engine/setup.py)."""
-    from .distributed import all_gather_objects
 
     return all_gather_objects(rng_state())
 

@@ -11,7 +11,7 @@ from ..data.cls_transforms import TransformedDataset, build_cls_transform
 from ..data.errors import DataError
 from ..data.folders import ImageFolderDataset, find_split
 from ..data.synthetic_cls import default_cache_dir, write_image_folder
-from . import distributed as dist_utils
+from ..utils import comm
 from .data_loading import make_loader
 
 
@@ -26,7 +26,7 @@ def data_root(cfg: ClsConfig, *, is_main: bool) -> Path:
     root = default_cache_dir(**spec)
     if is_main:
         write_image_folder(root, **spec)
-    dist_utils.barrier()
+    comm.barrier()
     return root
 
 

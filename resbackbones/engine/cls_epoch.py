@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 
-from .distributed import all_reduce_sums
+from ..utils.comm import all_reduce_sums
 from .hooks import HookBase
 from .metrics_log import CURVES_NAME, plot_error_curves
 

@@ -26,11 +26,11 @@ from ..config.cls import ClsConfig
 from ..evaluation.classification import ClassificationEvaluator
 from ..evaluation.inference import inference_on_dataset
 from ..io.outputs import register_owned_run
-from . import distributed as dist_utils
+from ..utils import comm
+from ..utils.amp import grad_scaler
 from .cls_data import build_split, check_same_classes, data_root, val_loader
 from .cls_epoch import EpochBoundary, end_of_epoch
 from .data_loading import EpochKeyed, ResumableSampler, make_loader
-from .device import grad_scaler
 from .ema import ModelEMA
 from .loop import Trainer
 from .metrics_log import CURVES_NAME
@@ -192,4 +192,4 @@ class ClsTrainer(Trainer):
                  "data": self.cfg.data.root or "synthetic"}
         extra.update({k: f"{metrics[k]:.2f}" for k in ("val_top1", "val_top5") if k in metrics})
         meta = rb_weights.WeightsMetadata.from_train_cls(to_dict(self.cfg), num_classes=self.num_classes, extra=extra)
-        return rb_weights.save(dist_utils.unwrap(model).backbone, path, metadata=meta.to_dict())
+        return rb_weights.save(comm.unwrap(model).backbone, path, metadata=meta.to_dict())

@@ -14,6 +14,7 @@ and in the log line.
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Optional
 
+from ..evaluation.coco import per_category_table
 from .checkpoint import BEST, CHECKPOINTS
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ def eval_summary(trainer, result: Mapping[str, Any], early: Optional[Dict[str, A
 
 def final_report(result: Mapping[str, Any], iou_types: Iterable[str]) -> str:
     """The per-category tables of a train_det evaluation (AP, AP50 as fractions 0-1), one block per iou type."""
-    from ..evaluation.coco import per_category_table
 
     blocks = []
     for t in iou_types:

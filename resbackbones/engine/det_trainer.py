@@ -20,14 +20,16 @@ from ..data.det_transforms import collate_detection
 from ..data.loaders import build_det_test_loader
 from ..detection.backbone_weights import refuse_untrainable_backbone
 from ..detection.builder import build_detector
+from ..evaluation.coco_evaluator import COCOEvaluator, restrict_ground_truth
+from ..evaluation.inference import inference_on_dataset, load_detector
 from ..io.outputs import register_owned_run
-from . import distributed as dist_utils
+from ..utils import comm
+from ..utils.amp import grad_scaler, resolve_amp
 from .checkpoint import BEST, CHECKPOINTS, LAST
 from .data_loading import ResumableSampler, SampleSeeded, make_loader
 from .det_curves import plot_det_curves
 from .det_data import build_det_data
 from .det_reports import RESULTS_FILE, best_line, eval_summary
-from .device import grad_scaler, resolve_amp
 from .hooks import EvalHook, MetricsWriter
 from .loop import Trainer
 from .optim import build_optimizer_for, make_lr_lambda
@@ -102,7 +104,6 @@ class DetTrainer(Trainer):
     def _load_detector(self, checkpoint: str):
         """The model of `checkpoint` for evaluation, from the config it records (its model section replaces this
         config's, whose data and test sections stay); legacy checkpoints without one use this config."""
-        from ..evaluation.inference import load_detector
 
         loaded = load_detector(checkpoint, self.cfg, device=self.device, config_source="the config")
         if loaded.note and self.is_main:
@@ -158,8 +159,6 @@ class DetTrainer(Trainer):
         """COCO stats of the current model on the val set through evaluation.inference.inference_on_dataset:
         {"bbox": {"AP": .., ..}, "segm": {..}, "eval_seconds", "amp" (the autocast precision used: test.amp, or
         train.amp when test.amp is null), "max_dets", "ap_unit", "per_category"} on rank 0, {} on the others."""
-        from ..evaluation.coco_evaluator import COCOEvaluator, restrict_ground_truth
-        from ..evaluation.inference import inference_on_dataset
 
         started = time.perf_counter()
         test = self.cfg.test
@@ -180,7 +179,7 @@ class DetTrainer(Trainer):
         result = self.evaluate()
         tracker = self.best.tracker
         # Rank 0 alone holds the stats; a save of best.pt is collective, so every rank gets the value.
-        value = dist_utils.broadcast_object((result.get(self.iou_types[0]) or {}).get("AP") if self.is_main else None)
+        value = comm.broadcast_object((result.get(self.iou_types[0]) or {}).get("AP") if self.is_main else None)
         if self.is_main:
             row = {"iter": self.iter, "time_s": round(self.train_seconds, 2)}
             for t in self.iou_types:

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional
 
+from ..utils.comm import first_rank_with
 from .checkpoint import CheckpointManager
-from .distributed import first_rank_with
 
 if TYPE_CHECKING:
     from .ema import ModelEMA

@@ -31,10 +31,10 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, to_dict
-from . import distributed as dist_utils
+from ..utils import comm
+from ..utils.amp import autocast
+from ..utils.comm import first_rank_with
 from .checkpoint import LAST, Checkpointer, checkpoints_dir
-from .device import autocast
-from .distributed import first_rank_with
 from .hooks import (BestCheckpointer, EMAHook, HookBase, PeriodicCheckpointer, TrainTimer, early_stop_line,
                     raise_for_signal, stopped_early)
 from .metrics_log import MetricsLogger
@@ -253,7 +253,7 @@ class Trainer:
         model.compile; self.model stays the plain module (state dicts, EMA, export)."""
         mcfg = self.cfg.model
         if self.dist.enabled and getattr(mcfg, "sync_bn", False):
-            self.model = dist_utils.convert_sync_bn(self.model, self.device)
+            self.model = comm.convert_sync_bn(self.model, self.device)
             self.checkpointer.model = self.model
         self.train_model = self.model
         if self.dist.enabled:
@@ -286,7 +286,7 @@ class Trainer:
             also = (*also, f"iter_{self.iter}")
         path = self.checkpointer.save("last", also=also, config_changes=[c.to_dict() for c in self.config_changes],
                                       **self.extras())
-        dist_utils.barrier()
+        comm.barrier()
         return path
 
     def done(self) -> bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterator, List, Mapping, Optional, Sequence, Union
 
 # The one output rule lives in io/outputs.py; these names stay importable from here (the tools and trainers did).
+from ..evaluation.coco import IOU_TYPES
 from ..io.output_paths import check_output_path, refuse_inputs, same_path, unique_targets  # noqa: F401 (re-exports)
 from ..io.outputs import (LOCK_NAME, OutputError, check_new_output, register_owned_run,  # noqa: F401 (re-exports)
                           registered_inputs, release_owned_run, write_json_atomic, write_text_atomic)
@@ -176,7 +177,6 @@ def eval_detections_path(out: Optional[PathLike], results: Optional[PathLike]) -
 def is_coco_stats_file(path: PathLike) -> bool:
     """Whether `path` holds a stats json of tools/eval_coco.py: an object of iou-type sections (each an object),
     and nothing else than STATS_EXTRA_KEYS beside them. Anything unreadable is not one."""
-    from ..evaluation.coco import IOU_TYPES  # only here: every tool imports this module, few check a stats file
 
     try:
         data = json.loads(Path(path).read_text())

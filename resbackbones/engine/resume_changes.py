@@ -42,6 +42,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..config import ConfigError, dump_yaml, to_dict
 from ..config.legacy import schema_for, upgrade
+from ..io.outputs import write_text_atomic
 
 APPLY, REFUSE, LENGTH, IGNORE = "apply", "refuse", "length", "ignore"
 _GONE = object()
@@ -205,8 +206,6 @@ def write_run_config(cfg: Any, path: os.PathLike, changes: Sequence[ConfigChange
     if not changes:
         return dump_yaml(cfg, path)
     import yaml
-
-    from ..io.outputs import write_text_atomic
 
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)  # dump_yaml's text
     text += ("# config_changes: keys a --resume changed, applied from the iteration named "

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .device import resolve_amp, resolve_device, set_deterministic
-from .distributed import DistInfo, init_distributed
+from ..utils.amp import resolve_amp, resolve_device, set_deterministic
+from ..utils.comm import DistInfo, init_distributed
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class RunContext:
     """What setup_run decided for this process."""
 
     device: torch.device
-    amp: str          # the autocast mode used for training (engine.device.AMP_CHOICES)
+    amp: str          # the autocast mode used for training (utils.amp.AMP_CHOICES)
     amp_reason: str   # why (for the log)
     dist: DistInfo
 

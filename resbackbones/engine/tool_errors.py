@@ -18,13 +18,8 @@ from typing import Callable, Optional, Tuple, Type
 import torch
 from torch import nn
 
-
-class TrainingDiverged(RuntimeError):
-    """Training produced a NaN/inf loss, gradient or weight; training stopped and the last good checkpoint was kept.
-
-    The message names the iteration (and the loss terms or the first bad parameter); the tools print it as
-    "error: <message>" and exit with status 3.
-    """
+from ..utils.comm import cleanup
+from ..utils.errors import TrainingDiverged
 
 
 def kept_checkpoint_note(last: os.PathLike) -> str:
@@ -57,7 +52,7 @@ def run_tool(body: Callable[[], int], *, interrupt_hint: str,
       user_errors, ValueError        -> "error: <one_line(message)>" on stderr, 2 (ValueError: invalid option
                                         values reaching builders, such as a device name or amp on CPU)
       KeyboardInterrupt              -> interrupt_hint on stderr, 130
-    Anything else is a bug and keeps its traceback. engine.distributed.cleanup() runs on every path (it does
+    Anything else is a bug and keeps its traceback. utils.comm.cleanup() runs on every path (it does
     nothing when no process group was started), so a failing DDP rank does not leave its group behind.
     """
     try:
@@ -72,7 +67,6 @@ def run_tool(body: Callable[[], int], *, interrupt_hint: str,
         print(interrupt_hint, file=sys.stderr)
         return 130
     finally:
-        from .distributed import cleanup
 
         cleanup()
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from ..config.det import DetTrainConfig
+from ..data.coco_format import check_ground_truth
 from ..data.errors import DataError
 from ..data.loaders import build_det_test_loader
 from ..data.resizable import check_coco_images_resizable
-from ..config.det import DetTrainConfig
-from ..engine.device import resolve_amp, resolve_device
+from ..utils.amp import resolve_amp, resolve_device
 from .coco import CocoEvalError, load_json
-from ..data.coco_format import check_ground_truth
 from .coco_evaluator import COCODetections
 from .inference import inference_on_dataset, load_detector
 

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..config.ranges import check_max_dets  # noqa: F401 (re-exported: evaluation.coco.check_max_dets)
 from ..data.coco_format import (CocoEvalError, check_detections, check_ground_truth,  # noqa: F401 (re-exported)
                           read_coco_json)
 
@@ -131,16 +132,6 @@ def resolve_backend(backend: str) -> str:
 def _quiet():
     # pycocotools prints progress to stdout; tools print their own summary.
     return contextlib.redirect_stdout(io.StringIO())
-
-
-def check_max_dets(max_dets: Sequence[int]) -> Tuple[int, int, int]:
-    """COCOeval's maxDets as a tuple of three increasing positive ints; CocoEvalError naming the value otherwise."""
-    values = tuple(max_dets)
-    if (len(values) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
-            or list(values) != sorted(set(values))):
-        raise CocoEvalError(f"max_dets must be three increasing positive ints (COCOeval maxDets, e.g. [1, 10, 100]), "
-                            f"got {list(values)}")
-    return values  # type: ignore[return-value]
 
 
 def _ap_at_last_max_dets(evaluator) -> float:

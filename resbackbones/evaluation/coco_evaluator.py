@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from ..engine.distributed import all_gather_objects
+from ..utils.comm import all_gather_objects
 from .coco import DEFAULT_MAX_DETS, evaluate_coco
 from .coco_results import to_coco_results
 from .inference import DatasetEvaluator

@@ -12,7 +12,6 @@ pycocotools' own. tests/test_coco_eval_*.py check the 12 numbers and the precisi
 """
 import contextlib
 import io
-from collections import defaultdict
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np

@@ -27,8 +27,8 @@ from ..config import ConfigError, load_config, load_yaml_with_bases, to_dict
 from ..config.det import DetTrainConfig
 from ..config.legacy import upgrade
 from ..detection.builder import build_detector
-from ..engine.device import autocast
 from ..io.outputs import register_input
+from ..utils.amp import autocast
 from ..weights.checkpoint import CheckpointError, TrainingCheckpoint, load_matching_state
 from .coco_results import checkpoint_label_mapping
 

@@ -12,10 +12,12 @@ from typing import Any, Dict
 
 from detectron2.data.datasets import register_coco_instances
 
+from ..utils.errors import UserError
+
 TRAIN, TEST = "resbackbones_train", "resbackbones_test"
 
 
-class D2UserError(ValueError):
+class D2UserError(UserError):
     """A bad command line, config file, override, dataset or device for tools/train_d2.py: one line, exit 2."""
 
 

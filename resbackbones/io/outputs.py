@@ -30,15 +30,13 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Optional, Set, Union
 
+from ..utils.errors import OutputError
+
 PathLike = Union[str, os.PathLike]
 LOCK_NAME = ".lock"  # written by engine.outputs.claim_run_dir into every training run folder
 RUN_OWNED_NAMES = ("config.yaml", "metrics.csv", "metrics.jsonl", "eval.json", "curves.png", "last.pt", "best.pt")
 RUN_OWNED_FOLDERS = ("checkpoints", "tensorboard")
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
-
-
-class OutputError(ValueError):
-    """An output that cannot or must not be written; one line naming the file, the reason and the fix."""
 
 
 _INPUTS: Set[str] = set()

@@ -24,6 +24,7 @@ try:  # numpy >= 2 moved the pickling helpers to numpy._core (numpy.core still w
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core import multiarray as _multiarray
 
+from ..io.outputs import register_input
 from .errors import WeightsError
 
 # Globals a pickle of numpy arrays needs, and nothing that can run code: ndarray/dtype reconstruction and the
@@ -55,7 +56,6 @@ def read_pickle(path: Union[str, Path]) -> Any:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
-    from ..io.outputs import register_input
 
     register_input(path)
     try:

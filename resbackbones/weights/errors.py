@@ -1,9 +1,3 @@
 """Errors raised while reading or matching weights."""
-
-
-class WeightsError(ValueError):
-    """A weights file or state dict that cannot be used as asked; the message names the file/keys/layers."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or does not match the model; the message names the file."""
+# Defined with every user error in utils/errors.py; imported from here by weights/ and its users.
+from ..utils.errors import CheckpointError, WeightsError  # noqa: F401

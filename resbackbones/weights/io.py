@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from ..io.outputs import register_input, save_safetensors_atomic, save_torch_atomic
 from .errors import WeightsError
 from .integrity import (CHECKSUM_KEY, CorruptFile, check_dtypes, describe_bytes, load_torch_verified, note_unverified,
                         state_checksum, verify_state_checksum)
@@ -43,7 +44,6 @@ def save(
     any other suffix -> torch.save of {"state_dict": ..., "metadata": ...} (its zip records carry CRC-32s), which
     load() reads back with weights_only=True. Either checksum is verified by every load (integrity.py).
     """
-    from ..io.outputs import save_safetensors_atomic, save_torch_atomic
 
     state = {k: v.cpu() for k, v in _as_state_dict(model_or_state).items()}
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
@@ -96,7 +96,6 @@ def torch_load_refusing_code(
     chain_read_errors=False the torch error is not attached as the cause. A file of ours that carries no CRCs
     loads with one note on stderr.
     """
-    from ..io.outputs import register_input
 
     path = Path(path)
     register_input(path)
@@ -141,8 +140,6 @@ def torch_load_refusing_code(
 
 
 def _read_safetensors(path: Path, map_location: Union[str, torch.device]) -> Tuple[StateDict, Dict[str, str]]:
-    from ..io.outputs import register_input
-
     register_input(path)
     try:
         with safe_open(str(path), framework="pt", device=str(map_location)) as handle:

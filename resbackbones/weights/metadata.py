@@ -12,11 +12,11 @@ from typing import Dict, Mapping, Optional, Tuple
 
 from torch import nn
 
+from ..config.cls import IMAGENET_MEAN, IMAGENET_STD
+from ..config.legacy import upgrade
 from .errors import WeightsError
 
 INPUT_FORMATS = ("RGB", "BGR")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -103,8 +103,6 @@ class WeightsMetadata:
         data = config.get("data") or {}
         if "mean" not in data or "std" not in data:
             return None
-        from ..config.legacy import upgrade  # deferred: the schemas import data/ and engine/, which import weights/
-
         backbone = (upgrade(config, "cls")[0].get("model") or {}).get("backbone") or {}
         if "name" not in backbone:
             return None

@@ -9,7 +9,7 @@ taken from the backbone weights' metadata unless set.
     det = rb.build_detector(cfg)
 """
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple
+from typing import Any, ClassVar, Dict, Literal, Optional, Tuple
 
 LAYOUTS = ("fpn", "c4", "single")
 
