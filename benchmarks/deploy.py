@@ -4,10 +4,15 @@ float32 model and each exported format of the same weights (TorchScript .pt, tor
 all through resbackbones.deploy.load's interface; median of repeats after a warm-up, formats interleaved so background
 load hits them alike. The parity of each file against eager is printed beside it (largest box / score difference).
 
-    python benchmarks/deploy.py [--checkpoint last.pt] [--size 480 640] [--repeats 5] [--threads 2]
+    python benchmarks/deploy.py [--checkpoint last.pt] [--size 480 640] [--repeats 5] [--threads 2] [--calib DIR]
+
+--calib DIR_OR_JSON adds the int8 row: the .onnx with its backbone + FPN quantized (deploy/quantize.py, calibrated
+on the first 32 images of DIR_OR_JSON). onnxruntime runs with --threads intra-op threads too (its default is one per
+core, which a busy core makes spin-wait).
 
 Without --checkpoint: the quickstart Mask R-CNN with random weights (latency only; detections are not meaningful).
-Not yet here (issue 22): AP of each format on BCCD / DSB2018 val, torchvision's reference and amp=auto rows, int8.
+Not yet here (issue 22): AP of each format on BCCD / DSB2018 val, torchvision's reference and amp=auto rows (amp=auto
+is fp32 on a CPU without native bf16: the eager row).
 """
 import argparse
 import statistics
@@ -40,14 +45,27 @@ def _model(checkpoint):
     return build_detector(cfg.model).eval(), None
 
 
+def _onnxruntime_threads(threads: int) -> None:
+    """deploy.load's onnxruntime sessions with `threads` intra-op threads (load takes no thread count yet)."""
+    import onnxruntime
+
+    class Options(onnxruntime.SessionOptions):
+        def __init__(self):
+            super().__init__()
+            self.intra_op_num_threads = self.inter_op_num_threads = threads
+    onnxruntime.SessionOptions = Options
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="last.pt of tools/train_det.py (default: random quickstart weights)")
     parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--calib", metavar="DIR_OR_JSON", help="calibration images: adds the int8 ONNX row")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    _onnxruntime_threads(args.threads)
     model, names = _model(args.checkpoint)
     image = torch.rand(3, *args.size, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as folder:
@@ -57,6 +75,11 @@ def main(argv=None) -> int:
         export_detector(model, files["torchscript"], fmt="torchscript", label_names=names)
         write_exported(model, {"export": files["export"], "onnx": files["onnx"]}, label_names=names)
         print(f"exported in {time.perf_counter() - start:.0f} s", flush=True)
+        if args.calib:
+            from resbackbones.deploy.quantize import calibration_images, quantize_onnx
+
+            files["onnx int8"] = quantize_onnx(files["onnx"], Path(folder) / "det_int8.onnx",
+                                               calibration_images(args.calib, 32))
         runners = {"eager fp32": lambda images: model(images)}
         runners.update({fmt: load(path) for fmt, path in files.items()})
         with torch.no_grad():
