@@ -125,7 +125,8 @@ def test_run_folder_in_old_keys_resumes_and_exports(tmp_path, capsys):
 
 def test_every_renamed_det_key_is_listed():
     # one solver and one train section (config/common.py) for both tasks
-    assert {old for old, _ in DET_RENAMED} == SOLVER | {"train.print_freq", "train.threads", "model.input.channels_last"}
+    assert {old for old, _ in DET_RENAMED} == SOLVER | {"train.print_freq", "train.threads", "model.input.channels_last",
+                                                  "test.ims_per_batch"}
 
 
 def test_det_run_config_in_old_keys_is_read_beside_its_checkpoint(tmp_path):
@@ -137,8 +138,9 @@ def test_det_run_config_in_old_keys_is_read_beside_its_checkpoint(tmp_path):
     for key in ("warmup_method", "reference_batch_size", "epochs", "unit", "warmup_unit", "min_lr_factor"):
         del solver[key]
     stored["test"]["amp"] = ""
+    stored["test"]["ims_per_batch"] = stored["test"].pop("batch_size")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
     cfg, source = find_detector_config(tmp_path / "last.pt")
     assert source == str(tmp_path / "config.yaml")
-    assert (cfg.solver.batch_size, cfg.solver.schedule, cfg.solver.warmup, cfg.test.amp) == (
-        solver["ims_per_batch"], solver["policy"], solver["warmup_iters"], None)
+    assert (cfg.solver.batch_size, cfg.solver.schedule, cfg.solver.warmup, cfg.test.amp, cfg.test.batch_size) == (
+        solver["ims_per_batch"], solver["policy"], solver["warmup_iters"], None, stored["test"]["ims_per_batch"])

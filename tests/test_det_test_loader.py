@@ -1,5 +1,5 @@
 """The one detection test loader (issue 23 step 5, data/loaders.py): rank shards that hold every image once, in
-order; batches of one padded shape, so COCO stats on a set of mixed image sizes do not depend on test.ims_per_batch
+order; batches of one padded shape, so COCO stats on a set of mixed image sizes do not depend on test.batch_size
 and eval_coco --checkpoint and predict report the same detections; decoding in workers with errors in one line and
 the global RNG untouched; and the grouped training batch sampler whose batches a resume rebuilds exactly."""
 import json
@@ -157,7 +157,7 @@ SAME = 1e-6
 
 def test_ap_is_identical_for_batch_1_2_4_and_equals_predict(run, model, mixed_set):
     found = {size: run_checkpoint_on_coco(run / "last.pt", mixed_set, IMAGES, device="cpu", amp="none",
-                                          overrides=[f"test.ims_per_batch={size}"]).detections for size in (1, 2, 4)}
+                                          overrides=[f"test.batch_size={size}"]).detections for size in (1, 2, 4)}
     stats = {size: _stats(mixed_set, dets) for size, dets in found.items()}
     assert stats[1]["AP"] > 0.5  # a ground truth that checks something
     assert stats[2] == pytest.approx(stats[1], abs=SAME) and stats[4] == pytest.approx(stats[1], abs=SAME)
@@ -210,7 +210,7 @@ def test_dsb_mixed_sizes_give_the_same_stats_at_batch_1_and_4(tmp_path):
 
     def detections(size):
         return run_checkpoint_on_coco(folder / "last.pt", real, root / "images", device="cpu", amp="none",
-                                      overrides=[f"test.ims_per_batch={size}"]).detections
+                                      overrides=[f"test.batch_size={size}"]).detections
 
     found = {size: detections(size) for size in (1, 4)}
     own = tmp_path / "own.json"

@@ -1,6 +1,6 @@
 """One evaluation path (issue 15 step 13): on one tiny checkpoint, train_det's final eval.json, train_det --eval-only
 and eval_coco --checkpoint report identical COCO stats (same model rebuilt from the checkpoint's recorded config,
-same batches of test.ims_per_batch, same mask threshold, same autocast)."""
+same batches of test.batch_size, same mask threshold, same autocast)."""
 import json
 
 import pytest
@@ -15,7 +15,7 @@ IOU_TYPES = ("bbox", "segm")
 def test_final_eval_eval_only_and_eval_coco_agree(tmp_path):
     data, out = tmp_path / "shapes", tmp_path / "run"
     # 3 val images in batches of 2: a batch of two and a batch of one, as the final evaluation ran them
-    extra = ("solver.max_iter=2", "model.roi_heads.score_thresh=0.0", "test.ims_per_batch=2")
+    extra = ("solver.max_iter=2", "model.roi_heads.score_thresh=0.0", "test.batch_size=2")
     assert train_det.main(tiny_train_det_args(data, out, *extra)) == 0
     final = json.loads((out / "eval.json").read_text())
     last = out / "checkpoints" / "last.pt"
@@ -39,7 +39,7 @@ SMALL = ["model.input.min_size=[128]", "model.input.max_size=160", "model.rpn.pr
 
 
 def test_mixed_sizes_batch_1_and_4_and_predict_agree(tmp_path):
-    """Mixed image sizes (the 6 fixture images: 3 padded shapes) through eval_coco --checkpoint at test.ims_per_batch
+    """Mixed image sizes (the 6 fixture images: 3 padded shapes) through eval_coco --checkpoint at test.batch_size
     1 and 4, and predict's detections scored with --dt: one set of stats (issue 23 step 5: one test loader, batches
     of one padded shape). The ground truth is the model's own top detections of each image alone (predict, batch 1),
     so the AP is high and moves with any change of a box or score."""
@@ -72,7 +72,7 @@ def test_mixed_sizes_batch_1_and_4_and_predict_agree(tmp_path):
     common = ["--checkpoint", str(run / "last.pt"), "--gt", str(gt), "--images", str(images), "--device", "cpu",
               "--amp", "none"]
     for size in (1, 4):
-        assert eval_coco.main([*common, "--out", str(tmp_path / f"b{size}.json"), f"test.ims_per_batch={size}"]) == 0
+        assert eval_coco.main([*common, "--out", str(tmp_path / f"b{size}.json"), f"test.batch_size={size}"]) == 0
     for size in (1, 4):
         (tmp_path / f"p{size}.json").write_text(json.dumps(predicted[size]))
         assert eval_coco.main(["--gt", str(gt), "--dt", str(tmp_path / f"p{size}.json"), "--out",

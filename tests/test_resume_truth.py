@@ -54,7 +54,7 @@ def csv_rows(path: Path):
 def test_policy_table():
     assert rule_for("solver.base_lr")[0] == APPLY and rule_for("solver.steps")[0] == APPLY
     assert rule_for("train.time_limit_s")[0] == APPLY and rule_for("data.num_workers")[0] == APPLY
-    assert rule_for("test.ims_per_batch")[0] == APPLY and rule_for("model.channels_last")[0] == APPLY
+    assert rule_for("test.batch_size")[0] == APPLY and rule_for("model.channels_last")[0] == APPLY
     assert rule_for("solver.max_iter")[0] == LENGTH and rule_for("solver.epochs")[0] == LENGTH
     for key in ("model.backbone.name", "model.backbone.options", "model.num_classes", "data.root",
                 "data.train.ann_file", "solver.batch_size", "solver.optimizer", "train.seed", "a.new.key"):

@@ -7,7 +7,7 @@ solver.batch_size is the TOTAL batch over all processes (each of N torchrun proc
 solver.base_lr belongs to that total batch, so a config trains the same whatever the number of GPUs.
 Keys shared with classification training (config/cls.py) have one name in both, and the solver section is one
 and train sections are the classes of config/common.py with detection's defaults; RENAMED lists the keys it replaced (solver.ims_per_batch,
-solver.policy, solver.warmup_iters; refused with one line naming the new key), config/legacy.py upgrades configs
+test.ims_per_batch, solver.policy, solver.warmup_iters; refused with one line naming the new key), config/legacy.py upgrades configs
 stored before the rename. test.amp null (was "") follows train.amp.
 """
 from dataclasses import dataclass, field
@@ -68,15 +68,19 @@ class TestConfig:
     max_dets: COCOeval's maxDets, three increasing per-image caps: AR1 / AR10 at the first two, AP and the other
     stats at the third. Crowded sets raise the third above their most instances per image (and
     model.roi_heads.detections_per_img with it), e.g. [1, 10, 400] for DSB2018 nuclei.
+    batch_size: images per evaluation batch over all processes, as solver.batch_size is for training (each of N
+    processes takes ceil(1/N) of it). Batches hold images of one padded shape (data/loaders.py), so the stats do not
+    depend on it.
     """
 
     RANGES: ClassVar[Dict[str, str]] = {
-        "max_dets": "[1, 1000000]", "mask_threshold": "[0, 1]", "ims_per_batch": "[1, 65536]", "max_images": "[0, inf)"}
+        "max_dets": "[1, 1000000]", "mask_threshold": "[0, 1]", "batch_size": "[1, 65536]", "max_images": "[0, inf)"}
+    RENAMED: ClassVar[Dict[str, str]] = {"ims_per_batch": "test.batch_size"}
     iou_types: Tuple[str, ...] = ()
     max_dets: Tuple[int, ...] = (1, 10, 100)
     amp: Optional[AmpMode] = None
     mask_threshold: float = 0.5
-    ims_per_batch: int = 8
+    batch_size: int = 8
     max_images: int = 0
     backend: str = "auto"
 

@@ -206,7 +206,7 @@ def build_det_test_loader(dataset_or_records: Union[Dataset, Sequence[Mapping[st
     dataset_or_records: a Dataset whose items are (image float [3, H, W], target dict) (data/coco.CocoDetection
       with build_det_transforms(train=False), a Subset of it, ImageRecords), or records for ImageRecords (dicts
       with "path", optionally "height" / "width" and keys such as "image_id" the targets carry).
-    batch_size: at most this many images per batch (test.ims_per_batch).
+    batch_size: at most this many images per batch (test.batch_size).
     num_workers: decoding processes (0: in the main process).
     rank, world: this process's share, contiguous and in order (InferenceSampler).
     transform: the detector's transform (model.transform): images share a batch when it gives them the same padded

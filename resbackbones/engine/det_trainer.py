@@ -149,9 +149,10 @@ class DetTrainer(Trainer):
     # -- evaluation -------------------------------------------------------------------------------------------
     def _val_batches(self) -> Iterator[List]:
         """This rank's share of the first test.max_images val images through the one detection test loader
-        (data/loaders.py: batches of one padded shape, so the AP does not depend on test.ims_per_batch)."""
+        (data/loaders.py: batches of one padded shape, so the AP does not depend on test.batch_size, a total)."""
         count = min(self.cfg.test.max_images or len(self.val_set), len(self.val_set))
-        return build_det_test_loader(Subset(self.val_set, range(count)), batch_size=max(1, self.cfg.test.ims_per_batch),
+        per_rank = -(-self.cfg.test.batch_size // self.dist.world_size)
+        return build_det_test_loader(Subset(self.val_set, range(count)), batch_size=per_rank,
                                      num_workers=self.cfg.data.num_workers, rank=self.dist.rank,
                                      world=self.dist.world_size, transform=self.model.transform)
 

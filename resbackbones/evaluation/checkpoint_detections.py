@@ -8,7 +8,7 @@ arrives as one CocoEvalError line: the ground truth's types, the device and amp,
 (load_detector), images the model cannot resize, the category mapping, image files missing from the folder.
 The images go through the one evaluation path (evaluation/inference.py: inference_on_dataset) with the test loader
 (data/loaders.build_det_test_loader: batches of one padded shape, decoded in data.num_workers processes), mask
-threshold and amp of train_det's evaluation, so both report the same detections, and test.ims_per_batch changes
+threshold and amp of train_det's evaluation, so both report the same detections, and test.batch_size changes
 them only by the float rounding of batched kernels (about 1e-5 px on CPU).
 """
 import os
@@ -46,7 +46,7 @@ def run_checkpoint_on_coco(checkpoint: PathLike, gt_path: PathLike, images: Path
     """COCO results of `checkpoint` (evaluation.inference.load_detector: the config it records, else `config` or
     the one beside it; `overrides` key=value) on every image of the COCO json `gt_path`, read from the folder
     `images`, with the json's category ids (by name when the checkpoint's ids differ). Runs through
-    inference_on_dataset as train_det's evaluation does: batches of up to test.ims_per_batch images of one padded
+    inference_on_dataset as train_det's evaluation does: batches of up to test.batch_size images of one padded
     shape (data/loaders.build_det_test_loader, data.num_workers decoding processes), test.mask_threshold,
     autocast at `amp` (None: test.amp, else train.amp). Prints the amp, a note on the category mapping, and the count
     and time. Raises CocoEvalError (one line) for every user error."""
@@ -86,7 +86,7 @@ def run_checkpoint_on_coco(checkpoint: PathLike, gt_path: PathLike, images: Path
     records = [{"path": Path(images) / str(im["file_name"]), "image_id": im["id"],
                 **{k: im[k] for k in ("height", "width") if k in im}}
                for im in sorted(gt["images"], key=lambda im: im["id"])]  # train_det's order (data/coco.py)
-    loader = build_det_test_loader(records, batch_size=test.ims_per_batch, num_workers=loaded.cfg.data.num_workers,
+    loader = build_det_test_loader(records, batch_size=test.batch_size, num_workers=loaded.cfg.data.num_workers,
                                    rank=0, world=1, transform=loaded.model.transform)
     try:
         inference_on_dataset(loaded.model, loader, collector, device=torch_device, amp=mode)
