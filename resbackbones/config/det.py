@@ -49,6 +49,9 @@ class DataConfig:
 
     The model resizes (model.input.min_size / max_size); see data/det_transforms.py for why the dataset does not.
     cache_images: keep decoded images and masks in memory after first use (small sets: no per-step decoding).
+    group_by_aspect_ratio: training batches of landscape-or-square or of portrait images only (detectron2's
+    ASPECT_RATIO_GROUPING), so a batch pads less; grouped within windows of 16 batches so that a resumed run sees
+    the same batches (data/loaders.GroupedBatchSampler). Off by default: a set of one orientation gains nothing.
     """
 
     RANGES: ClassVar[Dict[str, str]] = {"flip_prob": "[0, 1]", "num_workers": "[0, 256]"}
@@ -57,6 +60,7 @@ class DataConfig:
     flip_prob: float = 0.5
     num_workers: int = 2
     cache_images: bool = False
+    group_by_aspect_ratio: bool = False
 
 
 @dataclass

@@ -110,11 +110,15 @@ def seed_worker(worker_id: int) -> None:
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, sampler=None, workers: int = 0, pin_memory: bool = False,
-                drop_last: bool = False, generator: Optional[torch.Generator] = None, collate_fn=None) -> DataLoader:
+                drop_last: bool = False, generator: Optional[torch.Generator] = None, collate_fn=None,
+                batch_sampler=None) -> DataLoader:
     """The DataLoader of both trainers. Pass a `generator` seeded from (seed, epoch): creating the loader's iterator
-    draws the workers' base seed from it, and must not consume the global RNG that a resume restores."""
+    draws the workers' base seed from it, and must not consume the global RNG that a resume restores. A
+    `batch_sampler` (data/loaders.GroupedBatchSampler) replaces batch_size and sampler."""
+    if batch_sampler is not None:  # DataLoader refuses batch_size / sampler beside a batch_sampler
+        batch_size, sampler = 1, None
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-        pin_memory=pin_memory, drop_last=drop_last, worker_init_fn=seed_worker, generator=generator,
+        dataset, batch_size=batch_size, sampler=sampler, batch_sampler=batch_sampler, shuffle=False,
+        num_workers=workers, pin_memory=pin_memory, drop_last=drop_last, worker_init_fn=seed_worker, generator=generator,
         persistent_workers=False, prefetch_factor=4 if workers > 0 else None, collate_fn=collate_fn,
     )

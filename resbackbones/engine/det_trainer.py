@@ -17,7 +17,7 @@ from torch.utils.data import Subset
 from ..config import ConfigError
 from ..config.det import DetTrainConfig, default_iou_types
 from ..data.det_transforms import collate_detection
-from ..data.loaders import build_det_test_loader
+from ..data.loaders import GroupedBatchSampler, aspect_ratio_groups, build_det_test_loader
 from ..detection.backbone_weights import refuse_untrainable_backbone
 from ..detection.builder import build_detector
 from ..evaluation.coco_evaluator import COCOEvaluator, restrict_ground_truth
@@ -104,7 +104,6 @@ class DetTrainer(Trainer):
     def _load_detector(self, checkpoint: str):
         """The model of `checkpoint` for evaluation, from the config it records (its model section replaces this
         config's, whose data and test sections stay); legacy checkpoints without one use this config."""
-
         loaded = load_detector(checkpoint, self.cfg, device=self.device, config_source="the config")
         if loaded.note and self.is_main:
             print(loaded.note, flush=True)
@@ -120,10 +119,12 @@ class DetTrainer(Trainer):
                                    endless=True)
         sampler.set_start(self.iter * per_rank)
         epoch = self.iter * per_rank // sampler.num_samples
+        grouped = (GroupedBatchSampler(sampler, aspect_ratio_groups(self.train_set), per_rank, start_batch=self.iter)
+                   if self.cfg.data.group_by_aspect_ratio else None)
         loader = make_loader(SampleSeeded(self.train_set, seed=seed), batch_size=per_rank, sampler=sampler,
                              workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
                              generator=torch.Generator().manual_seed(seed * 1000 + epoch),
-                             collate_fn=collate_detection)
+                             collate_fn=collate_detection, batch_sampler=grouped)
         for images, targets in loader:
             yield ([im.to(self.device, non_blocking=True) for im in images],
                    [{k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
@@ -160,7 +161,6 @@ class DetTrainer(Trainer):
         """COCO stats of the current model on the val set through evaluation.inference.inference_on_dataset:
         {"bbox": {"AP": .., ..}, "segm": {..}, "eval_seconds", "amp" (the autocast precision used: test.amp, or
         train.amp when test.amp is null), "max_dets", "ap_unit", "per_category"} on rank 0, {} on the others."""
-
         started = time.perf_counter()
         test = self.cfg.test
         ids = self.val_set.ids[: test.max_images] if test.max_images else self.val_set.ids

@@ -62,6 +62,7 @@ POLICY: Dict[str, Tuple[str, str]] = {
     "train.output_dir": (IGNORE, ""),
     "train.seed": (REFUSE, "the data order and augmentation of the rest of the run depend on it"),
     "data.": (REFUSE, "the run would go on with other data than it trained on"),
+    "data.group_by_aspect_ratio": (REFUSE, "the rest of the run's batches are cut from the data order by it"),
     "data.num_workers": (APPLY, ""), "data.cache_images": (APPLY, ""), "data.on_error": (APPLY, ""),
     "test.": (APPLY, ""), "loss.": (APPLY, ""), "ema.decay": (APPLY, ""), "ema.warmup_steps": (APPLY, ""),
     "ema.enabled": (REFUSE, "the checkpoint's EMA state would be missing or left behind"),
