@@ -26,15 +26,12 @@ import torch
 from torch import Tensor, nn
 
 from ..io.outputs import save_exported_program_atomic, save_torchscript_atomic, write_bytes_atomic
+from ..utils.errors import DeployError
 from .exportable import MIN_RESIZED, ExportableDetector
 from .load import MAX_SIDE, METADATA, METADATA_BUFFER, MIN_SIDE, check_images, load
 from .scriptable import deployable
 
 FORMATS = ("torchscript", "export", "onnx")
-
-
-class DeployError(ValueError):
-    """The export cannot be made (missing optional package, a format torch cannot capture); one line."""
 
 
 class DeployedDetector(nn.Module):

@@ -25,6 +25,7 @@ from typing import Iterator, List, Optional, Sequence
 import numpy as np
 
 from ..io.outputs import write_bytes_atomic
+from ..utils.errors import DeployError
 from .load import MAX_SIDE, METADATA, MIN_SIDE
 
 DEFAULT_CALIB_IMAGES = 32
@@ -32,7 +33,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tif
 BACKBONE_PREFIX = "backbone."  # ExportableDetector.backbone: the ResNet body and the FPN
 
 
-class CalibrationError(ValueError):
+class CalibrationError(DeployError):
     """The calibration source cannot be used (missing, empty, unreadable); one line naming the path."""
 
 
