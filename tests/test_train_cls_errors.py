@@ -137,3 +137,23 @@ def test_flags_map_onto_config_keys():
     assert cfg.solver.base_lr == 0.05 and cfg.solver.reference_batch_size == 0 and cfg.solver.batch_size == 64
     assert cfg.model.backbone.name == "cifar_resnet56" and cfg.data.root == "/d/1" and cfg.data.num_workers == 0
     assert cfg.train.device == "cpu" and cfg.train.output_dir == "/o" and cfg.solver.gamma == 0.2
+
+
+def test_period_unit_iter_is_refused_for_classification(tmp_path, run_tool):
+    data = _image_folder(tmp_path / "data")
+    line = one_line_error(run_tool("--data", data, "--output", tmp_path / "out", "--workers", 0, *TINY,
+                                   "train.period_unit=iter"))
+    assert "train.period_unit" in line and "'epoch'" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_period_zero_evaluates_only_at_the_end(tmp_path, run_tool):
+    """train.eval_period: 0 means the same in both tasks: no evaluation before the end of training."""
+    import csv
+
+    data = _image_folder(tmp_path / "data")
+    result = run_tool("--data", data, "--output", tmp_path / "out", "--workers", 0, *TINY, "--epochs", "3",
+                      "train.eval_period=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "out" / "metrics.csv").open()))
+    assert [bool(r["val_top1"]) for r in rows] == [False, False, True], rows

@@ -155,3 +155,17 @@ def test_keep_every_and_tensorboard(data_root, tmp_path):
     assert train_det.main(_tiny(data_root, board, "solver.max_iter=1", "train.tensorboard=true")) == 0
     assert list((board / "tensorboard").glob("events.out.tfevents.*"))
     assert not list((board / "checkpoints").glob("iter_*.pt"))  # keep_every 0: last.pt / best.pt only
+
+
+def test_periods_in_epochs_for_detection(data_root, tmp_path):
+    """train.period_unit=epoch: eval_period and keep_every count epochs in detection too, an epoch being
+    ceil(6 train images / batch 2) = 3 iterations: best.pt from the evaluation at iteration 3, iter_3.pt and
+    iter_6.pt kept, the evaluation rows at iterations 3 and 6."""
+    out = tmp_path / "epochs"
+    assert train_det.main(_tiny(data_root, out, "solver.max_iter=6", "train.period_unit=epoch", "train.eval_period=1",
+                                "train.keep_every=1", "train.checkpoint_period=1", "train.tensorboard=false")) == 0
+    names = sorted(p.name for p in (out / "checkpoints").glob("*.pt"))
+    assert names == ["best.pt", "iter_3.pt", "iter_6.pt", "last.pt"], names
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows if "bbox_AP" in r] == [3, 6]
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["period_unit"] == "epoch"

@@ -111,6 +111,10 @@ class ClsConfig:
         s = self.solver
         if not s.max_iter and (s.epochs or 0) < 1:
             raise ValueError(f"config key 'solver.epochs' must be >= 1, got {s.epochs}")
+        if self.train.period_unit != "epoch":
+            raise ValueError(f"config key 'train.period_unit' is {self.train.period_unit!r}: classification evaluates "
+                             f"and keeps checkpoints at epoch ends, so train.eval_period and train.keep_every count "
+                             f"epochs: use 'epoch' (train.checkpoint_period counts iterations)")
 
 
 def with_epochs(cfg: ClsConfig, epochs: int) -> ClsConfig:

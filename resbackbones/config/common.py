@@ -96,13 +96,14 @@ def check_iteration_solver(solver: SolverConfig) -> None:
 class TrainConfig:
     """The loop settings (train:) of both tasks; the defaults are classification's (detection_train: detection's).
 
-    Units differ by task where the loops differ: eval_period and keep_every count EPOCHS for classification and
-    ITERATIONS for detection. eval_period: evaluate every N (classification: 0 = every epoch; the last epoch always
-    evaluates. detection: 0 = only at the end). checkpoint_period: iterations between checkpoints (0 = none in
-    between; classification also saves at every epoch end, detection at the end). keep_every: also keep
-    checkpoints/epoch_N.pt (classification, at epoch ends with N % keep_every == 0) or checkpoints/iter_N.pt
-    (detection, at every checkpoint whose iteration N % keep_every == 0); 0 = only last.pt / best.pt.
-    log_period: iterations between log rows (classification: a console line when progress is off; detection: a
+    Every key means the same in both tasks. period_unit: what eval_period and keep_every count, "epoch" or "iter"
+    (the default is the task's: epoch for classification, iter for detection, written into config.yaml;
+    classification evaluates at epoch ends, so it takes "epoch" only; detection converts epochs to iterations with
+    ceil(train images / solver.batch_size)). eval_period: evaluate every N period_units; 0 = only at the end of
+    training (the end always evaluates). keep_every: also keep checkpoints/epoch_N.pt (epochs) or iter_N.pt
+    (iterations) at the checkpoints that fall on a multiple of keep_every period_units; 0 = only last.pt / best.pt.
+    checkpoint_period: iterations between checkpoints (0 = none in between; classification also saves at every
+    epoch end, detection at the end); log_period: iterations between log rows (classification: a console line when progress is off; detection: a
     metrics row of the window's mean losses); 0 = none in between (classification: per epoch; detection: one row
     at the end). time_limit_s: stop training cleanly once this many training seconds have passed (0 = no limit):
     a checkpoint is saved that --resume continues from (detection also evaluates) - a guard for time-boxed runs.
@@ -122,6 +123,7 @@ class TrainConfig:
     amp: AmpMode = "auto"
     seed: int = 0
     deterministic: bool = False
+    period_unit: Literal["epoch", "iter"] = "epoch"
     eval_period: int = 1
     checkpoint_period: int = 0
     keep_every: int = 0
@@ -134,4 +136,5 @@ class TrainConfig:
 
 def detection_train() -> TrainConfig:
     """Detection's defaults: a log row every 20 iterations, evaluation at the end, a checkpoint every 5000."""
-    return TrainConfig(output_dir="output/det", log_period=20, eval_period=0, checkpoint_period=5000)
+    return TrainConfig(output_dir="output/det", log_period=20, period_unit="iter", eval_period=0,
+                       checkpoint_period=5000)

@@ -111,11 +111,11 @@ class EpochBoundary(HookBase):
 
 
 def end_of_epoch(trainer, row: Row) -> Row:
-    """Classification's epoch end: evaluate every train.eval_period epochs and after the last step, log the row to
-    metrics.csv, save last.pt (best.pt by val_top1, epoch_N.pt every train.keep_every epochs), plot the curves,
-    print the epoch line. Every rank calls it."""
+    """Classification's epoch end: evaluate every train.eval_period epochs (0: none before the end) and after the
+    last step, log the row to metrics.csv, save last.pt (best.pt by val_top1, epoch_N.pt every train.keep_every
+    epochs), plot the curves, print the epoch line. Every rank calls it."""
     epoch, tcfg = row["epoch"], trainer.cfg.train
-    if trainer.iter >= trainer.max_iter or epoch % max(1, tcfg.eval_period) == 0:
+    if trainer.iter >= trainer.max_iter or (tcfg.eval_period and epoch % tcfg.eval_period == 0):
         row.update(trainer.evaluate())
         trainer.train_model.train()
     trainer.logger.log(row)

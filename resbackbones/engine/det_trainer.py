@@ -1,8 +1,7 @@
-"""Iteration-based detection training (Faster / Mask R-CNN) on the one loop (engine/loop.py): what detection trains
-on, logs and evaluates. The run (checkpoints in OUTPUT/checkpoints/, resume, DDP, the time limit and signals) is the
-base Trainer's, shared with classification. Writes metrics.csv / TensorBoard, the loss-curve PNG, the final
-eval.json (12 COCO stats and AP / AP50 per category for each iou type), the final detections
-(inference/coco_instances_results.json) and checkpoints/best.pt by AP (with train.eval_period; see det_reports.py).
+"""Detection training (Faster / Mask R-CNN) on the one loop (engine/loop.py): what detection trains on, logs and
+evaluates; the run (checkpoints, resume, DDP, time limit, signals) is the base Trainer's. Writes metrics.csv /
+TensorBoard, the loss-curve PNG, the final eval.json (12 COCO stats and AP / AP50 per category for each iou type),
+the final detections (inference/coco_instances_results.json) and best.pt by AP (train.eval_period; det_reports.py).
 
     trainer = DetTrainer(cfg, resume=True)       # cfg: config.det.DetTrainConfig; resume may be a checkpoint path
     result = trainer.fit()                       # {"bbox": {"AP": ..}, "segm": {...}} of the final evaluation
@@ -94,7 +93,8 @@ class DetTrainer(Trainer):
         return [MetricsWriter(tcfg.log_period, self.max_iter, progress=tcfg.progress and self.is_main)]
 
     def build_hooks(self) -> List:
-        return super().build_hooks() + [EvalHook(self.cfg.train.eval_period, self._eval_and_log)]
+        period = self.period_iterations(self.cfg.train.eval_period)
+        return [*super().build_hooks(), EvalHook(period, self._eval_and_log)]
 
     def extras(self) -> Dict:
         return {"label_to_category": dict(self.val_set.label_to_category),

@@ -21,6 +21,7 @@ Every rank runs the same calls; the checks that can differ between ranks (the lo
 so all ranks raise TrainingDiverged together instead of some waiting forever in the next collective.
 """
 import contextlib
+import math
 import signal
 import threading
 from dataclasses import dataclass
@@ -281,13 +282,20 @@ class Trainer:
         tasks) once the weights are checked finite. Every rank calls it (both the check and the RNG states are
         gathered); rank 0 writes."""
         self.check_weights()
-        keep = self.cfg.train.keep_every
+        keep = self.period_iterations(self.cfg.train.keep_every)
         if keep and not self.iters_per_epoch and self.iter % keep == 0:
             also = (*also, f"iter_{self.iter}")
         path = self.checkpointer.save("last", also=also, config_changes=[c.to_dict() for c in self.config_changes],
                                       **self.extras())
         comm.barrier()
         return path
+
+    def period_iterations(self, count: int) -> int:
+        """`count` of train.period_unit in iterations (train.eval_period, keep_every): an epoch is iters_per_epoch,
+        or ceil(train images / solver.batch_size) for a task that does not count epochs itself (detection)."""
+        if self.cfg.train.period_unit == "iter":
+            return count
+        return count * (self.iters_per_epoch or math.ceil(len(self.train_set) / self.cfg.solver.batch_size))
 
     def done(self) -> bool:
         """Training ends after this step: the configured length, or a hook stopped it (train.time_limit_s)."""

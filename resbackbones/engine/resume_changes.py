@@ -57,7 +57,7 @@ POLICY: Dict[str, Tuple[str, str]] = {
     "solver.optimizer": (REFUSE, "the checkpoint's optimizer state belongs to its optimizer"),
     "solver.norm_bias_decay": (REFUSE, "it changes the optimizer's parameter groups the checkpoint holds"),
     **{f"train.{k}": (APPLY, "") for k in (
-        "eval_period", "checkpoint_period", "keep_every", "log_period", "time_limit_s", "progress", "tensorboard",
+        "period_unit", "eval_period", "checkpoint_period", "keep_every", "log_period", "time_limit_s", "progress", "tensorboard",
         "num_threads", "device", "amp", "deterministic")},
     "train.output_dir": (IGNORE, ""),
     "train.seed": (REFUSE, "the data order and augmentation of the rest of the run depend on it"),
