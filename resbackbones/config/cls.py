@@ -33,6 +33,8 @@ class BackboneConfig:
 
 @dataclass
 class ModelConfig:
+    """The classifier (model:): a backbone under a global-pool + linear head (backbones/classifier.py)."""
+
     RANGES: ClassVar[Dict[str, str]] = {"num_classes": "[1, 1000000]"}
     RENAMED: ClassVar[Dict[str, str]] = {
         "arch": "model.backbone.name", "weights": "model.backbone.weights", "options": "model.backbone.options"}
@@ -45,6 +47,8 @@ class ModelConfig:
 
 @dataclass
 class SyntheticConfig:
+    """The embedded synthetic set used when data.root is None: class-coloured shapes, generated from `seed`."""
+
     RANGES: ClassVar[Dict[str, str]] = {
         "train_per_class": "[1, inf)", "val_per_class": "[1, inf)", "image_size": "[8, 16384]", "seed": "[0, 4294967295]"}
     train_per_class: int = 300
@@ -55,6 +59,14 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
+    """Images and their transforms (data:). root: a folder with train/ and val/ (or test/) class folders or .tar
+    archives (data/folders.py), None for the synthetic set. recipe: "cifar" (pad + random crop + flip at
+    crop_size), "imagenet" (RandomResizedCrop at crop_size over `scale`, flip; eval: resize to resize_size, centre
+    crop) or "none" (no augmentation). mean / std normalise RGB in [0, 1] units. ten_crop: evaluate on the ten
+    crops (4 corners + centre, and their flips) averaged. on_error "skip": an undecodable image is warned about
+    once and replaced by the next sample (data/folders.py); the default names the file and stops (exit 2).
+    """
+
     RANGES: ClassVar[Dict[str, str]] = {
         "train_subset": "[1, inf)", "val_subset": "[1, inf)", "crop_size": "[1, 16384]", "resize_size": "[1, 16384]",
         "scale": "(0, 1]", "pad": "[0, inf)", "flip_prob": "[0, 1]", "mean": "[0, 255]", "std": "(0, 255]",
@@ -92,6 +104,9 @@ class LossConfig:
 
 @dataclass
 class EMAConfig:
+    """An exponential moving average of the weights (engine/ema.py), evaluated and exported when enabled; its decay
+    ramps as decay * (1 - exp(-step / warmup_steps))."""
+
     RANGES: ClassVar[Dict[str, str]] = {"decay": "[0, 1)", "warmup_steps": "[0, inf)"}
     enabled: bool = False
     decay: float = 0.9999
@@ -100,6 +115,14 @@ class EMAConfig:
 
 @dataclass
 class ClsConfig:
+    """A classification training config (tools/train_cls.py): model, data, solver, loss, ema, train.
+
+        cfg = load_config(ClsConfig, "configs/cls/cifar_resnet20.yaml", overrides=["solver.base_lr=0.05"])
+
+    Training length: solver.epochs, or solver.max_iter (iterations) when set; the train section's periods count
+    epochs (train.period_unit).
+    """
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)

@@ -91,6 +91,14 @@ class TestConfig:
 
 @dataclass
 class DetTrainConfig:
+    """A detection training config (tools/train_det.py): model (config/detector.py), data, solver, train, test.
+
+        cfg = load_config(DetTrainConfig, "configs/quickstart.yaml", overrides=["solver.max_iter=200"])
+
+    Training length in iterations (solver.max_iter); validate() checks the cross-field rules (COCO paths, iou
+    types against the mask head, max_dets) and raises ValueError naming the key.
+    """
+
     model: DetectorConfig = field(default_factory=DetectorConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=detection_solver)
