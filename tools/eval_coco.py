@@ -9,8 +9,10 @@ Detections file (the scripted form, fixed):
 Checkpoint (runs the model first, writes its COCO results json next to --out, or to --results):
     python tools/eval_coco.py --checkpoint out/checkpoints/last.pt --gt GT.json --images DIR
     python tools/eval_coco.py --checkpoint C --gt GT.json --images DIR model.roi_heads.score_thresh=0.01  # key=value
+    python tools/eval_coco.py --checkpoint det.onnx --gt GT.json --images DIR   # an exported file (.pt, .pt2, .onnx)
     (the model, batching, mask threshold, max_dets and amp of train_det's evaluation: the checkpoint's config; --amp
-    overrides its test.amp / train.amp, none forces fp32, auto runs bf16 autocast where the hardware has it natively)
+    overrides its test.amp / train.amp, none forces fp32, auto runs bf16 autocast where the hardware has it natively;
+    an exported file runs as exported, fp32, its own labels: overrides, --config, --amp bf16/fp16 are refused)
 
 AP and AR are fractions (0-1), COCOeval's unit, on the console and in the stats json. Outputs never replace an
 input (--gt, --dt, --checkpoint, its config, the images), an existing detections json, or an --out file that is not
@@ -41,7 +43,7 @@ def parse_args(argv=None):
     parser.add_argument("--iou-type", nargs="+", default=["bbox"], choices=IOU_TYPES, help="bbox and/or segm")
     parser.add_argument("--out", help="write the stats json here")
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
-    parser.add_argument("--checkpoint", help="training checkpoint (tools/train_det.py) to run instead of --dt")
+    parser.add_argument("--checkpoint", help="train_det checkpoint or exported file to run instead of --dt")
     parser.add_argument("--config", help="data and test settings for --checkpoint; default: the config it records")
     parser.add_argument("--images", help="image folder of --gt (checkpoint form)")
     parser.add_argument("--results", help="checkpoint form: where to write the detections json")
@@ -67,18 +69,16 @@ def _run(args) -> int:
         raise CocoEvalError("give exactly one of --dt (a detections json) or --checkpoint")
     detections = eval_detections_path(args.out, args.results) if args.checkpoint else None
     inputs = {"--gt": args.gt, "--dt": args.dt, **files_in(args.images, "--images")}
-    if args.checkpoint:
-        from resbackbones.evaluation.inference import detector_inputs
+    if args.checkpoint:  # a training checkpoint or an exported file (.pt TorchScript, .pt2, .onnx)
+        from resbackbones.deploy.run_exported import detector_files, run_on_coco
 
-        inputs.update(detector_inputs(args.checkpoint, args.config))
+        inputs.update(detector_files(args.checkpoint, args.config))
     check_eval_outputs(args.out, inputs, detections=detections, results=args.results, overwrite=args.overwrite)
     dt, max_dets = args.dt, DEFAULT_MAX_DETS
     if args.checkpoint:
-        from resbackbones.evaluation.checkpoint_detections import run_checkpoint_on_coco
-
-        found = run_checkpoint_on_coco(args.checkpoint, args.gt, args.images, config=args.config, device=args.device,
-                                       overrides=args.overrides, amp=args.amp, iou_types=args.iou_type)
-        dt, max_dets = str(write_json_atomic(detections, found.detections, indent=None)), found.cfg.test.max_dets
+        found = run_on_coco(args.checkpoint, args.gt, args.images, config=args.config, device=args.device,
+                            overrides=args.overrides, amp=args.amp, iou_types=args.iou_type)
+        dt, max_dets = str(write_json_atomic(detections, found.detections, indent=None)), found.max_dets
         print(f"wrote the detections to {dt}", flush=True)
     started = time.perf_counter()
     results = evaluate_coco(args.gt, dt, iou_types=args.iou_type, backend=args.backend, max_dets=max_dets)

@@ -12,8 +12,10 @@ runs, with one ValueError naming the image's index and shape: the exported graph
 (an index error in TorchScript, an input-guard assertion in `.pt2`, an InvalidArgument in onnxruntime).
 """
 import json
+import logging
 import math
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -130,7 +132,14 @@ def load(path) -> ExportedDetector:
         meta = json.loads(module.metadata) if hasattr(module, "metadata") else {}
         return ExportedDetector(path, "torchscript", module.label_names, keys, run_one=run_one, metadata=meta)
     if suffix == ".pt2":
-        program = torch.export.load(str(path))
+        if not zipfile.is_zipfile(path):  # torch.export.load would log a traceback for it before raising
+            raise ValueError(f"{path}: not a torch.export .pt2 archive (not a zip file: truncated or another format)")
+        logger = logging.getLogger("torch.export")
+        level, logger.level = logger.level, logging.ERROR  # its "Ran into the following error" retry warning
+        try:
+            program = torch.export.load(str(path))
+        finally:
+            logger.setLevel(level)
         raw = program.state_dict.get(METADATA_BUFFER)
         meta = _metadata(bytes(raw.numpy()).decode("utf-8", "replace") if raw is not None else "", path)
         module = program.module()

@@ -55,6 +55,15 @@ def header_size(path) -> Optional[Tuple[int, int]]:
         Image.MAX_IMAGE_PIXELS = saved
 
 
+def check_headers_resizable(paths: Sequence[Path], *, min_size: int, max_size: int) -> None:
+    """DataError naming the first image of `paths` the model cannot resize (check_resizable), from the file headers:
+    before any image is decoded."""
+    for path in paths:
+        size = header_size(path)
+        if size is not None:
+            check_resizable(path, *size, min_size=min_size, max_size=max_size)
+
+
 Detection = Tuple[Path, np.ndarray, Dict[str, torch.Tensor]]
 
 

@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..config.det import DetTrainConfig
 from ..data.coco_format import check_ground_truth
@@ -38,6 +38,11 @@ class CheckpointDetections:
     detections: List[Dict[str, Any]]
     cfg: DetTrainConfig
     amp: str
+
+    @property
+    def max_dets(self) -> Tuple[int, ...]:
+        """COCOeval's max_dets of the checkpoint's config (test.max_dets)."""
+        return self.cfg.test.max_dets
 
 
 def run_checkpoint_on_coco(checkpoint: PathLike, gt_path: PathLike, images: PathLike, *,
