@@ -9,7 +9,7 @@ equal the eager model's up to float rounding (the RoIAlign summation order).
 """
 import copy
 from collections import OrderedDict
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +17,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, _resize_image_and_masks
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 
 from ..detection.fp32_outputs import FP32AnchorGenerator, FP32BoxPredictor, FP32OutputMaskPredictor, FP32OutputRPNHead
@@ -34,6 +34,23 @@ class ScriptableTransform(GeneralizedRCNNTransform):
     """DetectionTransform without super(): resize, (BGR flip,) normalise, pad to a batch (NCHW)."""
 
     bgr: bool
+
+    def resize(self, image: Tensor,
+               target: Optional[Dict[str, Tensor]] = None) -> Tuple[Tensor, Optional[Dict[str, Tensor]]]:
+        """Inference resize with the eager model's scale. Scripted, torchvision computes the scale in float32, which
+        can floor a side one pixel short of eager's float64 (a 586 px side at min_size 128: 586 * float32(128 / 586)
+        = 127.99999 -> 127 px, not 128), and the detections then differ; here it is float64 (TorchScript's float),
+        as in eager. A fixed size keeps torchvision's resize (no scale to round)."""
+        if self.training or target is not None:
+            raise RuntimeError("the exported detector runs inference only: no targets, not in training mode")
+        if self.fixed_size is not None:
+            return _resize_image_and_masks(image, self.min_size[-1], self.max_size, target, self.fixed_size)
+        height, width = image.shape[-2], image.shape[-1]
+        size = float(self.min_size[-1])
+        scale = min(size / float(min(height, width)), float(self.max_size) / float(max(height, width)))
+        image = torch.nn.functional.interpolate(image[None], size=None, scale_factor=scale, mode="bilinear",
+                                                recompute_scale_factor=True, align_corners=False)[0]
+        return image, target
 
     def normalize(self, image: Tensor) -> Tensor:
         if not image.is_floating_point():
