@@ -35,7 +35,8 @@ def test_detections_file_contract(tmp_path):
     proc = _run("--gt", GT, "--dt", tmp_path / "dt.json", "--iou-type", "bbox", "segm", "--out", tmp_path / "s.json")
     assert proc.returncode == 0, proc.stderr
     stats = json.loads((tmp_path / "s.json").read_text())
-    assert list(stats) == ["bbox", "segm", "per_category", "ap_unit"] and stats["ap_unit"] == "fraction (0-1)"
+    assert list(stats) == ["bbox", "segm", "per_category", "ap_unit", "max_dets"] and stats["ap_unit"] == "fraction (0-1)"
+    assert stats["max_dets"] == [1, 10, 100]
     for iou_type in ("bbox", "segm"):
         assert list(stats[iou_type]) == KEYS
         expected, _ = reference_stats(gt, dets, iou_type)

@@ -25,7 +25,7 @@ FORMATS = ("torchscript", "export", "onnx")
 def run(tmp_path_factory):
     """(run folder, {format: exported file}, ground truth json): the checkpoint's top-4 detections per image."""
     from resbackbones.deploy import load_detector
-    from resbackbones.deploy.export import write_exported
+    from resbackbones.deploy.export import export_facts, write_exported
     from resbackbones.deploy.predict import predict_images
 
     root = tmp_path_factory.mktemp("deploy_tools")
@@ -34,10 +34,8 @@ def run(tmp_path_factory):
     files = {"torchscript": root / "det.pt", "export": root / "det.pt2", "onnx": root / "det.onnx"}
     assert export_detector.main(["--checkpoint", str(folder / "last.pt"), "--format", "torchscript",
                                  "--output", str(files["torchscript"])]) == 0
-    facts = {"label_to_category": {str(k): v for k, v in loaded.label_to_category.items()},
-             "categories": loaded.categories}
-    write_exported(loaded.model, {"export": files["export"], "onnx": files["onnx"]},
-                   label_names=loaded.names_list(), metadata=facts)
+    write_exported(loaded.model, {"export": files["export"], "onnx": files["onnx"]},  # the tool's facts, one trace
+                   label_names=loaded.names_list(), metadata=export_facts(loaded))
     paths = sorted(IMAGES.iterdir())
     records, annotations = [], []
     for i, (path, image, output) in enumerate(predict_images(loaded.model, paths, batch_size=1,
@@ -133,5 +131,27 @@ def test_broken_files_and_fixed_options_are_one_line_exit_2(run, tmp_path, capsy
         assert expected in err and str(files["onnx"]) in err and len(err.splitlines()) == 1, err
         assert predict.main(["--checkpoint", str(files["onnx"]), "--images", str(IMAGES), "--output",
                              str(tmp_path / "p"), *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
+
+
+def test_scoring_settings_travel_with_the_export_and_can_be_overridden(run, tmp_path, capsys):
+    """The export records its checkpoint's test.mask_threshold / test.max_dets; eval_coco scores an exported file
+    with them, or with test.* overrides (how detections are scored, not what the model computes), and reports the
+    max_dets used; bad values are one line."""
+    from resbackbones.deploy import load
+
+    _, files, gt = run
+    for path in files.values():
+        assert load(path).metadata["evaluation"] == {"mask_threshold": 0.5, "max_dets": [1, 10, 100]}
+    assert _eval(files["onnx"], gt, tmp_path / "a.json", "test.max_dets=[1, 2, 3]", "test.mask_threshold=0.3") == 0
+    scored = json.loads((tmp_path / "a.json").read_text())
+    assert scored["max_dets"] == [1, 2, 3], scored.get("max_dets")
+    assert _eval(files["onnx"], gt, tmp_path / "b.json") == 0
+    default = json.loads((tmp_path / "b.json").read_text())
+    assert default["max_dets"] == [1, 10, 100] and default["bbox"]["AP"] >= scored["bbox"]["AP"]
+    capsys.readouterr()
+    for bad, expected in (("test.max_dets=5", "max_dets"), ("test.mask_threshold=2", "test.mask_threshold")):
+        assert _eval(files["onnx"], gt, tmp_path / "c.json", bad) == 2, bad
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, err

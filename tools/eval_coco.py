@@ -90,7 +90,7 @@ def _run(args) -> int:
         print(result.table())
         out[iou_type] = result.stats
     out["per_category"] = {t: r.per_category_report() for t, r in results.items()}
-    out["ap_unit"] = "fraction (0-1)"
+    out["ap_unit"], out["max_dets"] = "fraction (0-1)", list(max_dets)
     if args.out:
         print(f"\nwrote {write_json_atomic(args.out, out)}")
     return 0

@@ -49,7 +49,7 @@ def _run(args) -> int:
     from resbackbones.data.folders import read_image
     from resbackbones.data.images import image_to_tensor
     from resbackbones.deploy import load_detector
-    from resbackbones.deploy.export import check_export, export_detector
+    from resbackbones.deploy.export import check_export, export_detector, export_facts
     from resbackbones.deploy.quantize import calibration_images, describe_quantized, export_int8, read_calibration_image
     from resbackbones.evaluation.inference import detector_inputs
     from resbackbones.io.output_paths import refuse_inputs
@@ -75,8 +75,7 @@ def _run(args) -> int:
     if args.check:
         image = image_to_tensor(read_image(args.check))
     loaded = load_detector(args.checkpoint, args.config, overrides=args.overrides)
-    facts = {"label_to_category": {str(k): v for k, v in loaded.label_to_category.items()},
-             "categories": loaded.categories}
+    facts = export_facts(loaded)
     if calib is not None:
         export_int8(loaded.model, output, calib, label_names=loaded.names_list(), example=image, metadata=facts)
     else:

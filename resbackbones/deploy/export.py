@@ -34,6 +34,17 @@ from .scriptable import deployable
 FORMATS = ("torchscript", "export", "onnx")
 
 
+def export_facts(loaded) -> dict:
+    """What an exported file records of its checkpoint (`loaded`: evaluation.inference.LoadedDetector), read back by
+    deploy.load(...).metadata: label_to_category and categories (how eval_coco maps its labels to category ids),
+    and the evaluation settings of its config, test.mask_threshold and test.max_dets (eval_coco's defaults for the
+    file: a crowded set's max_dets such as [1, 10, 400] travels with its model)."""
+    return {"label_to_category": {str(k): v for k, v in loaded.label_to_category.items()},
+            "categories": loaded.categories,
+            "evaluation": {"mask_threshold": loaded.cfg.test.mask_threshold,
+                           "max_dets": list(loaded.cfg.test.max_dets)}}
+
+
 class DeployedDetector(nn.Module):
     """The scripted module saved: forward(images) -> detections (torchvision's eval output, not its (losses,
     detections) pair under scripting) and label_names, indexed by label."""

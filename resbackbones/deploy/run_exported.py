@@ -5,8 +5,10 @@ tools take a checkpoint: tools/eval_coco.py --checkpoint and tools/predict.py --
         found = run_on_coco(path, "val.json", "val/")    # COCO results, the file's own label_to_category
 
 The file runs as exported: one image per call, float32, its own thresholds, input size and label mapping. Options
-that would change its results (key=value overrides, --config, --amp bf16/fp16, a CUDA --device) are refused in one
-line rather than silently ignored. A file that is not an exported detector (a text file named .onnx, a truncated
+that would change its results (key=value overrides of the model, --config, --amp bf16/fp16, a CUDA --device) are
+refused in one line rather than silently ignored. How its detections are scored is not the file's: eval_coco takes
+test.mask_threshold and test.max_dets overrides, by default the values the export recorded from its checkpoint's
+config (files exported before that: 0.5 and (1, 10, 100)). A file that is not an exported detector (a text file named .onnx, a truncated
 .pt2) is one ValueError naming it. (Here and not in evaluation/: evaluation must not import deploy.)
 """
 import os
@@ -17,7 +19,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
+import yaml
 
+from ..config.ranges import check_max_dets
 from ..data.coco_format import check_ground_truth
 from ..data.errors import DataError
 from ..data.loaders import ImageRecords, build_det_test_loader
@@ -28,7 +32,9 @@ from ..evaluation.inference import detector_inputs
 from .load import ExportedDetector, check_images, load
 
 PathLike = Union[str, os.PathLike]
-MASK_THRESHOLD = 0.5  # test.mask_threshold's default: an exported file records no test section
+MASK_THRESHOLD = 0.5  # test.mask_threshold's default, for files exported before they recorded theirs
+# Overrides that set how detections are scored, not what the exported model computes.
+SCORING_KEYS = ("test.mask_threshold", "test.max_dets")
 
 
 def is_exported(path: PathLike) -> bool:
@@ -59,12 +65,35 @@ def open_exported(path: PathLike) -> ExportedDetector:
         raise ValueError(f"{path}: not a readable exported detector ({type(error).__name__}: {first})") from None
 
 
+def scoring_settings(detector: ExportedDetector, overrides: Sequence[str] = ()) -> Tuple[float, Tuple[int, ...]]:
+    """(mask_threshold, max_dets) to score `detector`'s detections with: the test.mask_threshold / test.max_dets
+    overrides, else what the file recorded at export, else the defaults. ValueError (one line) for a bad value."""
+    recorded = detector.metadata.get("evaluation") or {}
+    values: Dict[str, Any] = {"test.mask_threshold": recorded.get("mask_threshold", MASK_THRESHOLD),
+                              "test.max_dets": recorded.get("max_dets", list(DEFAULT_MAX_DETS))}
+    for item in overrides:
+        key, _, text = item.partition("=")
+        values[key] = yaml.safe_load(text)
+    threshold = values["test.mask_threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise ValueError(f"test.mask_threshold must be a number in [0, 1], got {threshold!r}")
+    max_dets = values["test.max_dets"]
+    try:
+        return float(threshold), check_max_dets(max_dets if isinstance(max_dets, (list, tuple)) else [max_dets])
+    except CocoEvalError as error:
+        raise ValueError(f"test.{error}") from None
+
+
 def refuse_fixed_options(path: PathLike, *, overrides: Sequence[str] = (), config: Optional[PathLike] = None,
-                         amp: Optional[str] = None, device: str = "auto") -> None:
-    """ValueError (one line) for an option that the exported file `path` fixed at export time."""
+                         amp: Optional[str] = None, device: str = "auto", scoring: bool = False) -> None:
+    """ValueError (one line) for an option that the exported file `path` fixed at export time; with `scoring`
+    (eval_coco), the SCORING_KEYS overrides are not among them."""
     fixed = f"{path} is an exported detector: its model, thresholds and input size were fixed at export"
-    if overrides:
-        raise ValueError(f"{fixed}; re-export the checkpoint with {' '.join(overrides)} instead of overriding here")
+    model_overrides = [o for o in overrides if not (scoring and o.partition("=")[0] in SCORING_KEYS)]
+    if model_overrides:
+        allowed = f" (eval_coco takes {' and '.join(SCORING_KEYS)} for it)" if scoring else ""
+        raise ValueError(f"{fixed}; re-export the checkpoint with {' '.join(model_overrides)} instead of overriding "
+                         f"here{allowed}")
     if config:
         raise ValueError(f"{fixed}; --config {config} does not apply to it (drop --config)")
     if amp not in (None, "auto", "none"):
@@ -111,7 +140,8 @@ def run_on_coco(checkpoint: PathLike, gt_path: PathLike, images: PathLike, *, co
                 iou_types: Sequence[str] = ("bbox",)):
     """COCO results of `checkpoint` on the images of `gt_path` (tools/eval_coco.py --checkpoint): a training
     checkpoint through evaluation.checkpoint_detections.run_checkpoint_on_coco, an exported file (is_exported)
-    one image per call with its own label mapping, mask threshold 0.5 and max_dets (1, 10, 100). Either result has
+    one image per call with its own label mapping, scored with scoring_settings (the mask threshold and max_dets it
+    recorded, or test.mask_threshold / test.max_dets overrides). Either result has
     .detections and .max_dets. Raises CocoEvalError (one line) for every user error."""
     if not is_exported(checkpoint):
         from ..evaluation.checkpoint_detections import run_checkpoint_on_coco
@@ -125,8 +155,9 @@ def run_on_coco(checkpoint: PathLike, gt_path: PathLike, images: PathLike, *, co
     gt = load_json(gt_path, "ground-truth")
     check_ground_truth(gt, source=gt_path, iou_types=iou_types)
     try:
-        refuse_fixed_options(checkpoint, overrides=overrides, config=config, amp=amp, device=device)
+        refuse_fixed_options(checkpoint, overrides=overrides, config=config, amp=amp, device=device, scoring=True)
         detector = open_exported(checkpoint)
+        mask_threshold, max_dets = scoring_settings(detector, overrides)
         mapping, note = label_mapping(detector, gt["categories"])
         for im in gt["images"]:
             if isinstance(im.get("height"), int) and isinstance(im.get("width"), int):
@@ -142,7 +173,7 @@ def run_on_coco(checkpoint: PathLike, gt_path: PathLike, images: PathLike, *, co
         raise CocoEvalError(f"{len(missing)} image(s) of {gt_path} are not in --images {images} (first: "
                             f"{missing[0].get('file_name')}, id {missing[0].get('id')}); give the image folder of --gt")
     started = time.perf_counter()
-    collector = COCODetections(mapping, mask_threshold=MASK_THRESHOLD)
+    collector = COCODetections(mapping, mask_threshold=mask_threshold)
     records = [{"path": Path(images) / str(im["file_name"]), "image_id": im["id"],
                 **{k: im[k] for k in ("height", "width") if k in im}}
                for im in sorted(gt["images"], key=lambda im: im["id"])]
@@ -154,7 +185,7 @@ def run_on_coco(checkpoint: PathLike, gt_path: PathLike, images: PathLike, *, co
     collector.evaluate()
     found = collector.detections
     print(f"detected {len(found)} objects on {len(gt['images'])} images in {time.perf_counter() - started:.1f} s")
-    return ExportedDetections(found, DEFAULT_MAX_DETS)
+    return ExportedDetections(found, max_dets)
 
 
 def predict_exported(checkpoint: PathLike, paths: Sequence[Path], *, config: Optional[PathLike] = None,

@@ -164,7 +164,9 @@ def remove_run_files(folder: Path, run_files: Sequence[str]) -> List[str]:
 
 
 # -- tools/eval_coco.py's outputs ------------------------------------------------------------------------------------
-STATS_EXTRA_KEYS = ("per_category", "ap_unit")  # beside the iou types ("bbox", "segm") in a stats json
+# Beside the iou types ("bbox", "segm") in a stats json; max_dets: COCOeval maxDets, so AR1 / AR10 / AR100 are AR at
+# its three values (the names stay, the caps are recorded).
+STATS_EXTRA_KEYS = ("per_category", "ap_unit", "max_dets")
 
 
 def eval_detections_path(out: Optional[PathLike], results: Optional[PathLike]) -> Path:
