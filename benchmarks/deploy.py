@@ -11,8 +11,8 @@ on the first 32 images of DIR_OR_JSON). onnxruntime runs with --threads intra-op
 core, which a busy core makes spin-wait).
 
 Without --checkpoint: the quickstart Mask R-CNN with random weights (latency only; detections are not meaningful).
-Not yet here (issue 22): AP of each format on BCCD / DSB2018 val, torchvision's reference and amp=auto rows (amp=auto
-is fp32 on a CPU without native bf16: the eager row).
+The real-data table (AP of each format on BCCD / DSB2018 val, parity on 20 val images, the torchvision and amp=auto
+rows, results/deploy.md): benchmarks/deploy_real.py.
 """
 import argparse
 import statistics

@@ -9,6 +9,8 @@ same inputs (median of repeats after warm-up, computed by the individual scripts
   train_cls.py      classification training and data pipelines vs torchvision (transforms v2, PIL)
   efficiency.py     ResNet-50 GFLOP/s vs the measured fp32 / bf16 GEMM peaks; time vs batch / image size (PNG)
   mixed_precision.py  amp=auto (bf16 where native) vs torchvision fp32: Mask R-CNN step, cls training, fast inference
+  deploy_real.py    exported detectors (.pt, .pt2, ONNX fp32 / int8) on BCCD / DSB2018 val: ms, AP, parity, 1 thread
+                    (only with ../shared/data and the bf16 study's checkpoints; else one "skipped" row)
 
     python benchmarks/run_all.py                 # full run (tens of minutes on 2 CPU cores)
     python benchmarks/run_all.py --quick         # small sizes, a few minutes: checks that everything runs
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, help="repeats per measurement (default 5, quick 2)")
     parser.add_argument("--coco-images", type=int, help="images in the COCO eval benchmark (default 5000, quick 200)")
     parser.add_argument("--only", nargs="+", help="run only these parts: backbone detection detectron2 coco_eval "
-                                                  "train_cls efficiency mixed_precision")
+                                                  "train_cls efficiency mixed_precision deploy")
     parser.add_argument("--backbone-batch", type=int, help="batch of the backbone rows (default 8, quick 2)")
     parser.add_argument("--backbone-size", type=int, help="image side of the backbone rows (default 224, quick 160)")
     parser.add_argument("--det-size", nargs=2, help="H W of the detection rows (default 512 640, quick 192 256)")
@@ -115,7 +117,8 @@ def main(argv=None) -> int:
     quick = args.quick
     repeats = args.repeats or (2 if quick else 5)
     coco_images = args.coco_images or (200 if quick else 5000)
-    every_part = ["backbone", "detection", "detectron2", "coco_eval", "train_cls", "efficiency", "mixed_precision"]
+    every_part = ["backbone", "detection", "detectron2", "coco_eval", "train_cls", "efficiency", "mixed_precision",
+                  "deploy"]
     parts = set(args.only or every_part)
     out = args.out
     runner = Runner(out, args.timeout, collect=args.collect)
@@ -209,10 +212,38 @@ def main(argv=None) -> int:
             add("mixed precision", name, number(ours), number(ref), unit, number(ratio),
                 "ref: torchvision fp32 (eager model / plain loop), same weights")
 
+    def part_deploy():
+        sys.path.insert(0, str(HERE))
+        from deploy_real import DATASETS
+
+        needed = [s["folder"] / "val.json" for s in DATASETS.values()] + \
+            [s["run"] / "checkpoints" / "last.pt" for s in DATASETS.values()]
+        missing = [str(p) for p in needed if not p.is_file()]
+        if missing and not local.runner.collect:
+            add("deployment", "exported detectors on BCCD / DSB2018 val", None, None, "ms", None,
+                f"skipped: {missing[0]} missing (../shared/data and benchmarks/bf16_accuracy runs)")
+            return
+        local.runner.run("deploy", [HERE / "deploy_real.py", "--out", out], env={"OMP_NUM_THREADS": "1",
+                                                                                 "MKL_NUM_THREADS": "1"})
+        table = out / "deploy.csv"
+        if table.is_file():
+            import csv
+
+            rows = list(csv.DictReader(table.open()))
+            ref = {r["dataset"]: float(r["ms_per_image"]) for r in rows if r["row"] == "torchvision eager fp32"}
+            for r in rows:
+                ap = ", ".join(f"AP {k[3:]} {100 * float(r[k]):.2f}" for k in ("ap_bbox", "ap_segm") if r[k])
+                parity = f"labels equal {r['labels_equal']}, box {float(r['max_box_diff_rel']):.1e} of size, " \
+                    f"score {float(r['max_score_diff']):.1e}" if r["labels_equal"] else ""
+                add("deployment", f"{r['dataset']}: {r['row']}, 1 image, 1 thread", float(r["ms_per_image"]),
+                    ref.get(r["dataset"]),
+                    "ms", float(r["vs_torchvision"]) if r["vs_torchvision"] else None,
+                    "; ".join(x for x in (ap, parity, "ref: torchvision eager fp32, same weights") if x))
+
     collected = {n: [] for n in every_part}
     functions = {"backbone": part_backbone, "detection": part_detection, "detectron2": part_detectron2,
                  "coco_eval": part_coco_eval, "train_cls": part_train_cls, "efficiency": part_efficiency,
-                 "mixed_precision": part_mixed_precision}
+                 "mixed_precision": part_mixed_precision, "deploy": part_deploy}
 
     def run_part(name):
         local.rows = collected[name]
