@@ -24,12 +24,12 @@ from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from ..data.folders import IMG_EXTENSIONS
 from ..io.outputs import write_bytes_atomic
 from ..utils.errors import DeployError
 from .load import MAX_SIDE, METADATA, MIN_SIDE
 
 DEFAULT_CALIB_IMAGES = 32
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 BACKBONE_PREFIX = "backbone."  # ExportableDetector.backbone: the ResNet body and the FPN
 
 
@@ -45,10 +45,10 @@ def calibration_images(source, limit: int = DEFAULT_CALIB_IMAGES) -> List[Path]:
         raise CalibrationError(f"--calib-images must be at least 1, got {limit}")
     source = Path(source)
     if source.is_dir():
-        found = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        found = sorted(p for p in source.iterdir() if p.suffix.lower() in IMG_EXTENSIONS and p.is_file()
                        and not p.name.startswith("."))
         if not found:
-            raise CalibrationError(f"--calib folder {source} holds no images ({', '.join(IMAGE_SUFFIXES[:3])}, ...)")
+            raise CalibrationError(f"--calib folder {source} holds no images ({', '.join(IMG_EXTENSIONS[:3])}, ...)")
         return found[:limit]
     if not source.is_file():
         raise CalibrationError(f"--calib not found: {source} (a folder of images or a COCO json)")

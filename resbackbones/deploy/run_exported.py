@@ -19,20 +19,19 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
-import yaml
 
-from ..config.ranges import check_max_dets
+from ..config import load_config
+from ..config.det import DetTrainConfig
 from ..data.coco_format import check_ground_truth
 from ..data.errors import DataError
 from ..data.loaders import ImageRecords, build_det_test_loader
-from ..evaluation.coco import CocoEvalError, DEFAULT_MAX_DETS, load_json
+from ..evaluation.coco import CocoEvalError, load_json
 from ..evaluation.coco_evaluator import COCODetections
 from ..evaluation.coco_results import checkpoint_label_mapping
 from ..evaluation.inference import detector_inputs
 from .load import ExportedDetector, check_images, load
 
 PathLike = Union[str, os.PathLike]
-MASK_THRESHOLD = 0.5  # test.mask_threshold's default, for files exported before they recorded theirs
 # Overrides that set how detections are scored, not what the exported model computes.
 SCORING_KEYS = ("test.mask_threshold", "test.max_dets")
 
@@ -67,21 +66,13 @@ def open_exported(path: PathLike) -> ExportedDetector:
 
 def scoring_settings(detector: ExportedDetector, overrides: Sequence[str] = ()) -> Tuple[float, Tuple[int, ...]]:
     """(mask_threshold, max_dets) to score `detector`'s detections with: the test.mask_threshold / test.max_dets
-    overrides, else what the file recorded at export, else the defaults. ValueError (one line) for a bad value."""
+    overrides, else what the file recorded at export, else test's defaults (0.5, (1, 10, 100)). ConfigError (one
+    line naming the key) for a bad value."""
+    # Parsed and checked by the training schema's own test section (types, ranges, max_dets), as for a checkpoint.
     recorded = detector.metadata.get("evaluation") or {}
-    values: Dict[str, Any] = {"test.mask_threshold": recorded.get("mask_threshold", MASK_THRESHOLD),
-                              "test.max_dets": recorded.get("max_dets", list(DEFAULT_MAX_DETS))}
-    for item in overrides:
-        key, _, text = item.partition("=")
-        values[key] = yaml.safe_load(text)
-    threshold = values["test.mask_threshold"]
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise ValueError(f"test.mask_threshold must be a number in [0, 1], got {threshold!r}")
-    max_dets = values["test.max_dets"]
-    try:
-        return float(threshold), check_max_dets(max_dets if isinstance(max_dets, (list, tuple)) else [max_dets])
-    except CocoEvalError as error:
-        raise ValueError(f"test.{error}") from None
+    test = load_config(DetTrainConfig, base={"test": dict(recorded)}, overrides=overrides,
+                       base_source=f"{detector.path} (its recorded evaluation settings)").test
+    return test.mask_threshold, tuple(test.max_dets)
 
 
 def refuse_fixed_options(path: PathLike, *, overrides: Sequence[str] = (), config: Optional[PathLike] = None,
