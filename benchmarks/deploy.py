@@ -45,17 +45,6 @@ def _model(checkpoint):
     return build_detector(cfg.model).eval(), None
 
 
-def _onnxruntime_threads(threads: int) -> None:
-    """deploy.load's onnxruntime sessions with `threads` intra-op threads (load takes no thread count yet)."""
-    import onnxruntime
-
-    class Options(onnxruntime.SessionOptions):
-        def __init__(self):
-            super().__init__()
-            self.intra_op_num_threads = self.inter_op_num_threads = threads
-    onnxruntime.SessionOptions = Options
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="last.pt of tools/train_det.py (default: random quickstart weights)")
@@ -65,7 +54,6 @@ def main(argv=None) -> int:
     parser.add_argument("--calib", metavar="DIR_OR_JSON", help="calibration images: adds the int8 ONNX row")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    _onnxruntime_threads(args.threads)
     model, names = _model(args.checkpoint)
     image = torch.rand(3, *args.size, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as folder:
@@ -81,7 +69,7 @@ def main(argv=None) -> int:
             files["onnx int8"] = quantize_onnx(files["onnx"], Path(folder) / "det_int8.onnx",
                                                calibration_images(args.calib, 32))
         runners = {"eager fp32": lambda images: model(images)}
-        runners.update({fmt: load(path) for fmt, path in files.items()})
+        runners.update({fmt: load(path, num_threads=args.threads) for fmt, path in files.items()})
         with torch.no_grad():
             expected = model([image])[0]
             times = {name: [] for name in runners}

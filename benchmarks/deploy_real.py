@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from deploy import _onnxruntime_threads  # noqa: E402
 from machine import describe  # noqa: E402
 
 RUNS = ROOT / "benchmarks" / "bf16_accuracy" / "runs"
@@ -163,7 +162,7 @@ def measure(name, spec, args):
     loaded = load_detector(spec["run"] / "checkpoints" / "last.pt")
     model = loaded.model.eval()
     torch.set_num_threads(args.threads)
-    detectors = {fmt: load(path) for fmt, path in files.items()}
+    detectors = {fmt: load(path, num_threads=args.threads) for fmt, path in files.items()}
     images = val_images(spec, args.parity_images)
     with torch.no_grad():
         expected = [model([im])[0] for im in images]
@@ -317,7 +316,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    _onnxruntime_threads(args.threads)
     results = {name: measure(name, DATASETS[name], args) for name in args.only}
     (args.work / "results.json").write_text(json.dumps(results, default=str))
     write(results, args)

@@ -8,26 +8,13 @@ capture and the ONNX conversion are the slow part (~2 minutes on 2 shared cores;
 import pytest
 import torch
 
-from conftest import FIXTURES
-from resbackbones.data.folders import read_image
+from deploy_parity import assert_matches_eager, real_crops
 from resbackbones.deploy import load, load_detector
 from resbackbones.deploy.export import export_detector, write_exported
 from test_export_detector import _run_dir
 import export_detector as tool  # noqa: E402
 
-IMAGE = FIXTURES / "coco_sample" / "images" / "000000000089.jpg"
-SIZES = [(128, 160), (96, 128), (150, 100)]  # landscape, smaller, portrait: the min- and max-size limits both bind
 FORMATS = {"torchscript": "det.pt", "export": "det.pt2", "onnx": "det.onnx"}
-
-
-def _images():
-    """Crops of a real COCO image at SIZES (random noise gives near-uniform scores, where ties decide labels)."""
-    full = torch.from_numpy(read_image(IMAGE).transpose(2, 0, 1).copy()).float().div_(255)
-    out = []
-    for h, w in SIZES:
-        crop = full[:, :2 * h, :2 * w]
-        out.append(torch.nn.functional.interpolate(crop[None], size=(h, w), mode="bilinear", align_corners=False)[0])
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -53,30 +40,12 @@ def _load(files, fmt):
     return _LOADED[files[fmt]]
 
 
-def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a, b = a[:, 0] > 0.5, b[:, 0] > 0.5
-    inter = (a & b).flatten(1).sum(1).double()
-    union = (a | b).flatten(1).sum(1).double()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
-
-
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_exported_file_matches_eager_at_three_sizes(exported, fmt):
     model, files, _ = exported
     detector = _load(files, fmt)
     assert detector.label_names == ["__background__", "square", "circle", "triangle"]
-    images = _images()
-    with torch.no_grad():  # one image per call: a batch's padding to its largest image changes the border features
-        expected = [model([image])[0] for image in images]
-    got = detector(images)
-    for image, e, g in zip(images, expected, got):
-        size = float(max(image.shape[1:]))
-        assert set(g) == {"boxes", "labels", "scores", "masks"}, fmt
-        assert len(e["boxes"]) > 0 and torch.equal(g["labels"], e["labels"]), (fmt, image.shape)
-        assert (g["boxes"] - e["boxes"]).abs().max() <= 1e-3 * size, (fmt, image.shape)
-        assert (g["scores"] - e["scores"]).abs().max() <= 1e-3, (fmt, image.shape)
-        assert g["masks"].shape == e["masks"].shape == (len(e["boxes"]), 1, *image.shape[1:])
-        assert _mask_iou(g["masks"], e["masks"]).min() >= 0.99, (fmt, image.shape)
+    assert_matches_eager(detector, model, real_crops(), fmt)
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
@@ -138,3 +107,18 @@ def test_load_refuses_files_that_are_not_exported_detectors(exported, tmp_path):
         load(exported[2] / "config.yaml")
     with pytest.raises(FileNotFoundError):
         load(tmp_path / "missing.pt2")
+
+
+def test_onnx_runs_on_as_many_threads_as_torch(exported, monkeypatch):
+    """onnxruntime's default is every core whatever torch was told; load() gives its session torch's thread count
+    (or num_threads), so OMP_NUM_THREADS / torch.set_num_threads decide for every format alike."""
+    import onnxruntime
+    seen, real = [], onnxruntime.InferenceSession
+
+    def spy(path, options, providers):
+        seen.append(options.intra_op_num_threads)
+        return real(path, options, providers=providers)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
+    load(exported[1]["onnx"])
+    load(exported[1]["onnx"], num_threads=1)
+    assert seen == [torch.get_num_threads(), 1]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES, REPO
+from deploy_parity import SMALL_OVERRIDES
 from resbackbones.config import dump_yaml, load_config
 from resbackbones.config.det import DetTrainConfig
 from resbackbones.data.folders import read_image
@@ -17,8 +18,7 @@ from resbackbones.detection.builder import build_detector
 import export_detector  # noqa: E402
 
 IMAGE = FIXTURES / "coco_sample" / "images" / "000000000089.jpg"
-SMALL = ["model.input.min_size=[160]", "model.input.max_size=200", "model.rpn.pre_nms_top_n_test=100",
-         "model.rpn.post_nms_top_n_test=50", "model.roi_heads.score_thresh=0.0", "model.roi_heads.detections_per_img=10"]
+SMALL = SMALL_OVERRIDES
 C4 = """_base_: {quickstart}
 model:
   layout: c4

@@ -132,9 +132,23 @@ def test_reduced_precision_features_are_pooled_in_float32(dtype, channels_last):
 def test_bfloat16_matches_torchvision_autocast_kernel():
     """Under CPU autocast torchvision computes roi_align in float32 and rounds to bf16: ours agrees to 1 bf16 ulp."""
     boxes = _boxes(torch.float32)
-    half = {k: v.bfloat16() for k, v in _features(torch.float32).items()}
+    half = {k: v.bfloat16().requires_grad_() for k, v in _features(torch.float32).items()}  # the sparse path
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ref = MultiScaleRoIAlign(LEVELS, 7, 2)(half, boxes, [IMAGE, IMAGE])
         ours = FastMultiScaleRoIAlign(LEVELS, 7, 2)(half, boxes, [IMAGE, IMAGE])
     assert ours.dtype == ref.dtype == torch.bfloat16
     torch.testing.assert_close(ours.float(), ref.float(), rtol=2.0 ** -7, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_without_gradients_it_is_torchvisions_kernel(dtype):
+    """Inference (no_grad, or features that need no gradient) runs torchvision's op itself: bitwise its result,
+    as the exported .pt / .pt2 files compute it, so eager and exported masks agree at the 0.5 threshold."""
+    boxes = _boxes(torch.float32)
+    feats = {k: v.to(dtype) for k, v in _features(torch.float32).items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        ref = MultiScaleRoIAlign(LEVELS, 7, 2)(feats, boxes, [IMAGE, IMAGE])
+        assert torch.equal(FastMultiScaleRoIAlign(LEVELS, 7, 2)(feats, boxes, [IMAGE, IMAGE]), ref)
+        with torch.no_grad():
+            grad_feats = {k: v.clone().requires_grad_() for k, v in feats.items()}
+            assert torch.equal(FastMultiScaleRoIAlign(LEVELS, 7, 2)(grad_feats, boxes, [IMAGE, IMAGE]), ref)

@@ -153,6 +153,19 @@ def _require_onnx():
     return onnx
 
 
+def _roi_pool_onnx(features, rois, spatial_scale: float, pooled_height: int, pooled_width: int):
+    """torchvision::roi_pool as ONNX MaxRoiPool (the same Caffe RoIPooling maths; rois [R, 5] batch index first).
+
+    Written here because onnxscript's own translation of this op takes (input, boxes, output_size, spatial_scale),
+    not the op's schema (input, rois, spatial_scale, pooled_height, pooled_width), and fails on every graph that
+    holds it (onnxscript 0.7.2). The op's second output, the argmax, serves only the backward pass: nothing in
+    an inference graph reads it, so a placeholder of its shape and dtype stands in."""
+    from onnxscript import INT64
+    from onnxscript import opset18 as op
+    pooled = op.MaxRoiPool(features, rois, pooled_shape=[pooled_height, pooled_width], spatial_scale=spatial_scale)
+    return pooled, op.Cast(pooled, to=INT64.dtype)
+
+
 def onnx_bytes(program, outputs: Sequence[str], meta: str) -> bytes:
     """The ONNX model (dynamo exporter, opset 18, torchlib's NonMaxSuppression / RoiAlign for torchvision's ops)
     of an ExportedProgram, with `meta` under the METADATA key; checked with onnx.checker."""
@@ -160,7 +173,8 @@ def onnx_bytes(program, outputs: Sequence[str], meta: str) -> bytes:
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         exported = torch.onnx.export(program, dynamo=True, opset_version=18, input_names=["image"],
-                                     output_names=list(outputs), verbose=False)
+                                     output_names=list(outputs), verbose=False,
+                                     custom_translation_table={torch.ops.torchvision.roi_pool.default: _roi_pool_onnx})
     proto = exported.model_proto
     onnx.helper.set_model_props(proto, {METADATA: meta})
     onnx.checker.check_model(proto)

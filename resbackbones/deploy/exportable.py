@@ -23,6 +23,8 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 
+from ..detection.heads import RoIPool
+
 MIN_RESIZED, MAX_RESIZED = 32, 8192  # the network input's sides (after the resize) the graph is captured for
 
 
@@ -124,6 +126,9 @@ class ExportableDetector(nn.Module):
 
     @staticmethod
     def _pooler(pool) -> dict:
+        if isinstance(pool, RoIPool):  # VGG-16's max pooling of one map: its stride is known, no scale to infer
+            return {"names": list(pool.featmap_names), "size": tuple(pool.output_size), "max": True,
+                    "scales": [1.0 / pool.stride]}
         scales = [float(s) for s in pool.scales]
         mapper = pool.map_levels
         return {"names": list(pool.featmap_names), "size": tuple(pool.output_size), "ratio": int(pool.sampling_ratio),
@@ -135,6 +140,8 @@ class ExportableDetector(nn.Module):
         kept (torchvision gathers each level's RoIs by `where(levels == l)[0]`, a data-dependent size)."""
         rois = torch.cat([boxes.new_zeros(boxes.shape[0], 1), boxes], dim=1)
         maps = [features[name] for name in pool["names"]]
+        if pool.get("max"):
+            return torchvision.ops.roi_pool(maps[0], rois, pool["size"], pool["scales"][0])
         if len(maps) == 1:
             return torchvision.ops.roi_align(maps[0], rois, pool["size"], pool["scales"][0], pool["ratio"])
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])

@@ -105,10 +105,14 @@ def _metadata(text: str, path: Path) -> dict:
         raise ValueError(f"{path}: not a detector exported by resbackbones (no {METADATA} metadata)") from None
 
 
-def load(path) -> ExportedDetector:
+def load(path, *, num_threads: Optional[int] = None) -> ExportedDetector:
     """An exported detector file (.pt TorchScript, .pt2 torch.export, .onnx) as an ExportedDetector on the CPU
     (ONNX: CUDAExecutionProvider first when onnxruntime has it). ValueError for another suffix or a file that is
-    not one of ours; FileNotFoundError when missing."""
+    not one of ours; FileNotFoundError when missing.
+
+    num_threads: CPU threads of an ONNX file's onnxruntime session; default torch.get_num_threads(), so that every
+    format runs on as many threads as the eager model (OMP_NUM_THREADS / torch.set_num_threads decide for all;
+    onnxruntime's own default is every core, whatever torch was told). .pt / .pt2 run on torch's threads."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"exported detector not found: {path}")
@@ -154,6 +158,7 @@ def load(path) -> ExportedDetector:
                      if p in onnxruntime.get_available_providers()]
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # the optimiser's "could not constant-fold CastLike" notes are not errors
+        options.intra_op_num_threads = int(num_threads) if num_threads else torch.get_num_threads()
         session = onnxruntime.InferenceSession(str(path), options, providers=providers)
         meta = _metadata(session.get_modelmeta().custom_metadata_map.get(METADATA, ""), path)
         name = session.get_inputs()[0].name

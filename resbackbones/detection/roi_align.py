@@ -13,8 +13,8 @@ torchvision's roi_align CPU kernel's, so outputs agree to float rounding (the su
 bfloat16 / float16 features (CPU autocast) are read into the float32 rows the product needs anyway (one pass that
 also does the level concatenation), the taps are computed from float32 RoIs and the sums accumulate in float32: the
 result is torchvision's autocast roi_align (float32 maths, output in the features' dtype) up to float rounding.
-Used on CPU for float32/float64/bfloat16/float16 with a fixed sampling_ratio > 0; other cases (CUDA, adaptive
-sampling ratio, scripting/tracing) go to torchvision's op unchanged.
+Used on CPU for float32/float64/bfloat16/float16 with a fixed sampling_ratio > 0 when a gradient will flow back;
+other cases (inference, CUDA, adaptive sampling ratio, scripting/tracing) go to torchvision's op unchanged.
 """
 from typing import Dict, List, Tuple
 
@@ -184,7 +184,13 @@ class FastMultiScaleRoIAlign(MultiScaleRoIAlign):
     """
 
     def _use_sparse(self, features: List[Tensor]) -> bool:
+        """The sparse kernel only where a backward will follow: its point is the backward's speed, and without one
+        (evaluation, predict) torchvision's kernel gives the very numbers the exported files compute (.pt and .pt2
+        run torchvision's op): bitwise, where the sparse product's summation order moved a mask probability sitting
+        at the 0.5 threshold across it (a 34-pixel DSB2018 nucleus, mask IoU 0.88 between eager and export)."""
         f = features[0]
+        if not (torch.is_grad_enabled() and any(x.requires_grad for x in features)):
+            return False
         return (not torch.jit.is_scripting() and not torch.jit.is_tracing() and f.device.type == "cpu"
                 and all(x.dtype in _SPARSE_DTYPES and x.dtype == f.dtype for x in features)
                 and self.sampling_ratio > 0)
