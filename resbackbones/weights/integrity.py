@@ -134,7 +134,7 @@ def load_torch_verified(path: PathLike, load: Callable[[], T]) -> Tuple[T, bool]
 
     Why a thread: zlib.crc32 releases the GIL for large buffers, and torch's zip reader copies each record in C++, so
     on a machine with a core to spare the check costs about nothing on top of the load (benchmarks/
-    checkpoint_checksum.py, 2 quiet cores: load +7 to +20 %, save + load +1 to +3 % against no check;
+    checkpoint_checksum.py, 2 quiet cores: load +7 to +25 %, save + load +1 to +3 % against no check;
     checked first, then loaded, it was +28 to +96 %). The pickle may be
     unpickled before the check ends; that is safe, torch.load(weights_only=True) runs no code."""
     if not is_torch_zip(path):
