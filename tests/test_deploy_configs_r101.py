@@ -1,7 +1,8 @@
-"""Issue 22 over configs/mrcnn_r101.yaml (Mask R-CNN R101-FPN; R18-FPN is the quickstart's, in test_deploy_formats;
-R50-FPN, R50-C4 and VGG-16 are in test_deploy_configs_r50_vgg, a separate file so that pytest-xdist runs the two
-side by side): random weights made trained-like (deploy_parity.calibrate_frozen_bn, sharpen_masks), exported to
-TorchScript, .pt2 and ONNX; each file gives the eager model's detections on real image crops at three sizes."""
+"""Issue 22 over configs/mrcnn_r101.yaml (Mask R-CNN R101-FPN): random weights made trained-like
+(deploy_parity.calibrate_frozen_bn, sharpen_masks), exported to TorchScript, .pt2 and ONNX; each file gives the eager
+model's detections on real image crops at three sizes. The other layouts: R18-FPN in test_deploy_formats, R18-C4 and
+VGG-16 in test_deploy_configs_c4_vgg (a separate file, so that pytest-xdist runs the two side by side), R50-FPN with
+trained weights in benchmarks/deploy_real.py."""
 import pytest
 
 from conftest import REPO

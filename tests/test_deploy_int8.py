@@ -15,7 +15,7 @@ import pytest
 
 from conftest import FIXTURES, random_detector_run
 from resbackbones.deploy import load, quantize
-from test_deploy_formats import SIZES, _images
+from deploy_parity import SIZES, real_crops as _images
 import export_detector as tool  # noqa: E402
 
 COCO_JSON = FIXTURES / "coco_sample" / "annotations.json"  # images in coco_sample/images/
