@@ -184,10 +184,10 @@ class FastMultiScaleRoIAlign(MultiScaleRoIAlign):
     """
 
     def _use_sparse(self, features: List[Tensor]) -> bool:
-        """The sparse kernel only where a backward will follow: its point is the backward's speed, and without one
-        (evaluation, predict) torchvision's kernel gives the very numbers the exported files compute (.pt and .pt2
-        run torchvision's op): bitwise, where the sparse product's summation order moved a mask probability sitting
-        at the 0.5 threshold across it (a 34-pixel DSB2018 nucleus, mask IoU 0.88 between eager and export)."""
+        """The sparse kernel only where a backward will follow: its point is the backward's speed. Without one
+        (evaluation, predict) torchvision's kernel runs, the op the exported .pt and .pt2 files call, so this op
+        gives eager inference and the exported files the same numbers (its summation order differs from the
+        sparse product's; other ops, e.g. GroupNorm decomposed by torch.export, still round differently)."""
         f = features[0]
         if not (torch.is_grad_enabled() and any(x.requires_grad for x in features)):
             return False
