@@ -121,8 +121,9 @@ def export_config(config, overrides: Sequence[str], folder):
     cfg = load_config(DetTrainConfig, config, ["model.backbone.weights=", *overrides])
     torch.manual_seed(0)
     model = build_detector(cfg.model).eval()
-    calibrate_frozen_bn(model, real_crops([(150, 170)])[0])
-    sharpen_masks(model, real_crops([(150, 170)])[0])
+    calibration_image = real_crops([(150, 170)])[0]
+    calibrate_frozen_bn(model, calibration_image)
+    sharpen_masks(model, calibration_image)
     files = {fmt: folder / name for fmt, name in FORMATS.items()}
     export_detector(model, files["torchscript"], fmt="torchscript")
     write_exported(model, {"export": files["export"], "onnx": files["onnx"]})

@@ -11,16 +11,7 @@ import pytest
 from conftest import REPO
 from deploy_parity import FORMATS, SMALL_OVERRIDES, assert_matches_eager, export_config, real_crops
 from resbackbones.deploy import load
-
-C4 = """_base_: {base}
-model:
-  layout: c4
-  backbone: {{out_features: [res4]}}
-  box_head: {{type: res5}}
-  anchors: {{sizes: [[32, 64, 128]]}}
-  roi_heads: {{pooler_resolution: 14}}
-  mask_head: {{enabled: false}}
-"""
+from test_export_detector import C4  # the quickstart's ResNet-18 in the C4 layout, box head res5
 
 
 @pytest.fixture(scope="module", params=["frcnn_r18_c4", "frcnn_vgg16"])
@@ -28,8 +19,9 @@ def exported(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     if request.param == "frcnn_r18_c4":
         config = folder / "frcnn_r18_c4.yaml"
-        config.write_text(C4.format(base=REPO / "configs" / "quickstart.yaml"))
-        return (request.param, *export_config(config, SMALL_OVERRIDES, folder))
+        config.write_text(C4.format(quickstart=REPO / "configs" / "quickstart.yaml"))
+        return (request.param, *export_config(config, [*SMALL_OVERRIDES, "model.roi_heads.pooler_resolution=14"],
+                                              folder))
     return (request.param, *export_config(REPO / "configs" / "frcnn_vgg16.yaml",
                                           [*SMALL_OVERRIDES, "model.box_head.fc_dim=1024"], folder))
 
