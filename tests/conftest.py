@@ -23,6 +23,25 @@ torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 os.environ["RESBACKBONES_OFFLINE"] = "1"
 
 
+# Files of about a minute of CPU or more (the CI run of 2026-12-07 on a 2-core AMD EPYC), longest first, run before
+# the rest: under pytest-xdist --dist loadfile a file starts only when a worker is free, so a long file started last
+# decides alone when the run ends (longest-first scheduling keeps that tail short). tools/dev.py passes
+# --no-loadscope-reorder, without which xdist sorts the files by their number of tests, which puts these last.
+SLOW_FILES_FIRST = (
+    "test_cifar_checkpoints.py", "test_deploy_configs_r101.py", "test_projects_transfer.py", "test_detector_bf16.py",
+    "test_deploy_configs_c4_vgg.py", "test_deploy_tools.py", "test_detector_torchvision.py",
+    "test_projects_vgg_vs_resnet.py", "test_projects_degradation.py", "test_deploy_formats.py",
+    "test_train_cls_learns.py", "test_reliability_ddp_soak.py", "test_reliability_checkpoint_kill.py",
+    "test_train_det_ddp.py", "test_train_cls_resume.py", "test_bf16_guard.py", "test_deploy_int8.py",
+    "test_resume_truth.py", "test_train_cls_ddp.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept
+
+
 def tiny_train_det_args(shapes_root: Path, out: Path, *extra: str) -> list:
     """tools/train_det.py arguments for a tiny quickstart run (Mask R-CNN, 6 synthetic train / 3 val images under
     shapes_root, batch 2, logged every iteration, no flips) writing to `out`; `extra` appends flags / overrides."""

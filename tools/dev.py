@@ -64,7 +64,8 @@ def parallel_options(rest) -> list:
     if subprocess.call([str(PYTHON), "-c", "import xdist"], stderr=subprocess.DEVNULL) != 0:
         return []
     workers = min(4, os.cpu_count() or 1)
-    return ["-n", str(workers), "--dist", "loadfile"] if workers > 1 else []
+    # --no-loadscope-reorder: keep the order tests/conftest.py gives (the longest files first)
+    return ["-n", str(workers), "--dist", "loadfile", "--no-loadscope-reorder"] if workers > 1 else []
 
 
 def main(argv) -> int:

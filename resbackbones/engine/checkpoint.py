@@ -131,18 +131,13 @@ def save_atomic(obj: Dict[str, Any], path: PathLike) -> Path:
     another run's file is refused, a failed write (disk full, permissions) is one OutputError naming the file and
     leaves nothing behind.
 
-    First removes the temp files of dead writers from the folder (remove_stale_temp_files). torch's zip records
-    carry a CRC-32 each (turned on for this save if a caller turned them off), which every load verifies
-    (weights/integrity.py): a checkpoint damaged after it was written is refused, naming it.
+    First removes the temp files of dead writers from the folder (remove_stale_temp_files). The zip records carry
+    a CRC-32 each (save_torch_atomic fills them in, also where a caller turned torch's off), which every load
+    verifies (weights/integrity.py): a checkpoint damaged after it was written is refused, naming it.
     """
     path = Path(path)
     remove_stale_temp_files(path.parent)
-    crc_was_on = torch.serialization.get_crc32_options()
-    torch.serialization.set_crc32_options(True)
-    try:
-        return save_torch_atomic(obj, path)
-    finally:
-        torch.serialization.set_crc32_options(crc_was_on)
+    return save_torch_atomic(obj, path)
 
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:

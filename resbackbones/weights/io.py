@@ -14,7 +14,8 @@ from torch import nn
 
 from ..io.outputs import register_input, save_safetensors_atomic, save_torch_atomic
 from .errors import WeightsError
-from .integrity import (CHECKSUM_KEY, CorruptFile, check_dtypes, describe_bytes, load_torch_verified, note_unverified,
+from .integrity import (CHECKSUM_KEY, CorruptFile, check_dtypes, describe_bytes, load_torch_parallel_verified,
+                        load_torch_verified, note_unverified,
                         state_checksum, verify_state_checksum)
 
 StateDict = Dict[str, torch.Tensor]
@@ -86,8 +87,9 @@ def torch_load_refusing_code(
     chain_read_errors: bool = True,
 ):
     """torch.load(path, weights_only=True), the one place where a torch file is read: pickled code is refused, the
-    CRC-32 of every record is verified (integrity.load_torch_verified), the file is registered as an input of this
-    command (resbackbones.io.outputs.register_input: no output may replace it).
+    CRC-32 of every record is verified (integrity.load_torch_parallel_verified: records read in threads, each CRC
+    computed as it is read; integrity.load_torch_verified where that way does not apply), the file is registered as
+    an input of this command (resbackbones.io.outputs.register_input: no output may replace it).
 
     Raises `error` (WeightsError for weights, CheckpointError for training checkpoints) in one line naming the file:
     "refused to load <what><path>: ..." when it holds pickled objects other than tensors/containers (nothing is
@@ -109,7 +111,10 @@ def torch_load_refusing_code(
             return torch.load(path, map_location=map_location, weights_only=True)
 
     try:
-        obj, verified = load_torch_verified(path, load)
+        obj = None
+        if path.suffix not in SAFETENSORS_SUFFIXES and torch.device(map_location).type == "cpu":
+            obj = load_torch_parallel_verified(path)  # None: not this way; the plain load below words any error
+        obj, verified = (obj, True) if obj is not None else load_torch_verified(path, load)
     except CorruptFile as exc:
         raise error(f"{file_kind} {path} is corrupted: {exc}; nothing was loaded: use another copy") from None
     except pickle.UnpicklingError as exc:
