@@ -111,6 +111,8 @@ class ExportableDetector(nn.Module):
         self.register_buffer("mean", torch.tensor(t.image_mean, dtype=torch.float32)[:, None, None], persistent=False)
         self.register_buffer("std", torch.tensor(t.image_std, dtype=torch.float32)[:, None, None], persistent=False)
         self.bgr = getattr(t, "input_format", "RGB") == "BGR"
+        # The eager batch's layout: NHWC convolutions round differently from NCHW ones (deploy/scriptable.py).
+        self.channels_last = bool(getattr(t, "channels_last", False))
         self.min_size, self.max_size = float(t.min_size[-1]), float(t.max_size)
         self.size_divisible = int(t.size_divisible)
         for i, anchors in enumerate(rpn.anchor_generator.cell_anchors):
@@ -225,6 +227,8 @@ class ExportableDetector(nn.Module):
         d = self.size_divisible
         ph, pw = (rh + d - 1) // d * d, (rw + d - 1) // d * d
         batch = nn.functional.pad(x, (0, pw - rw, 0, ph - rh))[None]
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         features = self.backbone(batch)
         proposals, valid = self._proposals(batch, list(features.values()), rh, rw)
 

@@ -8,6 +8,7 @@ replaced by torchvision's own class or a small scriptable twin with the same par
 equal the eager model's up to float rounding (the RoIAlign summation order).
 """
 import copy
+import math
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
@@ -31,9 +32,12 @@ _AS_BASE = {FP32AnchorGenerator: AnchorGenerator, FP32OutputRPNHead: RPNHead, FP
 
 
 class ScriptableTransform(GeneralizedRCNNTransform):
-    """DetectionTransform without super(): resize, (BGR flip,) normalise, pad to a batch (NCHW)."""
+    """DetectionTransform without super(): resize, (BGR flip,) normalise, pad to a batch, laid out NHWC where the
+    eager model's is (channels_last): the convolutions then run the same kernels as in eager and give the same
+    values bit for bit (NCHW rounds differently: on DSB2018 one nucleus mask of 2474 came out at IoU 0.88)."""
 
     bgr: bool
+    channels_last: bool
 
     def resize(self, image: Tensor,
                target: Optional[Dict[str, Tensor]] = None) -> Tuple[Tensor, Optional[Dict[str, Tensor]]]:
@@ -51,6 +55,21 @@ class ScriptableTransform(GeneralizedRCNNTransform):
         image = torch.nn.functional.interpolate(image[None], size=None, scale_factor=scale, mode="bilinear",
                                                 recompute_scale_factor=True, align_corners=False)[0]
         return image, target
+
+    def batch_images(self, images: List[Tensor], size_divisible: int = 32) -> Tensor:
+        """torchvision's batch_images (zero padding to a multiple of size_divisible), then the eager layout."""
+        shape = [len(images), 0, 0, 0]
+        for image in images:
+            for axis in range(3):
+                shape[axis + 1] = max(shape[axis + 1], int(image.shape[axis]))
+        stride = float(size_divisible)
+        shape[2] = int(math.ceil(float(shape[2]) / stride) * stride)
+        shape[3] = int(math.ceil(float(shape[3]) / stride) * stride)
+        batch = images[0].new_full(shape, 0)
+        for i in range(len(images)):
+            image = images[i]
+            batch[i, :image.shape[0], :image.shape[1], :image.shape[2]].copy_(image)
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
     def normalize(self, image: Tensor) -> Tensor:
         if not image.is_floating_point():
@@ -105,6 +124,7 @@ def deployable(model: nn.Module) -> nn.Module:
         elif type(module) is DetectionTransform:
             module.__class__ = ScriptableTransform
             module.bgr = module.input_format == "BGR"
+            module.channels_last = bool(getattr(module, "channels_last", False))
     if isinstance(model.backbone, BackboneWithFPN):
         model.backbone = ScriptableBackboneWithFPN(model.backbone)
     return model

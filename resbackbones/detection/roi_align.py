@@ -187,7 +187,8 @@ class FastMultiScaleRoIAlign(MultiScaleRoIAlign):
         """The sparse kernel only where a backward will follow: its point is the backward's speed. Without one
         (evaluation, predict) torchvision's kernel runs, the op the exported .pt and .pt2 files call, so this op
         gives eager inference and the exported files the same numbers (its summation order differs from the
-        sparse product's; other ops, e.g. GroupNorm decomposed by torch.export, still round differently)."""
+        sparse product's). With the exported graphs in the eager batch's memory layout too (deploy/scriptable.py),
+        .pt and .pt2 give the eager detections bit for bit."""
         f = features[0]
         if not (torch.is_grad_enabled() and any(x.requires_grad for x in features)):
             return False
