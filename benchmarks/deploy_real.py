@@ -248,12 +248,13 @@ def write(results, args):
               "max_box_diff_rel", "max_score_diff", "min_mask_iou", "masks_below_0.99", "matched", "detections",
               "images_reordered"]
     rows, lines = [], []
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    measured = getattr(args, "measured", None)  # --from-results: when results.json was written
+    date = (measured or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
     import onnxruntime
     lines += ["# Deployed detectors on real data (issue 22 item 4)", "",
               f"- date: {date}; machine: {describe().splitlines()[0]}",
               f"- torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; {args.threads} thread "
-              f"(torch and onnxruntime intra-op); a training job ran on the other core",
+              f"(torch and onnxruntime intra-op); {args.note}",
               "- command: OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/deploy_real.py", ""]
     for name, r in results.items():
         spec = DATASETS[name]
@@ -313,8 +314,17 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--parity-images", type=int, default=20)
     parser.add_argument("--only", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--note", default="nothing else ran on the machine",
+                        help="what else ran during the measurement (a line of the table's header)")
+    parser.add_argument("--from-results", action="store_true",
+                        help="write the tables again from WORK/results.json (the last run) without measuring")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.from_results:
+        saved = args.work / "results.json"
+        args.measured = datetime.datetime.fromtimestamp(saved.stat().st_mtime, datetime.timezone.utc)
+        write(json.loads(saved.read_text()), args)
+        return 0
     torch.set_num_threads(args.threads)
     results = {name: measure(name, DATASETS[name], args) for name in args.only}
     (args.work / "results.json").write_text(json.dumps(results, default=str))
