@@ -305,13 +305,14 @@ def save_torch_atomic(obj: Any, path: PathLike, *, fsync: bool = True) -> Path:
             with open(name, "r+b") as handle:
                 # The data goes to the disk while the CRCs are computed from the page cache: the CRC work hides in
                 # the fsync's wait (write_atomic's own fsync then writes only the few patched pages).
-                flushing = threading.Thread(target=_fsync_quietly, args=(handle.fileno(),), daemon=True)
-                if fsync:
+                flushing = threading.Thread(target=_fsync_quietly, args=(handle.fileno(),), daemon=True) \
+                    if fsync else None
+                if flushing is not None:
                     flushing.start()
                 try:
                     fill_record_crcs(handle)
                 finally:
-                    if fsync:
+                    if flushing is not None:
                         flushing.join()
         except ValueError:  # a layout fill_record_crcs does not know (a future torch): torch's own CRCs then
             with open(name, "wb") as handle:

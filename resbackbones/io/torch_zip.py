@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, List, Optional, Tuple
 
 try:  # the same CRC-32 as zlib's, about 3x faster (Intel ISA-L); optional: zlib gives the same values
-    from isal.isal_zlib import crc32 as _crc32
-except ImportError:  # pragma: no cover - isal is a dependency, but a missing wheel must not stop a save
-    _crc32 = zlib.crc32
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - isal is a dependency, but a missing wheel must not stop a save or load
+    crc32 = zlib.crc32
 
 _LOCAL_HEADER = 0x04034B50
 _CENTRAL_HEADER = 0x02014B50
@@ -33,8 +33,20 @@ _CHUNK = 1 << 22
 def _record_crc(view, start: int, size: int) -> int:
     crc = 0
     for offset in range(start, start + size, _CHUNK):  # bounded pieces: a record can be gigabytes
-        crc = _crc32(view[offset:min(offset + _CHUNK, start + size)], crc)
+        crc = crc32(view[offset:min(offset + _CHUNK, start + size)], crc)
     return crc
+
+
+def record_data_start(handle: BinaryIO, record: zipfile.ZipInfo) -> Tuple[int, int]:
+    """(offset of `record`'s data in the open zip file, its local header's flags), read from the local header (its
+    extra field, torch's alignment padding, is not the central directory's). ValueError when no header is there."""
+    handle.seek(record.header_offset)
+    header = handle.read(30)
+    if len(header) < 30 or struct.unpack_from("<I", header)[0] != _LOCAL_HEADER:
+        raise ValueError(f"the header of its record {record.filename} is damaged")
+    flags, = struct.unpack_from("<H", header, 6)
+    name_len, extra_len = struct.unpack_from("<HH", header, 26)
+    return record.header_offset + 30 + name_len + extra_len, flags
 
 
 def fill_record_crcs(handle: BinaryIO, *, workers: Optional[int] = None) -> int:
@@ -49,13 +61,7 @@ def fill_record_crcs(handle: BinaryIO, *, workers: Optional[int] = None) -> int:
     size = os.fstat(handle.fileno()).st_size
     spans: List[Tuple[int, int, int]] = []  # (data start, size, descriptor CRC position or -1) per record
     for record in records:
-        handle.seek(record.header_offset)
-        header = handle.read(30)
-        if len(header) < 30 or struct.unpack_from("<I", header)[0] != _LOCAL_HEADER:
-            raise ValueError(f"record {record.filename}: no local header at {record.header_offset}")
-        flags = struct.unpack_from("<H", header, 6)[0]
-        name_len, extra_len = struct.unpack_from("<HH", header, 26)
-        start = record.header_offset + 30 + name_len + extra_len
+        start, flags = record_data_start(handle, record)
         end = start + record.compress_size
         if not record.file_size:  # an empty storage: no data descriptor, and 0 is its CRC-32
             spans.append((start, 0, -1))

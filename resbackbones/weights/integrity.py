@@ -26,28 +26,23 @@ format, one saved with torch's CRCs turned off) loads with one note on stderr, o
 (torchvision, detectron2) load silently.
 """
 import os
-import struct
 import sys
 import threading
 import warnings
 import zipfile
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Set, Tuple, Type, TypeVar, Union
 
 import torch
 
+from ..io.torch_zip import crc32 as _crc32
+from ..io.torch_zip import record_data_start
 from .errors import WeightsError
 
-try:  # the same CRC-32 as zlib's, about 3x faster (Intel ISA-L); optional: zlib gives the same values
-    from isal.isal_zlib import crc32 as _crc32
-except ImportError:  # pragma: no cover - isal is a dependency, but a missing wheel must not stop a load
-    _crc32 = zlib.crc32
 
 CHECKSUM_KEY = "rb.checksum"
 _ZIP_MAGIC = b"PK\x03\x04"
-_LOCAL_HEADER = 0x04034B50
 _CHUNK = 1 << 18
 _NOTED: Set[str] = set()
 T = TypeVar("T")
@@ -87,37 +82,41 @@ def is_torch_zip(path: PathLike) -> bool:
 
 
 # -- torch zip files: the CRC-32 of every record ---------------------------------------------------------------------
-def verify_zip_records(path: PathLike) -> bool:
-    """Check every record of torch zip file `path` against the CRC-32 its writer stored. True: all checked; False:
-    the file records no CRCs (written with torch.serialization.set_crc32_options(False)). Raises CorruptFile naming
-    the first record that differs, or a damaged zip structure."""
+def _data_records(path: PathLike) -> Dict[int, zipfile.ZipInfo]:
+    """{data offset in the file: ZipInfo} for every non-empty record of torch zip `path`, or CorruptFile."""
     try:
         with zipfile.ZipFile(path) as archive:
             records = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as error:
         raise CorruptFile(f"it is not a complete zip file ({error}: truncated, or its directory damaged)") from None
-    if records and all(r.CRC == 0 for r in records if r.file_size):
+    out = {}
+    with open(path, "rb", buffering=0) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        for record in records:
+            try:
+                start, _ = record_data_start(handle, record)
+            except ValueError as error:
+                raise CorruptFile(str(error)) from None
+            if start + record.compress_size > size:
+                raise CorruptFile(f"it is truncated inside record {record.filename}")
+            if record.file_size:
+                out[start] = record
+    return out
+
+
+def verify_zip_records(path: PathLike) -> bool:
+    """Check every record of torch zip file `path` against the CRC-32 its writer stored. True: all checked; False:
+    the file records no CRCs (written with torch.serialization.set_crc32_options(False)). Raises CorruptFile naming
+    the first record that differs, or a damaged zip structure."""
+    records = _data_records(path)
+    if records and all(r.CRC == 0 for r in records.values()):
         return False
     # Read through one small reused buffer rather than mmap: it stays in the CPU cache, and no page of the file is
     # mapped into the process (mapping 80k pages contended with torch.load's allocations in the thread beside it).
     buffer = bytearray(_CHUNK)
     chunk = memoryview(buffer)
     with open(path, "rb", buffering=0) as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size == 0:
-            raise CorruptFile("it is empty")
-        for record in records:
-            offset = record.header_offset
-            handle.seek(offset)
-            header = handle.read(30)
-            if len(header) < 30 or struct.unpack_from("<I", header)[0] != _LOCAL_HEADER:
-                raise CorruptFile(f"the header of its record {record.filename} is damaged")
-            name_len, extra_len = struct.unpack_from("<HH", header, 26)
-            start = offset + 30 + name_len + extra_len
-            if start + record.compress_size > size:
-                raise CorruptFile(f"it is truncated inside record {record.filename}")
-            if not record.file_size:
-                continue
+        for start, record in records.items():
             handle.seek(start)
             left, crc = record.compress_size, 0
             while left:
@@ -172,29 +171,6 @@ def load_torch_verified(path: PathLike, load: Callable[[], T]) -> Tuple[T, bool]
 
 
 # -- torch zip files, loaded in parallel with the check fused into the copy ------------------------------------------
-def _data_records(path: PathLike, size: int):
-    """{data offset in the file: ZipInfo} for every non-empty record of torch zip `path`, or CorruptFile."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            records = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as error:
-        raise CorruptFile(f"it is not a complete zip file ({error}: truncated, or its directory damaged)") from None
-    out = {}
-    with open(path, "rb", buffering=0) as handle:
-        for record in records:
-            handle.seek(record.header_offset)
-            header = handle.read(30)
-            if len(header) < 30 or struct.unpack_from("<I", header)[0] != _LOCAL_HEADER:
-                raise CorruptFile(f"the header of its record {record.filename} is damaged")
-            name_len, extra_len = struct.unpack_from("<HH", header, 26)
-            start = record.header_offset + 30 + name_len + extra_len
-            if start + record.compress_size > size:
-                raise CorruptFile(f"it is truncated inside record {record.filename}")
-            if record.file_size:
-                out[start] = record
-    return out
-
-
 def _tensors(obj: Any, found: list) -> bool:
     """Collect every tensor of a loaded checkpoint (dicts, lists, tuples); False on one the parallel read cannot
     re-home (quantized, sparse, a subclass): the caller then loads the file the plain way."""
@@ -232,8 +208,7 @@ def load_torch_parallel_verified(path: PathLike, *, workers: Optional[int] = Non
     try:
         if not is_torch_zip(path):
             return None
-        size = os.path.getsize(path)
-        records = _data_records(path, size)
+        records = _data_records(path)
     except OSError:
         return None
     if records and all(r.CRC == 0 for r in records.values()):
@@ -269,6 +244,7 @@ def load_torch_parallel_verified(path: PathLike, *, workers: Optional[int] = Non
                     raise CorruptFile(f"record {record.filename} does not match the CRC-32 it was written with")
 
     local = threading.local()
+    opened: list = []  # each worker thread's descriptor, closed below
 
     def copy_checked(pointer: int):
         # pread rather than a copy out of torch's mapping: faults on a mapping of a file that is not in the page
@@ -292,7 +268,6 @@ def load_torch_parallel_verified(path: PathLike, *, workers: Optional[int] = Non
             raise CorruptFile(f"record {record.filename} does not match the CRC-32 it was written with")
         return pointer, target
 
-    opened: list = []
     largest_first = sorted(pointers, key=lambda p: -storages[p].nbytes())
     workers = workers or max(1, min(4, torch.get_num_threads()))
     try:
