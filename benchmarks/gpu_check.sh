@@ -6,7 +6,9 @@
 #      training (step and ClsTrainer epoch) and inference, ours at amp=auto (bf16 on compute capability >= 8.0)
 #      + channels_last vs torchvision's plain fp32;
 #   3. ours vs detectron2 (benchmarks/detectron2_vs_ours.py), only where detectron2 is importable;
-#   4. the four CIFAR degradation nets, alone and side by side (benchmarks/cifar_nets.py), if time is left.
+#   4. amp=auto vs fp32 train step of the bf16 study's quickstart detector (benchmarks/bf16_speed.py, issue 24:
+#      the share of bf16's speed-up that auto keeps), if time is left;
+#   5. the four CIFAR degradation nets, alone and side by side (benchmarks/cifar_nets.py), if time is left.
 # Each step has its own time limit, so a hung step costs its share only. Logs and gpu_table.md go to $OUT when set
 # (the device tool brings them back), else /tmp/gpu_check. Wheels in .whl/ (benchmarks/gpu_wheels.sh) are installed
 # first with pip --no-index --target: the GPU machine has no internet.
@@ -25,7 +27,9 @@ STEPS="  1. tests:           $PY -m pytest -q -rs tests/test_cuda.py            
   2. mixed precision: $PY benchmarks/mixed_precision.py --device cuda --batch 128 --cls-archs resnet50
                       --infer-archs resnet50 --cls-epochs --cls-iters 10 --workers 12 --repeats 3 (limit 200 s)
   3. detectron2:      $PY benchmarks/detectron2_vs_ours.py --device cuda (only if importable, limit 60 s)
-  4. CIFAR nets:      $PY benchmarks/cifar_nets.py --device cuda --seconds 6              (if >= 100 s left)
+  4. bf16 speed:      $PY benchmarks/bf16_speed.py --device cuda --datasets quickstart --steps 20
+                      --out \$LOGS/bf16_speed.md                                   (if >= 160 s left, limit 60 s)
+  5. CIFAR nets:      $PY benchmarks/cifar_nets.py --device cuda --seconds 6              (if >= 100 s left)
   then $PY benchmarks/gpu_report.py $LOGS: one table"
 
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
@@ -67,6 +71,12 @@ if "$PY" -c "import detectron2" 2>/dev/null; then
     --images 2 --repeats 3
 else
   echo "skipped: detectron2 is not importable on this machine" > "$LOGS/detectron2.txt"
+fi
+if (( $(left) >= 160 )); then
+  run_step bf16_speed 60 "$PY" benchmarks/bf16_speed.py --device cuda --datasets quickstart --steps 20 \
+    --out "$LOGS/bf16_speed.md"
+else
+  echo "[gpu_check] bf16_speed: skipped, $(left) s left" | tee "$LOGS/bf16_speed.txt"
 fi
 if (( $(left) >= 100 )); then
   run_step cifar_nets 90 "$PY" benchmarks/cifar_nets.py --device cuda --seconds 6

@@ -4,6 +4,7 @@
     tests.txt            pytest of tests/test_cuda.py        -> passed / failed / skipped
     mixed_precision.txt  benchmarks/mixed_precision.py       -> ours (amp=auto) vs torchvision fp32 rows
     detectron2.txt       benchmarks/detectron2_vs_ours.py    -> ours vs detectron2 (or why it was skipped)
+    bf16_speed.txt       benchmarks/bf16_speed.py            -> amp=auto vs fp32 train step, bf16 study detector
     cifar_nets.txt       benchmarks/cifar_nets.py            -> the four CIFAR nets, alone and side by side
     machine.txt          benchmarks/machine.py               -> the machine line
 
@@ -59,6 +60,17 @@ def detectron2_rows(text: str):
     return rows or [("ours vs detectron2", "benchmarks/detectron2_vs_ours.py", "", "", "", "no rows (see log)")]
 
 
+def bf16_speed_rows(text: str):
+    rows = []
+    for cells in table_rows(text):
+        if cells[0] == "detector" or cells[0].startswith("-") or len(cells) < 7:
+            continue  # the header and the separator (its ":" alignment marks pass table_rows' filter)
+        name, fp32, auto, _bf16, auto_up, _bf16_up, kept = cells[:7]
+        rows.append(("amp=auto vs fp32 (issue 24)", f"{name} train step", auto.split()[0], fp32, "s/step",
+                     f"{auto_up}, kept {kept}" if kept.endswith("%") else f"{auto_up}, {kept}"))
+    return rows or [("amp=auto vs fp32 (issue 24)", "benchmarks/bf16_speed.py", "", "", "", "not run or no rows")]
+
+
 def cifar_rows(text: str):
     rows = []
     for cells in table_rows(text):
@@ -75,7 +87,8 @@ def main(argv=None) -> int:
     logs = args.log_dir
     machine = _read(logs, "machine.txt").strip() or "unknown (machine.txt missing)"
     rows = (test_rows(_read(logs, "tests.txt")) + mixed_rows(_read(logs, "mixed_precision.txt"))
-            + detectron2_rows(_read(logs, "detectron2.txt")) + cifar_rows(_read(logs, "cifar_nets.txt")))
+            + detectron2_rows(_read(logs, "detectron2.txt")) + bf16_speed_rows(_read(logs, "bf16_speed.txt"))
+            + cifar_rows(_read(logs, "cifar_nets.txt")))
     lines = [
         "# GPU check (benchmarks/gpu_check.sh)",
         "",
