@@ -32,15 +32,19 @@ run folder).  --set KEY=VALUE (repeatable) passes extra overrides to every run (
 """
 import argparse
 import csv
+import io
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from resbackbones.io.outputs import write_text_atomic  # noqa: E402
+
 CONFIGS = ROOT / "benchmarks" / "bf16_accuracy"
 DEFAULT_RUNS = CONFIGS / "runs"
 DEFAULT_RESULTS = ROOT / "docs" / "results" / "bf16_accuracy"
@@ -181,14 +185,14 @@ def collect(runs: Path, results: Path) -> int:
     rows.sort(key=lambda r: (r["tag"], r["dataset"], r["recipe"], r["seed"], order.get(r["precision"], 9)))
     results.mkdir(parents=True, exist_ok=True)
     # summary.csv: the untagged study only (ablations carry a tag and live in details.csv).
-    with open(results / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    # Atomic: two harness processes (e.g. one per precision) rewrite these after each of their cells.
+    for name, columns, selected in (("summary.csv", SUMMARY_COLUMNS, [r for r in rows if not r["tag"]]),
+                                     ("details.csv", DETAIL_COLUMNS, rows)):
+        text = io.StringIO()
+        w = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
-        w.writerows(r for r in rows if not r["tag"])
-    with open(results / "details.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, DETAIL_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
+        w.writerows(selected)
+        write_text_atomic(results / name, text.getvalue())
     return len(rows)
 
 
