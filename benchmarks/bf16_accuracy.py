@@ -4,6 +4,7 @@ precision x seed, one tools/train_det.py run per cell, then docs/results/bf16_ac
     python benchmarks/bf16_accuracy.py                               # the whole grid, one run after the other
     python benchmarks/bf16_accuracy.py --datasets bccd --seeds 0     # a slice
     python benchmarks/bf16_accuracy.py --collect                     # only rewrite summary.csv / details.csv
+    python benchmarks/bf16_accuracy.py --table                       # summary.csv's means as a markdown table
     python benchmarks/bf16_accuracy.py --dry-run                     # print the cells and their commands
 
 Resumable: a cell whose folder holds a final eval.json is finished and skipped (one marked stopped_early is resumed); a cell whose folder exists without it
@@ -35,6 +36,7 @@ import csv
 import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -196,6 +198,33 @@ def collect(runs: Path, results: Path) -> int:
     return len(rows)
 
 
+def means_table(summary: Path, tolerance: float = 0.005) -> str:
+    """Markdown: per dataset x recipe, fp32 and bf16 (bf16 or bf16emu) mean AP over seeds with the seeds' range,
+    the difference of means, and whether it is within `tolerance` (issue 24's must-show: 0.005)."""
+    with open(summary, newline="") as f:
+        rows = list(csv.DictReader(f))
+    groups = {}
+    for r in rows:
+        kind = "fp32" if r["precision"] == "fp32" else "bf16" if r["precision"] in ("bf16", "bf16emu") else None
+        if kind:
+            groups.setdefault((r["dataset"], r["recipe"]), {}).setdefault(kind, []).append(r)
+    lines = ["| dataset | recipe | seeds fp32 / bf16 | metric | fp32 mean (range) | bf16 mean (range) | bf16 - fp32 "
+             f"| within {tolerance} |", "|---|---|---|---|---|---|---:|---|"]
+    for (dataset, recipe), by in sorted(groups.items()):
+        fp32, bf16 = by.get("fp32", []), by.get("bf16", [])
+        for metric in ("bbox_AP", "segm_AP"):
+            a = [float(r[metric]) for r in fp32 if r[metric]]
+            b = [float(r[metric]) for r in bf16 if r[metric]]
+            if not a and not b:
+                continue
+            cell = lambda v: f"{statistics.mean(v):.4f} ({min(v):.4f}-{max(v):.4f})" if v else "-"  # noqa: E731
+            diff = statistics.mean(b) - statistics.mean(a) if a and b else None
+            lines.append(f"| {dataset} | {recipe} | {len(a)} / {len(b)} | {metric.split('_')[0]} | {cell(a)} "
+                         f"| {cell(b)} | {'-' if diff is None else f'{diff:+.4f}'} "
+                         f"| {'-' if diff is None else 'yes' if abs(diff) <= tolerance else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -217,8 +246,12 @@ def main(argv=None) -> int:
     p.add_argument("--python", default=str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists()
                    else sys.executable)
     p.add_argument("--collect", action="store_true", help="only rewrite summary.csv / details.csv")
+    p.add_argument("--table", action="store_true", help="print summary.csv's means (seed ranges, bf16 - fp32)")
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_args(argv)
+    if args.table:
+        print(means_table(args.results / "summary.csv"), end="")
+        return 0
 
     if args.precisions is None:
         args.precisions = default_precisions(args.device)
