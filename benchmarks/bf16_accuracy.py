@@ -208,6 +208,9 @@ def means_table(summary: Path, tolerance: float = 0.005) -> str:
         kind = "fp32" if r["precision"] == "fp32" else "bf16" if r["precision"] in ("bf16", "bf16emu") else None
         if kind:
             groups.setdefault((r["dataset"], r["recipe"]), {}).setdefault(kind, []).append(r)
+    def cell(values):
+        return f"{statistics.mean(values):.4f} ({min(values):.4f}-{max(values):.4f})" if values else "-"
+
     lines = ["| dataset | recipe | seeds fp32 / bf16 | metric | fp32 mean (range) | bf16 mean (range) | bf16 - fp32 "
              f"| within {tolerance} |", "|---|---|---|---|---|---|---:|---|"]
     for (dataset, recipe), by in sorted(groups.items()):
@@ -217,7 +220,6 @@ def means_table(summary: Path, tolerance: float = 0.005) -> str:
             b = [float(r[metric]) for r in bf16 if r[metric]]
             if not a and not b:
                 continue
-            cell = lambda v: f"{statistics.mean(v):.4f} ({min(v):.4f}-{max(v):.4f})" if v else "-"  # noqa: E731
             diff = statistics.mean(b) - statistics.mean(a) if a and b else None
             lines.append(f"| {dataset} | {recipe} | {len(a)} / {len(b)} | {metric.split('_')[0]} | {cell(a)} "
                          f"| {cell(b)} | {'-' if diff is None else f'{diff:+.4f}'} "

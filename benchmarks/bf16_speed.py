@@ -5,7 +5,7 @@ detectors, measured through DetTrainer's own step on the study's real data.
 For each study detector (benchmarks/bf16_accuracy/{bccd,dsb2018,quickstart}.yaml, recipe scratch_gn) three trainers
 are built with the same seed: train.amp=none (fp32), train.amp=auto (what users get) and train.amp=bf16 (plain bf16
 autocast with the library's fp32 hand-offs, forced even where the hardware has no native bf16). Each round runs
---steps training steps of each, interleaved, after one warm-up round; the figure is the median seconds per step.
+--steps training steps of each, round-robin, after one warm-up round; the figure is the median seconds per step.
 
 - "auto vs fp32" is the speed-up users get from the default;
 - "bf16 vs fp32" is what bf16 itself gives on this machine (on CPUs without amx_bf16 / avx512_bf16 PyTorch's bf16
@@ -22,10 +22,8 @@ Writes the table to stdout and to --out (default benchmarks/results/bf16_speed.m
 BCCD and DSB2018 need ../shared/data; detectors whose data is absent are skipped with a line saying so.
 """
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -34,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from backbone import _timed_rounds  # noqa: E402
 from machine import describe  # noqa: E402
+from mixed_precision import _synced  # noqa: E402
 from resbackbones.config import load_config  # noqa: E402
 from resbackbones.config.det import DetTrainConfig  # noqa: E402
 from resbackbones.engine.det_trainer import DetTrainer  # noqa: E402
@@ -58,28 +58,21 @@ def time_dataset(dataset: str, device: torch.device, args) -> dict:
     """Median seconds per training step of each mode, and what auto resolved to."""
     with tempfile.TemporaryDirectory() as scratch:
         trainers = {m: build(dataset, m, device, args.threads, Path(scratch) / m) for m in MODES}
-        streams = {m: t.data_iter() for m, t in trainers.items()}
-        per_step = {m: [] for m in MODES}
-        for rnd in range(args.repeats + 1):  # round 0 warms up (allocator, oneDNN kernel choice, image cache)
-            order = MODES if rnd % 2 == 0 else MODES[::-1]
-            for mode in order:
-                trainer = trainers[mode]
-                steps = args.steps if mode != "bf16" or args.bf16_native else args.slow_bf16_steps
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                trainer.train(streams[mode], trainer.iter + steps)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if rnd:
-                    per_step[mode].append((time.perf_counter() - start) / steps)
-        return {"auto_is": trainers["auto"].amp, "seconds": {m: statistics.median(v) for m, v in per_step.items()}}
+        steps = {m: args.steps if m != "bf16" or args.bf16_native else args.slow_bf16_steps for m in MODES}
+
+        def run(mode):
+            trainer, stream = trainers[mode], trainers[mode].data_iter()
+            return _synced(lambda: trainer.train(stream, trainer.iter + steps[mode]), device)
+
+        # warm-up round: allocator, oneDNN / cuDNN kernel choice, the image cache
+        seconds = _timed_rounds({m: run(m) for m in MODES}, warmup=1, repeats=args.repeats)
+        return {"auto_is": trainers["auto"].amp, "seconds": {m: seconds[m] / steps[m] for m in MODES}}
 
 
 def table(results: dict, machine: str, args) -> str:
     lines = ["# amp=auto train-step speed on the bf16 study's detectors (issue 24)", "",
              f"machine: {machine}", "",
-             f"`python benchmarks/bf16_speed.py` ({args.steps} steps per round, median of {args.repeats} interleaved "
+             f"`python benchmarks/bf16_speed.py` ({args.steps} steps per round, median of {args.repeats} round-robin "
              f"rounds after a warm-up round; batch 2, the study's configs, recipe scratch_gn, DetTrainer's own step)."
              + ("" if args.bf16_native else f" bf16 is not native here: its row times {args.slow_bf16_steps} "
                                              f"step(s) per round."), "",

@@ -63,8 +63,6 @@ def detectron2_rows(text: str):
 def bf16_speed_rows(text: str):
     rows = []
     for cells in table_rows(text):
-        if cells[0] == "detector" or cells[0].startswith("-") or len(cells) < 7:
-            continue  # the header and the separator (its ":" alignment marks pass table_rows' filter)
         name, fp32, auto, _bf16, auto_up, _bf16_up, kept = cells[:7]
         rows.append(("amp=auto vs fp32 (issue 24)", f"{name} train step", auto.split()[0], fp32, "s/step",
                      f"{auto_up}, kept {kept}" if kept.endswith("%") else f"{auto_up}, {kept}"))

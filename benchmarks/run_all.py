@@ -51,10 +51,10 @@ def table_rows(text: str):
     rows = []
     for line in text.splitlines():
         line = line.strip()
-        if not (line.startswith("|") and line.endswith("|")) or set(line) <= set("|- "):
+        if not (line.startswith("|") and line.endswith("|")) or set(line) <= set("|-: "):  # ":" aligns columns
             continue
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if cells and cells[0] in ("comparison", "benchmark", "measure"):
+        if cells and cells[0] in ("comparison", "benchmark", "measure", "detector"):
             continue
         rows.append(cells)
     return rows
