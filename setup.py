@@ -28,7 +28,8 @@ EXTRAS = {
     ],
     # leaving Python: ONNX files checked with onnx.checker and run in onnxruntime (the dynamo exporter needs onnxscript)
     "deploy": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
-    "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "pytest-xdist>=3.5", "hypothesis>=6.100"],
+    # scipy: the t quantiles of benchmarks/bf16_accuracy.py --table (albumentations already pulls it in)
+    "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "pytest-xdist>=3.5", "hypothesis>=6.100", "scipy>=1.10"],
     "docs": ["mkdocs>=1.6,<2", "mkdocstrings[python]>=0.26"],
 }
 EXTRAS["all"] = EXTRAS["coco"] + EXTRAS["tensorboard"]

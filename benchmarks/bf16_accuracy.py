@@ -35,13 +35,14 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -198,9 +199,27 @@ def collect(runs: Path, results: Path) -> int:
     return len(rows)
 
 
+def paired_difference(fp32: Dict[int, float], bf16: Dict[int, float], tolerance: float = 0.005):
+    """Same-seed differences bf16 - fp32 (a seed fixes the init and the data order for both precisions):
+    (mean, 95 % t-interval half-width, seeds a +-tolerance interval would need at this spread), or None with
+    fewer than 2 paired seeds. The needed seeds solve t(0.975, n - 1) * sd / sqrt(n) <= tolerance."""
+    from scipy import stats  # the t quantiles; scipy comes with albumentations and is in the dev extra
+
+    seeds = sorted(set(fp32) & set(bf16))
+    if len(seeds) < 2:
+        return None
+    diffs = [bf16[s] - fp32[s] for s in seeds]
+    n, sd = len(diffs), statistics.stdev(diffs)
+    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    needed = next((m for m in range(2, 100_000) if stats.t.ppf(0.975, m - 1) * sd / math.sqrt(m) <= tolerance),
+                  None)
+    return statistics.mean(diffs), half, needed
+
+
 def means_table(summary: Path, tolerance: float = 0.005) -> str:
     """Markdown: per dataset x recipe, fp32 and bf16 (bf16 or bf16emu) mean AP over seeds with the seeds' range,
-    the difference of means, and whether it is within `tolerance` (issue 24's must-show: 0.005)."""
+    the difference of means, whether it is within `tolerance` (issue 24's must-show: 0.005), the 95 % interval of
+    the same-seed differences and how many seeds would resolve `tolerance` at their spread."""
     with open(summary, newline="") as f:
         rows = list(csv.DictReader(f))
     groups = {}
@@ -208,22 +227,29 @@ def means_table(summary: Path, tolerance: float = 0.005) -> str:
         kind = "fp32" if r["precision"] == "fp32" else "bf16" if r["precision"] in ("bf16", "bf16emu") else None
         if kind:
             groups.setdefault((r["dataset"], r["recipe"]), {}).setdefault(kind, []).append(r)
+
     def cell(values):
         return f"{statistics.mean(values):.4f} ({min(values):.4f}-{max(values):.4f})" if values else "-"
 
     lines = ["| dataset | recipe | seeds fp32 / bf16 | metric | fp32 mean (range) | bf16 mean (range) | bf16 - fp32 "
-             f"| within {tolerance} |", "|---|---|---|---|---|---|---:|---|"]
+             f"| within {tolerance} | same-seed bf16 - fp32, 95 % CI | seeds for +-{tolerance} |",
+             "|---|---|---|---|---|---|---:|---|---|---:|"]
     for (dataset, recipe), by in sorted(groups.items()):
         fp32, bf16 = by.get("fp32", []), by.get("bf16", [])
         for metric in ("bbox_AP", "segm_AP"):
-            a = [float(r[metric]) for r in fp32 if r[metric]]
-            b = [float(r[metric]) for r in bf16 if r[metric]]
+            a = {int(r["seed"]): float(r[metric]) for r in fp32 if r[metric]}
+            b = {int(r["seed"]): float(r[metric]) for r in bf16 if r[metric]}
             if not a and not b:
                 continue
-            diff = statistics.mean(b) - statistics.mean(a) if a and b else None
-            lines.append(f"| {dataset} | {recipe} | {len(a)} / {len(b)} | {metric.split('_')[0]} | {cell(a)} "
-                         f"| {cell(b)} | {'-' if diff is None else f'{diff:+.4f}'} "
-                         f"| {'-' if diff is None else 'yes' if abs(diff) <= tolerance else 'no'} |")
+            diff = statistics.mean(b.values()) - statistics.mean(a.values()) if a and b else None
+            paired = paired_difference(a, b, tolerance)
+            interval = "-" if paired is None else f"{paired[0]:+.4f} +- {paired[1]:.4f}"
+            needed = "-" if paired is None else str(paired[2] or ">100000")
+            lines.append(f"| {dataset} | {recipe} | {len(a)} / {len(b)} | {metric.split('_')[0]} "
+                         f"| {cell(list(a.values()))} | {cell(list(b.values()))} "
+                         f"| {'-' if diff is None else f'{diff:+.4f}'} "
+                         f"| {'-' if diff is None else 'yes' if abs(diff) <= tolerance else 'no'} "
+                         f"| {interval} | {needed} |")
     return "\n".join(lines) + "\n"
 
 
