@@ -33,7 +33,8 @@ from resbackbones.evaluation.coco import evaluate_coco  # noqa: E402
 from resbackbones.evaluation.coco_evaluator import restrict_ground_truth  # noqa: E402
 from resbackbones.io.outputs import write_text_atomic  # noqa: E402
 
-GROUPS = ("dsb2018_scratch_gn_it300", "dsb2018_pretrained_frozenbn_it300")
+GROUPS = ("bccd_scratch_gn_it300", "bccd_pretrained_frozenbn_it300", "dsb2018_scratch_gn_it300",
+          "dsb2018_pretrained_frozenbn_it300")
 CELL = re.compile(r"^(fp32|bf16|bf16emu)_s(\d+)$")
 COLUMNS = ("group", "metric", "draw", "comparison", "seed_a", "seed_b", "AP_a", "AP_b")
 
