@@ -149,6 +149,12 @@ def write_meta(out: Path, cmd: List[str]) -> None:
         f.write(json.dumps(meta) + "\n")
 
 
+def precision_kind(precision: str) -> Optional[str]:
+    """The arm of the comparison a cell's precision belongs to: "fp32", "bf16" (native bf16 and its emulation
+    bf16emu alike), or None for controls such as fp32ctl."""
+    return "fp32" if precision == "fp32" else "bf16" if precision in ("bf16", "bf16emu") else None
+
+
 def finished(folder: Path) -> bool:
     """A cell is finished when its eval.json is the final one: a run stopped early (time limit, SIGTERM) writes an
     eval.json marked stopped_early and is resumed, not collected."""
@@ -224,7 +230,7 @@ def means_table(summary: Path, tolerance: float = 0.005) -> str:
         rows = list(csv.DictReader(f))
     groups = {}
     for r in rows:
-        kind = "fp32" if r["precision"] == "fp32" else "bf16" if r["precision"] in ("bf16", "bf16emu") else None
+        kind = precision_kind(r["precision"])
         if kind:
             groups.setdefault((r["dataset"], r["recipe"]), {}).setdefault(kind, []).append(r)
 

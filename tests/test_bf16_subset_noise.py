@@ -32,6 +32,9 @@ def test_subsets_pair_by_seed_and_score_known_detections(tmp_path):
     _run(group, "bf16emu_s0", perfect)
     _run(group, "fp32_s1", [])
     (group / "bf16emu_s1").mkdir()  # unfinished: no eval.json, left out
+    _run(group, "fp32_s2", perfect)
+    (group / "fp32_s2" / "eval.json").write_text('{"stopped_early": true}')  # a stopped run: left out too
+    _run(group, "fp32ctl_s0", [])  # a control precision: not an arm of either comparison
     out = tmp_path / "noise.csv"
     assert subset_noise.main(["--runs", str(tmp_path / "runs"), "--groups", "toy_it300", "--images", "3",
                               "--draws", "4", "--out", str(out)]) == 0

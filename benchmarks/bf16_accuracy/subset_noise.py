@@ -27,6 +27,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE.parent))  # the harness, benchmarks/bf16_accuracy.py
+from bf16_accuracy import finished, precision_kind  # noqa: E402
 from resbackbones.config import load_yaml_with_bases  # noqa: E402
 from resbackbones.data.coco_format import read_coco_json  # noqa: E402
 from resbackbones.evaluation.coco import evaluate_coco  # noqa: E402
@@ -35,17 +37,18 @@ from resbackbones.io.outputs import write_text_atomic  # noqa: E402
 
 GROUPS = ("bccd_scratch_gn_it300", "bccd_pretrained_frozenbn_it300", "dsb2018_scratch_gn_it300",
           "dsb2018_pretrained_frozenbn_it300")
-CELL = re.compile(r"^(fp32|bf16|bf16emu)_s(\d+)$")
+CELL = re.compile(r"^(\w+)_s(\d+)$")  # <precision>_s<seed>, as the harness names cells
 COLUMNS = ("group", "metric", "draw", "comparison", "seed_a", "seed_b", "AP_a", "AP_b")
 
 
 def finished_runs(group: Path):
-    """{(precision kind "fp32" | "bf16", seed): run folder} of the group's cells with saved detections."""
+    """{(precision kind "fp32" | "bf16", seed): run folder} of the group's cells that the harness counts as finished
+    (bf16_accuracy.finished: a final eval.json, not one of a stopped run) and that saved their detections."""
     runs = {}
     for folder in sorted(group.iterdir()):
         match = CELL.match(folder.name)
-        if match and (folder / "eval.json").exists() and (folder / "inference/coco_instances_results.json").exists():
-            kind = "fp32" if match.group(1) == "fp32" else "bf16"
+        kind = precision_kind(match.group(1)) if match else None
+        if kind and finished(folder) and (folder / "inference/coco_instances_results.json").exists():
             runs[(kind, int(match.group(2)))] = folder
     return runs
 
@@ -97,9 +100,10 @@ def summary_table(rows, gap: float = 0.05, relative: float = 0.29) -> str:
     it is as large as issue 24's report (|difference| >= gap, and AP_a below AP_b by >= relative of AP_b)."""
     lines = ["| group | metric | comparison | pairs x draws | mean | SD | 5th-95th percentile "
              f"| \\|diff\\| >= {gap} | A below B by >= {relative:.0%} |", "|---|---|---|---:|---:|---:|---|---:|---:|"]
-    keys = sorted({(r["group"], r["metric"], r["comparison"]) for r in rows})
-    for group, metric, comparison in keys:
-        sel = [r for r in rows if (r["group"], r["metric"], r["comparison"]) == (group, metric, comparison)]
+    by_key = {}
+    for r in rows:
+        by_key.setdefault((r["group"], r["metric"], r["comparison"]), []).append(r)
+    for (group, metric, comparison), sel in sorted(by_key.items()):
         diffs = sorted(float(r["AP_a"]) - float(r["AP_b"]) for r in sel)
         drops = [float(r["AP_a"]) <= (1 - relative) * float(r["AP_b"]) for r in sel]
         q = statistics.quantiles(diffs, n=20)
