@@ -47,3 +47,21 @@ def test_subsets_pair_by_seed_and_score_known_detections(tmp_path):
     table = subset_noise.summary_table(rows).splitlines()
     assert table[2] == "| toy_it300 | bbox | bf16-fp32 | 4 | +0.0000 | 0.0000 | +0.0000 to +0.0000 | 0% | 0% |"
     assert table[3] == "| toy_it300 | bbox | fp32-fp32 | 4 | -1.0000 | 0.0000 | -1.0000 to -1.0000 | 100% | 100% |"
+
+
+def test_bad_arguments_give_one_line_and_exit_2(tmp_path, capsys):
+    group = tmp_path / "runs" / "toy_it300"
+    _run(group, "fp32_s0", [])
+    for argv, message in ((["--groups", "missing"], "missing: no such run group"),
+                          (["--groups", "toy_it300", "--images", "7"],
+                           "--images 7: the val set of toy_it300 has only 6"),
+                          (["--groups", "toy_it300", "--draws", "1"], "--draws >= 2")):
+        try:
+            subset_noise.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "x.csv"), *argv])
+        except SystemExit as exit_:
+            assert exit_.code == 2
+        else:
+            raise AssertionError(f"{argv} did not exit")
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1], err
+    assert not (tmp_path / "x.csv").exists()  # nothing written on a refusal

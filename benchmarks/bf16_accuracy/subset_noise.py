@@ -12,7 +12,7 @@ to bf16. Scores: evaluation.coco.evaluate_coco (pycocotools' arithmetic, the lib
 run's max_dets.
 
     python benchmarks/bf16_accuracy/subset_noise.py [--groups dsb2018_scratch_gn_it300,...] [--images 13]
-        [--draws 100] [--out docs/results/bf16_accuracy/subset_noise.csv]
+        [--draws 50] [--out docs/results/bf16_accuracy/subset_noise.csv]
 """
 import argparse
 import csv
@@ -70,14 +70,18 @@ def subset_scores(run: Path, gt, subsets, iou_types, max_dets):
 
 
 def group_rows(group: Path, images: int, draws: int, seed: int):
+    if not group.is_dir():
+        raise ValueError(f"{group}: no such run group (--runs / --groups)")
     runs = finished_runs(group)
     if not runs:
-        raise SystemExit(f"{group}: no finished run with saved detections")
+        raise ValueError(f"{group}: no finished run with saved detections")
     cfg = load_yaml_with_bases(next(iter(runs.values())) / "config.yaml")
     gt = read_coco_json(ROOT / cfg["data"]["val"]["ann_file"], "ground truth")
     iou_types = ("bbox", "segm") if cfg["data"]["val"].get("with_masks", True) else ("bbox",)
     max_dets = cfg.get("test", {}).get("max_dets") or (1, 10, 100)
     ids = sorted(im["id"] for im in gt["images"])
+    if images > len(ids):
+        raise ValueError(f"--images {images}: the val set of {group.name} has only {len(ids)} images")
     rng = random.Random(seed)
     subsets = [rng.sample(ids, images) for _ in range(draws)]
     scores = {key: subset_scores(run, gt, subsets, iou_types, max_dets) for key, run in sorted(runs.items())}
@@ -118,18 +122,23 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=Path, default=HERE / "runs")
     p.add_argument("--groups", default=",".join(GROUPS))
     p.add_argument("--images", type=int, default=13)
-    p.add_argument("--draws", type=int, default=100)
+    p.add_argument("--draws", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "docs/results/bf16_accuracy/subset_noise.csv")
     args = p.parse_args(argv)
+    if args.images < 1 or args.draws < 2:
+        p.error(f"--images must be >= 1 and --draws >= 2 (the percentiles need two), got {args.images} / {args.draws}")
     rows = []
-    for name in args.groups.split(","):
-        rows += group_rows(args.runs / name, args.images, args.draws, args.seed)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(args.out, buffer.getvalue())
+    try:
+        for name in args.groups.split(","):
+            rows += group_rows(args.runs / name, args.images, args.draws, args.seed)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(args.out, buffer.getvalue())
+    except ValueError as error:  # a missing group, too few val images, a bad json, an unwritable --out (one line)
+        p.error(str(error))
     print(summary_table(rows), end="")
     return 0
 
