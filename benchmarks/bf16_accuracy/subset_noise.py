@@ -27,7 +27,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE.parent))  # the harness, benchmarks/bf16_accuracy.py
+# the harness, benchmarks/bf16_accuracy.py; appended, not put first: benchmarks/train_cls.py would shadow
+# tools/train_cls.py for every test of the process that loads this script
+if str(HERE.parent) not in sys.path:
+    sys.path.append(str(HERE.parent))
 from bf16_accuracy import finished, precision_kind  # noqa: E402
 from resbackbones.config import load_yaml_with_bases  # noqa: E402
 from resbackbones.data.coco_format import read_coco_json  # noqa: E402
